@@ -1,0 +1,63 @@
+# Two commands on a fresh machine: `make run` (the platform on the embedded default) and
+# `make test` (the whole suite). Everything else here serves those two.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(VENV)/bin/pip
+
+.PHONY: run test lint format migrate seed superuser worker beat web clean
+
+$(VENV)/bin/python:
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+
+$(VENV)/.run-installed: requirements.txt | $(VENV)/bin/python
+	$(PIP) install -q -r requirements.txt
+	touch $@
+
+$(VENV)/.test-installed: requirements.txt requirements-dev.txt | $(VENV)/bin/python
+	$(PIP) install -q -r requirements-dev.txt
+	touch $@ $(VENV)/.run-installed
+
+# A local .env with a fresh SECRET_KEY, so nothing secret is ever committed or defaulted.
+.env:
+	@echo "DEBUG=1" > .env
+	@echo "SECRET_KEY=$$($(PYTHON) -c 'import secrets; print(secrets.token_urlsafe(50))')" >> .env
+	@echo "Wrote .env (DEBUG=1, a generated SECRET_KEY); edit it or use real environment variables."
+
+run: $(VENV)/.run-installed .env
+	$(PY) manage.py migrate --noinput
+	$(PY) manage.py seed_demo
+	$(VENV)/bin/honcho start -f Procfile
+
+test: $(VENV)/.test-installed
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	SECRET_KEY=migrations-check $(PY) manage.py makemigrations --check --dry-run
+	$(VENV)/bin/pytest
+
+lint: $(VENV)/.test-installed
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+format: $(VENV)/.test-installed
+	$(VENV)/bin/ruff check --fix .
+	$(VENV)/bin/ruff format .
+
+migrate: $(VENV)/.run-installed .env
+	$(PY) manage.py migrate --noinput
+
+seed: migrate
+	$(PY) manage.py seed_demo
+
+web: $(VENV)/.run-installed .env
+	$(PY) manage.py runserver 0.0.0.0:8000
+
+worker: $(VENV)/.run-installed .env
+	$(VENV)/bin/celery -A sparkops worker -Q orchestration,steps -P threads -c 8 -l INFO
+
+beat: $(VENV)/.run-installed .env
+	$(VENV)/bin/celery -A sparkops beat -l INFO --pidfile=
+
+clean:
+	rm -rf .var db.sqlite3 db.sqlite3-* staticfiles .pytest_cache

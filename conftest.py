@@ -1,0 +1,75 @@
+"""The shared cast: one project with an owner, an admin, a developer and a viewer, and an
+outsider who owns a project of their own. Permission tests then read like sentences."""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+from rest_framework.test import APIClient
+from rest_framework_simplejwt.tokens import AccessToken
+
+
+@pytest.fixture(autouse=True)
+def _fast_and_isolated(settings: Any) -> None:
+    # Argon2 is the production hasher (one test asserts it); tests hash thousands of times.
+    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+    # Throttle counters live in the cache (Redis in CI): a fresh key space per test keeps
+    # tests independent without flushing a shared Redis.
+    caches = {name: dict(conf) for name, conf in settings.CACHES.items()}
+    caches["default"]["KEY_PREFIX"] = f"t-{uuid.uuid4().hex[:12]}"
+    settings.CACHES = caches
+
+
+def client_for(user: Any = None) -> APIClient:
+    client = APIClient()
+    if user is not None:
+        client.credentials(HTTP_AUTHORIZATION=f"Bearer {AccessToken.for_user(user)}")
+    return client
+
+
+@dataclass
+class Cast:
+    project: Any
+    owner: Any
+    admin: Any
+    developer: Any
+    viewer: Any
+    outsider: Any
+    other_project: Any
+
+    def client(self, who: str) -> APIClient:
+        return client_for(getattr(self, who))
+
+
+@pytest.fixture
+def cast(db: Any) -> Cast:
+    from accounts.tests.factories import UserFactory
+    from projects.models import Role
+    from projects.tests.factories import MembershipFactory, ProjectFactory
+
+    owner = UserFactory(email="owner@example.com")
+    project = ProjectFactory(name="Acme", slug="acme", owner=owner)
+    members = {}
+    for role in (Role.ADMIN, Role.DEVELOPER, Role.VIEWER):
+        user = UserFactory(email=f"{role}@example.com")
+        MembershipFactory(project=project, user=user, role=role)
+        members[role] = user
+    outsider = UserFactory(email="outsider@example.com")
+    other = ProjectFactory(name="Other", slug="other", owner=outsider)
+    return Cast(
+        project=project,
+        owner=owner,
+        admin=members[Role.ADMIN],
+        developer=members[Role.DEVELOPER],
+        viewer=members[Role.VIEWER],
+        outsider=outsider,
+        other_project=other,
+    )
+
+
+@pytest.fixture
+def api() -> APIClient:
+    return APIClient()

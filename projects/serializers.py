@@ -1,0 +1,67 @@
+from __future__ import annotations
+
+from typing import Any
+
+from rest_framework import serializers
+
+from accounts.serializers import UserSerializer
+
+from .models import Membership, Project, Role
+
+
+class ProjectSerializer(serializers.ModelSerializer):
+    owner = serializers.UUIDField(source="owner_id", read_only=True)
+    role = serializers.SerializerMethodField(help_text="The caller's role in this project.")
+
+    class Meta:
+        model = Project
+        fields = [
+            "id",
+            "name",
+            "slug",
+            "description",
+            "status",
+            "settings",
+            "metadata",
+            "is_public",
+            "is_template",
+            "owner",
+            "role",
+            "created_at",
+            "updated_at",
+        ]
+        read_only_fields = ["id", "owner", "role", "created_at", "updated_at"]
+        extra_kwargs = {"slug": {"required": False, "validators": []}}
+
+    def get_role(self, obj: Project) -> str | None:
+        # Annotated by the viewset's queryset (`caller_role`); public non-member → viewer.
+        role = getattr(obj, "caller_role", None)
+        if role is None and obj.is_public:
+            return Role.VIEWER
+        return role
+
+    def _json_object(self, value: Any) -> Any:
+        if not isinstance(value, dict):
+            raise serializers.ValidationError("Must be a JSON object.")
+        return value
+
+    validate_settings = _json_object
+    validate_metadata = _json_object
+
+
+class MembershipSerializer(serializers.ModelSerializer):
+    user = UserSerializer(read_only=True)
+    email = serializers.EmailField(write_only=True, help_text="An existing user's email.")
+
+    class Meta:
+        model = Membership
+        fields = ["id", "user", "email", "role", "created_at", "updated_at"]
+        read_only_fields = ["id", "user", "created_at", "updated_at"]
+
+
+class MembershipUpdateSerializer(serializers.Serializer):
+    role = serializers.ChoiceField(choices=Role.choices)
+
+
+class TransferSerializer(serializers.Serializer):
+    email = serializers.EmailField(help_text="The email of an existing member.")

@@ -1,0 +1,191 @@
+from __future__ import annotations
+
+from typing import Any
+
+from django.db.models import Q
+from django.shortcuts import get_object_or_404
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import (
+    OpenApiParameter,
+    OpenApiResponse,
+    extend_schema,
+    extend_schema_view,
+)
+from rest_framework import mixins, status, viewsets
+from rest_framework.decorators import action
+from rest_framework.request import Request
+from rest_framework.response import Response
+
+from accounts.models import User
+from sparkops.api import InvalidInput, ProjectScopedViewSet
+
+from . import services
+from .filters import ProjectFilter
+from .models import Membership, Project, Role, with_caller_role
+from .serializers import (
+    MembershipSerializer,
+    MembershipUpdateSerializer,
+    ProjectSerializer,
+    TransferSerializer,
+)
+
+UUID_RE = "[0-9a-fA-F-]{36}"
+CONFLICT = OpenApiResponse(description="Conflict (JSON error with `type`, `detail`).")
+
+
+@extend_schema(tags=["projects"])
+@extend_schema_view(
+    destroy=extend_schema(
+        parameters=[
+            OpenApiParameter("cascade", OpenApiTypes.BOOL, description="Also delete the content.")
+        ],
+        responses={204: None, 409: CONFLICT},
+    )
+)
+class ProjectViewSet(ProjectScopedViewSet):
+    queryset = Project.objects.select_related("owner")
+    serializer_class = ProjectSerializer
+    filterset_class = ProjectFilter
+    search_fields = ["name", "slug", "description"]
+    ordering_fields = ["name", "created_at", "updated_at", "status"]
+    ordering = ["-created_at"]
+    lookup_value_regex = UUID_RE
+    write_role = Role.ADMIN
+    action_roles = {
+        "create": Role.VIEWER,  # any signed-in user may create; they become its owner
+        "destroy": Role.OWNER,
+        "transfer": Role.OWNER,
+    }
+
+    def get_queryset(self):  # type: ignore[override]
+        return with_caller_role(super().get_queryset(), self.request.user)
+
+    def project_of(self, obj: Project) -> Project:
+        return obj
+
+    def perform_create(self, serializer: ProjectSerializer) -> None:
+        serializer.instance = services.project_create(
+            actor=self.request.user, **serializer.validated_data
+        )
+        serializer.instance.caller_role = Role.OWNER
+
+    def perform_update(self, serializer: ProjectSerializer) -> None:
+        project = services.project_update(
+            project=serializer.instance, actor=self.request.user, **serializer.validated_data
+        )
+        serializer.instance = project
+
+    def perform_destroy(self, instance: Project) -> None:
+        cascade = self.request.query_params.get("cascade", "").lower() in {"1", "true", "yes"}
+        services.project_delete(project=instance, actor=self.request.user, cascade=cascade)
+
+    @extend_schema(
+        parameters=[OpenApiParameter("q", OpenApiTypes.STR, description="Text to search for.")],
+        responses={200: ProjectSerializer(many=True)},
+    )
+    @action(detail=False, methods=["get"], url_path="search")
+    def search(self, request: Request) -> Response:
+        """Seed-compatible search: `?q=` matches name, slug and description."""
+        queryset = self.filter_queryset(self.get_queryset())
+        q = request.query_params.get("q", "").strip()
+        if q:
+            queryset = queryset.filter(
+                Q(name__icontains=q) | Q(slug__icontains=q) | Q(description__icontains=q)
+            )
+        page = self.paginate_queryset(queryset)
+        return self.get_paginated_response(self.get_serializer(page, many=True).data)
+
+    @extend_schema(request=None, responses={200: ProjectSerializer})
+    @action(detail=True, methods=["post"])
+    def archive(self, request: Request, pk: Any = None) -> Response:
+        project = services.project_set_status(
+            project=self.get_object(), actor=request.user, status=Project.Status.ARCHIVED
+        )
+        return Response(self.get_serializer(project).data)
+
+    @extend_schema(request=None, responses={200: ProjectSerializer})
+    @action(detail=True, methods=["post"])
+    def restore(self, request: Request, pk: Any = None) -> Response:
+        project = services.project_set_status(
+            project=self.get_object(), actor=request.user, status=Project.Status.ACTIVE
+        )
+        return Response(self.get_serializer(project).data)
+
+    @extend_schema(request=TransferSerializer, responses={200: ProjectSerializer})
+    @action(detail=True, methods=["post"])
+    def transfer(self, request: Request, pk: Any = None) -> Response:
+        project = self.get_object()
+        body = TransferSerializer(data=request.data)
+        body.is_valid(raise_exception=True)
+        new_owner = User.objects.filter(email__iexact=body.validated_data["email"]).first()
+        if new_owner is None:
+            raise InvalidInput("Invalid input.", errors={"email": ["No user with this email."]})
+        project = services.project_transfer(
+            project=project, actor=request.user, new_owner=new_owner
+        )
+        return Response(self.get_serializer(project).data)
+
+
+@extend_schema(tags=["projects"])
+@extend_schema_view(
+    partial_update=extend_schema(request=MembershipUpdateSerializer),
+    update=extend_schema(request=MembershipUpdateSerializer),
+)
+class MembershipViewSet(
+    mixins.ListModelMixin,
+    mixins.CreateModelMixin,
+    mixins.RetrieveModelMixin,
+    mixins.UpdateModelMixin,
+    mixins.DestroyModelMixin,
+    viewsets.GenericViewSet,
+):
+    """Members of one project. Readable by its members; admins and owners manage them."""
+
+    serializer_class = MembershipSerializer
+    filterset_fields = ["role"]
+    search_fields = ["user__email", "user__name"]
+    ordering_fields = ["created_at", "role"]
+    lookup_value_regex = r"\d+"
+
+    def _project(self) -> Project:
+        if not hasattr(self, "_project_cache"):
+            self._project_cache = get_object_or_404(
+                Project.objects.for_user(self.request.user), pk=self.kwargs["project_pk"]
+            )
+        return self._project_cache
+
+    queryset = Membership.objects.none()
+
+    def get_queryset(self):  # type: ignore[override]
+        if getattr(self, "swagger_fake_view", False):
+            return Membership.objects.none()
+        return Membership.objects.filter(project=self._project()).select_related("user")
+
+    def check_permissions(self, request: Request) -> None:
+        super().check_permissions(request)
+        if getattr(self, "swagger_fake_view", False):
+            return
+        required = Role.VIEWER if request.method in ("GET", "HEAD", "OPTIONS") else Role.ADMIN
+        project = self._project()
+        if not Membership.objects.has_role(request.user, project, required):
+            self.permission_denied(request, message="Only project admins can manage members.")
+
+    def perform_create(self, serializer: MembershipSerializer) -> None:
+        serializer.instance = services.membership_add(
+            project=self._project(),
+            actor=self.request.user,
+            email=serializer.validated_data["email"],
+            role=serializer.validated_data.get("role", Role.VIEWER),
+        )
+
+    def update(self, request: Request, *args: Any, **kwargs: Any) -> Response:
+        membership = self.get_object()
+        body = MembershipUpdateSerializer(data=request.data)
+        body.is_valid(raise_exception=True)
+        membership = services.membership_update(
+            membership=membership, actor=request.user, role=body.validated_data["role"]
+        )
+        return Response(MembershipSerializer(membership).data, status=status.HTTP_200_OK)
+
+    def perform_destroy(self, instance: Membership) -> None:
+        services.membership_remove(membership=instance, actor=self.request.user)

@@ -1,0 +1,59 @@
+from __future__ import annotations
+
+from typing import Any
+
+from django.contrib import admin
+from django.http import HttpRequest, JsonResponse
+from django.urls import include, path, re_path
+from drf_spectacular.views import SpectacularAPIView, SpectacularRedocView, SpectacularSwaggerView
+
+from . import health
+
+api_v1 = [
+    path("auth/", include("accounts.urls")),
+    path("", include("projects.urls")),
+]
+
+urlpatterns = [
+    path("api/v1/", include(api_v1)),
+    path("api/schema/", SpectacularAPIView.as_view(), name="schema"),
+    path("api/docs/", SpectacularSwaggerView.as_view(url_name="schema"), name="swagger-ui"),
+    path("api/redoc/", SpectacularRedocView.as_view(url_name="schema"), name="redoc"),
+    re_path(r"^health/?$", health.health, name="health"),
+    re_path(r"^ready/?$", health.ready, name="ready"),
+    path("admin/", admin.site.urls),
+]
+
+
+def _wants_json(request: HttpRequest) -> bool:
+    return not request.path.startswith("/admin/")
+
+
+def handler404(request: HttpRequest, exception: Any = None) -> Any:
+    if _wants_json(request):
+        return JsonResponse({"type": "not_found", "detail": "Not found."}, status=404)
+    from django.views.defaults import page_not_found
+
+    return page_not_found(request, exception)
+
+
+def handler500(request: HttpRequest) -> Any:
+    if _wants_json(request):
+        return JsonResponse(
+            {"type": "server_error", "detail": "Internal server error."}, status=500
+        )
+    from django.views.defaults import server_error
+
+    return server_error(request)
+
+
+def handler400(request: HttpRequest, exception: Any = None) -> Any:
+    return JsonResponse({"type": "bad_request", "detail": "Bad request."}, status=400)
+
+
+def handler403(request: HttpRequest, exception: Any = None) -> Any:
+    if _wants_json(request):
+        return JsonResponse({"type": "permission_denied", "detail": "Forbidden."}, status=403)
+    from django.views.defaults import permission_denied
+
+    return permission_denied(request, exception)

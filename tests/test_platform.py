@@ -1,0 +1,122 @@
+from __future__ import annotations
+
+import io
+
+import pytest
+from django.core.management import call_command
+
+pytestmark = pytest.mark.django_db
+
+
+def test_health_reports_database_and_broker(client):
+    response = client.get("/health")
+    assert response.status_code == 200, response.content
+    body = response.json()
+    assert body["status"] == "healthy"
+    assert body["checks"] == {"database": "ok", "broker": "ok"}
+    assert body["version"]
+
+
+def test_health_is_503_when_the_broker_is_unreachable(client, settings):
+    from sparkops.celery import app
+
+    # A port nothing listens on: the check must fail fast and say which dependency failed.
+    original = app.conf.broker_url
+    app.conf.broker_url = "redis://127.0.0.1:1/0"
+    try:
+        response = client.get("/health/")
+    finally:
+        app.conf.broker_url = original
+    assert response.status_code == 503
+    body = response.json()
+    assert body["status"] == "unhealthy"
+    assert body["checks"]["database"] == "ok"
+    assert body["checks"]["broker"].startswith("error")
+
+
+def test_ready(client):
+    response = client.get("/ready")
+    assert response.status_code == 200
+    assert response.json()["checks"] == {"database": "ok", "migrations": "ok"}
+
+
+def test_unknown_api_route_is_json_404(client):
+    response = client.get("/api/v1/nope/")
+    assert response.status_code == 404
+    assert response["Content-Type"].startswith("application/json")
+    assert response.json() == {"type": "not_found", "detail": "Not found."}
+
+
+def test_malformed_json_is_400_json(cast):
+    response = cast.client("owner").generic(
+        "POST", "/api/v1/projects/", "{not json", content_type="application/json"
+    )
+    assert response.status_code == 400
+    assert response.json()["type"] == "parse_error"
+
+
+def test_schema_generates_without_warnings():
+    out = io.StringIO()
+    call_command("spectacular", "--validate", "--fail-on-warn", stdout=out)
+    assert "/api/v1/projects/" in out.getvalue()
+    assert "ApiKeyAuth" in out.getvalue()
+    assert "jwtAuth" in out.getvalue()
+
+
+def test_docs_pages_render(client):
+    assert client.get("/api/schema/").status_code == 200
+    assert client.get("/api/docs/").status_code == 200
+    assert client.get("/api/redoc/").status_code == 200
+
+
+def test_cors_allows_the_frontend_origin(client):
+    response = client.options(
+        "/api/v1/projects/",
+        HTTP_ORIGIN="http://localhost:8080",
+        HTTP_ACCESS_CONTROL_REQUEST_METHOD="GET",
+    )
+    assert response["access-control-allow-origin"] == "http://localhost:8080"
+    response = client.options(
+        "/api/v1/projects/",
+        HTTP_ORIGIN="http://evil.example",
+        HTTP_ACCESS_CONTROL_REQUEST_METHOD="GET",
+    )
+    assert "access-control-allow-origin" not in response
+
+
+def test_admin_login_uses_email(client):
+    from accounts.tests.factories import PASSWORD, UserFactory
+
+    UserFactory(email="op@example.com", is_staff=True, is_superuser=True)
+    page = client.get("/admin/login/")
+    assert b"Email address" in page.content
+    response = client.post(
+        "/admin/login/?next=/admin/", {"username": "OP@example.com", "password": PASSWORD}
+    )
+    assert response.status_code == 302
+    assert response["Location"] == "/admin/"
+    for url in (
+        "/admin/",
+        "/admin/accounts/user/",
+        "/admin/accounts/apikey/",
+        "/admin/projects/project/",
+        "/admin/projects/membership/",
+    ):
+        assert client.get(url).status_code == 200, url
+
+
+def test_createsuperuser_non_interactive(monkeypatch):
+    from accounts.models import User
+
+    monkeypatch.setenv("DJANGO_SUPERUSER_PASSWORD", "s3cret-pass-phrase")
+    call_command(
+        "createsuperuser",
+        "--noinput",
+        "--email",
+        "Root@Example.com",
+        "--name",
+        "Root",
+        stdout=io.StringIO(),
+    )
+    user = User.objects.get(email="root@example.com")
+    assert user.is_superuser and user.check_password("s3cret-pass-phrase")
