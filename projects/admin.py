@@ -1,8 +1,12 @@
 from __future__ import annotations
 
+import re
+
+from django import forms
 from django.contrib import admin
 
-from .models import Membership, Project
+from . import services
+from .models import Membership, Project, Secret
 
 
 class MembershipInline(admin.TabularInline):
@@ -33,3 +37,63 @@ class MembershipAdmin(admin.ModelAdmin):
     search_fields = ["user__email", "project__name", "project__slug"]
     autocomplete_fields = ["user", "project"]
     readonly_fields = ["created_at", "updated_at"]
+
+
+class SecretAdminForm(forms.ModelForm):
+    new_value = forms.CharField(
+        label="Value",
+        required=False,
+        strip=False,
+        widget=forms.PasswordInput(render_value=False),
+        help_text="Write-only. Leave empty to keep the current value.",
+    )
+
+    class Meta:
+        model = Secret
+        fields = ["project", "name", "description"]
+
+    def clean_name(self) -> str:
+        name = self.cleaned_data["name"]
+        if not re.match(Secret.NAME_RE, name):
+            raise forms.ValidationError(
+                "Letters, digits and underscores; not starting with a digit."
+            )
+        return name
+
+    def clean(self) -> dict:
+        cleaned = super().clean()
+        if self.instance.pk is None and not cleaned.get("new_value"):
+            self.add_error("new_value", "A new secret needs a value.")
+        return cleaned
+
+
+@admin.register(Secret)
+class SecretAdmin(admin.ModelAdmin):
+    """Values are write-only: the form never renders the stored value or its ciphertext."""
+
+    form = SecretAdminForm
+    list_display = ["name", "project", "created_at", "updated_at", "last_used_at"]
+    list_select_related = ["project"]
+    list_filter = ["project"]
+    search_fields = ["name", "description", "project__name", "project__slug"]
+    autocomplete_fields = ["project"]
+    readonly_fields = ["created_by", "created_at", "updated_at", "last_used_at"]
+
+    def get_readonly_fields(self, request, obj=None):  # type: ignore[no-untyped-def]
+        fields = list(super().get_readonly_fields(request, obj))
+        return [*fields, "project", "name"] if obj else fields
+
+    def save_model(self, request, obj, form, change):  # type: ignore[no-untyped-def]
+        value = form.cleaned_data.get("new_value")
+        project = obj.project
+        if value:
+            saved = services.secret_set(
+                project=project,
+                actor=request.user,
+                name=obj.name,
+                value=value,
+                description=obj.description,
+            )
+            obj.pk = saved.pk
+        elif change:
+            Secret.objects.filter(pk=obj.pk).update(description=obj.description)

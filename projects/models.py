@@ -106,3 +106,43 @@ def with_caller_role(queryset: ProjectQuerySet, user: Any) -> ProjectQuerySet:
     """Annotate `caller_role` with one correlated subquery (list pages stay one query)."""
     role = Membership.objects.filter(project=models.OuterRef("pk"), user=user).values("role")[:1]
     return queryset.annotate(caller_role=models.Subquery(role))
+
+
+class SecretQuerySet(models.QuerySet["Secret"]):
+    def for_user(self, user: Any) -> SecretQuerySet:
+        """Developers and up see secret names (to reference them); viewers see nothing."""
+        if user is None or not user.is_authenticated:
+            return self.none()
+        projects = Membership.objects.filter(
+            user=user, role__in=[Role.OWNER, Role.ADMIN, Role.DEVELOPER]
+        ).values("project_id")
+        return self.filter(project__in=projects)
+
+
+class Secret(models.Model):
+    """A project credential. `value_encrypted` is a Fernet token (see projects.crypto); the
+    plaintext is decrypted only at execution time and never returned by the API or the admin."""
+
+    NAME_RE = r"^[A-Za-z_][A-Za-z0-9_]{0,99}$"
+
+    project = models.ForeignKey(Project, on_delete=models.CASCADE, related_name="secrets")
+    name = models.CharField(max_length=100)
+    description = models.CharField(max_length=300, blank=True)
+    value_encrypted = models.TextField(editable=False)
+    created_by = models.ForeignKey(
+        django_settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, related_name="+"
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+    last_used_at = models.DateTimeField(null=True, blank=True)
+
+    objects = SecretQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["name"]
+        constraints = [
+            models.UniqueConstraint(fields=["project", "name"], name="projects_secret_unique_name")
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.project.slug}/{self.name}"

@@ -6,7 +6,7 @@ from rest_framework import serializers
 
 from accounts.serializers import UserSerializer
 
-from .models import Membership, Project, Role
+from .models import Membership, Project, Role, Secret
 
 
 class ProjectSerializer(serializers.ModelSerializer):
@@ -65,3 +65,40 @@ class MembershipUpdateSerializer(serializers.Serializer):
 
 class TransferSerializer(serializers.Serializer):
     email = serializers.EmailField(help_text="The email of an existing member.")
+
+
+class ProjectField(serializers.PrimaryKeyRelatedField):
+    """A project the caller is a member of (public projects excluded: nobody writes into a project
+    they only read). Anything else is "does not exist", so nothing leaks."""
+
+    def get_queryset(self):  # type: ignore[override]
+        request = self.context.get("request")
+        return Project.objects.member_of(getattr(request, "user", None))
+
+
+class SecretSerializer(serializers.ModelSerializer):
+    project = ProjectField()
+    value = serializers.CharField(
+        write_only=True, trim_whitespace=False, max_length=65536, help_text="Write-only."
+    )
+    name = serializers.RegexField(Secret.NAME_RE, max_length=100)
+
+    class Meta:
+        model = Secret
+        fields = [
+            "id",
+            "project",
+            "name",
+            "description",
+            "value",
+            "created_at",
+            "updated_at",
+            "last_used_at",
+        ]
+        read_only_fields = ["id", "created_at", "updated_at", "last_used_at"]
+        validators: list[Any] = []  # a duplicate name is a 409 from the service
+
+
+class SecretValueSerializer(serializers.Serializer):
+    value = serializers.CharField(trim_whitespace=False, max_length=65536)
+    description = serializers.CharField(max_length=300, required=False, allow_blank=True)

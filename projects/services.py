@@ -182,3 +182,57 @@ def project_transfer(*, project: Project, actor: User, new_owner: User) -> Proje
     project.owner = new_owner
     project.save(update_fields=["owner", "updated_at"])
     return project
+
+
+def secret_set(
+    *, project: Project, actor: User, name: str, value: str, description: str = ""
+) -> Any:
+    """Create or replace a secret's value (write-only: values are never read back)."""
+    from . import crypto
+    from .models import Secret
+
+    secret, created = Secret.objects.select_for_update().get_or_create(
+        project=project,
+        name=name,
+        defaults={
+            "value_encrypted": crypto.encrypt(value),
+            "created_by": actor,
+            "description": description,
+        },
+    )
+    if not created:
+        secret.value_encrypted = crypto.encrypt(value)
+        secret.description = description or secret.description
+        secret.save(update_fields=["value_encrypted", "description", "updated_at"])
+    return secret
+
+
+def secret_create(
+    *, project: Project, actor: User, name: str, value: str, description: str = ""
+) -> Any:
+    from .models import Secret
+
+    if Secret.objects.filter(project=project, name=name).exists():
+        raise Conflict(f"A secret named '{name}' already exists; replace its value instead.")
+    with transaction.atomic():
+        return secret_set(
+            project=project, actor=actor, name=name, value=value, description=description
+        )
+
+
+def secret_delete(*, secret: Any, actor: User) -> None:
+    secret.delete()
+
+
+def secrets_rotate() -> int:
+    """Re-encrypt every secret with the primary key of SPARKOPS_SECRET_KEYS."""
+    from . import crypto
+    from .models import Secret
+
+    count = 0
+    for secret in Secret.objects.select_for_update().iterator():
+        rotated = crypto.rotate(secret.value_encrypted)
+        if rotated != secret.value_encrypted:
+            Secret.objects.filter(pk=secret.pk).update(value_encrypted=rotated)
+            count += 1
+    return count

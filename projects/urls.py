@@ -8,4 +8,5 @@ router.register("projects", views.ProjectViewSet, basename="project")
 router.register(
     rf"projects/(?P<project_pk>{views.UUID_RE})/members", views.MembershipViewSet, basename="member"
 )
+router.register("secrets", views.SecretViewSet, basename="secret")
 urlpatterns = router.urls

@@ -17,15 +17,17 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 
 from accounts.models import User
-from sparkops.api import InvalidInput, ProjectScopedViewSet
+from sparkops.api import InvalidInput, ProjectScopedGenericViewSet, ProjectScopedViewSet
 
 from . import services
 from .filters import ProjectFilter
-from .models import Membership, Project, Role, with_caller_role
+from .models import Membership, Project, Role, Secret, with_caller_role
 from .serializers import (
     MembershipSerializer,
     MembershipUpdateSerializer,
     ProjectSerializer,
+    SecretSerializer,
+    SecretValueSerializer,
     TransferSerializer,
 )
 
@@ -189,3 +191,43 @@ class MembershipViewSet(
 
     def perform_destroy(self, instance: Membership) -> None:
         services.membership_remove(membership=instance, actor=self.request.user)
+
+
+@extend_schema(tags=["secrets"])
+class SecretViewSet(
+    mixins.ListModelMixin,
+    mixins.CreateModelMixin,
+    mixins.RetrieveModelMixin,
+    mixins.DestroyModelMixin,
+    ProjectScopedGenericViewSet,
+):
+    """Project secrets: write-only values; names are visible to developers and up (to reference
+    them), managed by admins."""
+
+    queryset = Secret.objects.select_related("project")
+    serializer_class = SecretSerializer
+    filterset_fields = ["project"]
+    search_fields = ["name", "description"]
+    ordering_fields = ["name", "created_at", "updated_at", "last_used_at"]
+    read_role = Role.DEVELOPER
+    write_role = Role.ADMIN
+
+    def perform_create(self, serializer: SecretSerializer) -> None:
+        self.check_project_role(serializer.validated_data["project"])
+        serializer.instance = services.secret_create(
+            actor=self.request.user, **serializer.validated_data
+        )
+
+    def perform_destroy(self, instance: Secret) -> None:
+        services.secret_delete(secret=instance, actor=self.request.user)
+
+    @extend_schema(request=SecretValueSerializer, responses={200: SecretSerializer})
+    @action(detail=True, methods=["put"], url_path="value")
+    def replace_value(self, request: Request, pk: Any = None) -> Response:
+        secret = self.get_object()
+        body = SecretValueSerializer(data=request.data)
+        body.is_valid(raise_exception=True)
+        secret = services.secret_set(
+            project=secret.project, actor=request.user, name=secret.name, **body.validated_data
+        )
+        return Response(SecretSerializer(secret, context={"request": request}).data)

@@ -30,7 +30,7 @@ class ProjectRolePermission(permissions.BasePermission):
         return Membership.objects.has_role(request.user, project, required)
 
 
-class ProjectScopedViewSet(viewsets.ModelViewSet):
+class ProjectScopedMixin:
     """Base for every project-owned resource.
 
     `queryset` must be of a model whose QuerySet has `for_user(user)`; that is the only scoping,
@@ -43,8 +43,8 @@ class ProjectScopedViewSet(viewsets.ModelViewSet):
     write_role = "developer"
     read_role = "viewer"
 
-    def get_queryset(self):  # type: ignore[override]
-        return super().get_queryset().for_user(self.request.user)
+    def get_queryset(self):  # type: ignore[no-untyped-def]
+        return super().get_queryset().for_user(self.request.user)  # type: ignore[misc]
 
     def required_role(self) -> str:
         if self.action in self.action_roles:
@@ -66,3 +66,11 @@ class ProjectScopedViewSet(viewsets.ModelViewSet):
             raise exceptions.PermissionDenied(
                 "Your role in this project does not allow this action."
             )
+
+
+class ProjectScopedGenericViewSet(ProjectScopedMixin, viewsets.GenericViewSet):
+    """Pick the mixins you need (e.g. no update for write-only resources)."""
+
+
+class ProjectScopedViewSet(ProjectScopedMixin, viewsets.ModelViewSet):
+    pass

@@ -115,5 +115,9 @@ def exception_handler(exc: Exception, context: dict[str, Any]) -> Response:
             data = {"non_field_errors": data}
         response.data = error_body("validation_error", "Invalid input.", data)
     else:
-        response.data = error_body(_drf_error_type(exc), exc.detail)
+        detail = exc.detail
+        if isinstance(detail, dict) and "detail" in detail:
+            # simplejwt nests its message (and a code) in a dict.
+            detail = detail["detail"]
+        response.data = error_body(_drf_error_type(exc), detail)
     return response

@@ -210,6 +210,8 @@ SIMPLE_JWT = {
     "AUTH_HEADER_TYPES": ("Bearer",),
     "USER_ID_FIELD": "id",
     "USER_ID_CLAIM": "user_id",
+    # Tokens carry a hash of the password hash: a password change also ends access tokens.
+    "CHECK_REVOKE_TOKEN": True,
 }
 
 SPECTACULAR_SETTINGS = {
@@ -295,3 +297,8 @@ SPARKOPS_OUTBOUND_CONNECT_TIMEOUT = env.float("SPARKOPS_OUTBOUND_CONNECT_TIMEOUT
 SPARKOPS_OUTBOUND_READ_TIMEOUT = env.float("SPARKOPS_OUTBOUND_READ_TIMEOUT", default=30.0)
 SPARKOPS_OUTBOUND_MAX_BYTES = env.int("SPARKOPS_OUTBOUND_MAX_BYTES", default=5 * 1024 * 1024)
 SPARKOPS_OUTBOUND_MAX_REDIRECTS = env.int("SPARKOPS_OUTBOUND_MAX_REDIRECTS", default=5)
+
+# --- Secrets at rest ----------------------------------------------------------------------------
+# Fernet keys, newest first (`python -c "from cryptography.fernet import Fernet;
+# print(Fernet.generate_key().decode())"`). Empty: one key derived from SECRET_KEY.
+SPARKOPS_SECRET_KEYS = env.list("SPARKOPS_SECRET_KEYS", default=[])

@@ -12,6 +12,9 @@ from . import health
 api_v1 = [
     path("auth/", include("accounts.urls")),
     path("", include("projects.urls")),
+    path("", include("agents.urls")),
+    path("", include("tools.urls")),
+    path("", include("workflows.urls")),
 ]
 
 urlpatterns = [
