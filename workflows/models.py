@@ -53,7 +53,9 @@ class Workflow(models.Model):
     class Meta:
         ordering = ["name"]
         constraints = [
-            models.UniqueConstraint(fields=["project", "slug"], name="workflows_workflow_unique_slug")
+            models.UniqueConstraint(
+                fields=["project", "slug"], name="workflows_workflow_unique_slug"
+            )
         ]
 
     def __str__(self) -> str:

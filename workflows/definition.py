@@ -1,0 +1,482 @@
+"""Workflow definitions (DESIGN.md §5): the JSON Schema, the checks a schema cannot express
+(unique ids, known agents and tools, no cycles, templates that only read upstream steps),
+and graph helpers shared with the run engine. Pure Python: callers pass in what needs the
+database (`agent_exists`, `tool_exists`)."""
+
+from __future__ import annotations
+
+import graphlib
+from collections.abc import Callable, Iterator
+from typing import Any
+
+from jsonschema import Draft202012Validator, FormatChecker
+from jsonschema.exceptions import SchemaError, ValidationError
+
+from sparkops.errors import InvalidInput
+
+from . import templating
+from .templating import TemplateError
+
+NODE_TYPES = ("agent", "tool", "approval", "transform")
+NODE_ID_PATTERN = r"^[A-Za-z_][A-Za-z0-9_-]{0,63}$"
+
+_NODE_COMMON: dict[str, Any] = {
+    "id": {
+        "type": "string",
+        "pattern": NODE_ID_PATTERN,
+        "description": "Unique in the workflow; templates read its result as steps.<id>.",
+    },
+    "description": {"type": "string", "maxLength": 2000},
+    "depends_on": {
+        "type": "array",
+        "items": {"type": "string"},
+        "uniqueItems": True,
+        "description": "Nodes that must finish first.",
+    },
+    "when": {
+        "type": "string",
+        "minLength": 1,
+        "description": "Condition, e.g. `{{ steps.a.output.score > 0.5 }}`; false skips the node.",
+    },
+    "retry": {
+        "type": "object",
+        "additionalProperties": False,
+        "properties": {
+            "max_attempts": {"type": "integer", "minimum": 1, "maximum": 20},
+            "backoff_seconds": {"type": "number", "minimum": 0},
+            "max_backoff_seconds": {"type": "number", "minimum": 0},
+        },
+    },
+    "timeout_seconds": {"type": "number", "exclusiveMinimum": 0},
+    "continue_on_failure": {"type": "boolean"},
+}
+
+_NODE_FIELDS: dict[str, tuple[dict[str, Any], list[str]]] = {
+    "agent": (
+        {
+            "agent": {"type": "string", "minLength": 1, "description": "The agent's slug."},
+            "prompt": {"type": "string", "description": "Template of the user prompt."},
+        },
+        ["agent", "prompt"],
+    ),
+    "tool": (
+        {
+            "tool": {"type": "string", "minLength": 1, "description": "The tool's name."},
+            "args": {"type": "object", "description": "Tool arguments; strings are templates."},
+        },
+        ["tool"],
+    ),
+    "approval": (
+        {"message": {"type": "string", "description": "Template shown to the approver."}},
+        [],
+    ),
+    "transform": (
+        {"output": {"description": "Any JSON; its strings are templates, rendered as the result."}},
+        ["output"],
+    ),
+}
+
+
+def _node_schema(node_type: str) -> dict[str, Any]:
+    fields, required = _NODE_FIELDS[node_type]
+    return {
+        "type": "object",
+        "properties": {**_NODE_COMMON, "type": {"const": node_type}, **fields},
+        "required": ["id", "type", *required],
+        "additionalProperties": False,
+    }
+
+
+# Self-contained (no $ref) so that it can also be embedded in the OpenAPI document.
+DEFINITION_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "description": "A workflow definition: an input schema, a DAG of nodes and an output.",
+    "additionalProperties": False,
+    "required": ["nodes"],
+    "properties": {
+        "input_schema": {
+            "type": "object",
+            "description": "JSON Schema (2020-12) of a run's input.",
+        },
+        "nodes": {
+            "type": "array",
+            "minItems": 1,
+            "items": {
+                "type": "object",
+                "required": ["id", "type"],
+                "properties": {
+                    "id": _NODE_COMMON["id"],
+                    "type": {"enum": list(NODE_TYPES)},
+                },
+                "allOf": [
+                    {
+                        "if": {"properties": {"type": {"const": node_type}}, "required": ["type"]},
+                        "then": _node_schema(node_type),
+                    }
+                    for node_type in NODE_TYPES
+                ],
+            },
+        },
+        "output": {"description": "Any JSON; its strings are templates, rendered at the end."},
+    },
+}
+
+_definition_validator = Draft202012Validator(DEFINITION_SCHEMA)
+
+# Which fields of a node are templates. `when` is a condition (a single expression).
+_TEMPLATE_FIELDS = {
+    "agent": ("prompt",),
+    "tool": ("args",),
+    "approval": ("message",),
+    "transform": ("output",),
+}
+
+
+class _Errors(dict[str, list[str]]):
+    def add(self, key: str, message: str) -> None:
+        messages = self.setdefault(key, [])
+        if message not in messages:
+            messages.append(message)
+
+
+def _location(root: str, path: Any) -> str:
+    return root + "".join(f"[{part}]" if isinstance(part, int) else f".{part}" for part in path)
+
+
+def _schema_messages(error: ValidationError, root: str) -> Iterator[tuple[str, str]]:
+    """(location, message) for a jsonschema error, in words a workflow author understands.
+    Missing and unknown fields are reported at the field itself."""
+    path = list(error.absolute_path)
+    where = _location(root, path)
+    value = error.validator_value
+    if error.validator == "required" and isinstance(error.instance, dict):
+        for name in value:
+            if name not in error.instance:
+                yield _location(root, [*path, name]), "This field is required."
+    elif error.validator == "additionalProperties" and isinstance(error.instance, dict):
+        known = error.schema.get("properties", {})
+        for name in error.instance:
+            if name not in known:
+                yield _location(root, [*path, name]), "Unknown field."
+    elif error.validator == "type":
+        expected = " or ".join(value) if isinstance(value, list) else value
+        yield where, f"Must be of type {expected}."
+    elif error.validator == "enum" and root == "definition" and path[-1:] == ["type"]:
+        expected = ", ".join(NODE_TYPES)
+        yield where, f"Unknown node type {error.instance!r}; expected one of: {expected}."
+    elif error.validator == "enum":
+        yield where, "Must be one of: " + ", ".join(repr(option) for option in value) + "."
+    elif error.validator == "pattern" and root == "definition" and path[-1:] == ["id"]:
+        yield (
+            where,
+            (
+                f"Invalid node id {error.instance!r}: use letters, digits, '_' or '-', starting "
+                "with a letter or '_', at most 64 characters."
+            ),
+        )
+    elif error.validator == "minimum":
+        yield where, f"Must be at least {value}."
+    elif error.validator == "maximum":
+        yield where, f"Must be at most {value}."
+    elif error.validator == "exclusiveMinimum":
+        yield where, f"Must be greater than {value}."
+    elif error.validator == "minItems":
+        yield where, f"Must contain at least {value} item(s)."
+    elif error.validator == "uniqueItems":
+        yield where, "Must not contain duplicates."
+    else:
+        message = error.message
+        yield where, message if len(message) <= 300 else message[:297] + "..."
+
+
+# --- graph helpers (assume a definition that passed validate_definition) ------------------
+
+
+def _nodes(definition: Any) -> list[dict[str, Any]]:
+    nodes = definition.get("nodes") if isinstance(definition, dict) else None
+    if not isinstance(nodes, list):
+        return []
+    return [node for node in nodes if isinstance(node, dict) and isinstance(node.get("id"), str)]
+
+
+def _dependencies(definition: Any) -> dict[str, list[str]]:
+    """Each node's known dependencies, in definition order (first node wins on duplicate ids;
+    unknown ids are dropped)."""
+    deps: dict[str, list[str]] = {}
+    for node in _nodes(definition):
+        depends_on = node.get("depends_on")
+        deps.setdefault(node["id"], depends_on if isinstance(depends_on, list) else [])
+    return {
+        node_id: [dep for dep in node_deps if isinstance(dep, str) and dep in deps]
+        for node_id, node_deps in deps.items()
+    }
+
+
+def _layers(deps: dict[str, list[str]]) -> list[list[str]]:
+    """Nodes by rank (longest path from a root), each layer in definition order.
+    Raises graphlib.CycleError."""
+    order = {node_id: index for index, node_id in enumerate(deps)}
+    sorter = graphlib.TopologicalSorter(deps)
+    sorter.prepare()
+    layers = []
+    while sorter.is_active():
+        ready = sorted(sorter.get_ready(), key=order.__getitem__)
+        layers.append(ready)
+        sorter.done(*ready)
+    return layers
+
+
+def _cycle_error(exc: graphlib.CycleError) -> InvalidInput:
+    cycle = exc.args[1]
+    return InvalidInput(
+        "Invalid workflow definition.",
+        errors={"definition.nodes": [f"Dependency cycle: {' -> '.join(cycle)}."]},
+    )
+
+
+def topological_order(definition: Any) -> list[str]:
+    """Node ids, dependencies first (rank by rank, definition order within a rank)."""
+    try:
+        return [node_id for layer in _layers(_dependencies(definition)) for node_id in layer]
+    except graphlib.CycleError as exc:
+        raise _cycle_error(exc) from None
+
+
+def upstream(definition: Any) -> dict[str, set[str]]:
+    """Each node's transitive dependencies. Tolerates cycles (validation reports them)."""
+    deps = _dependencies(definition)
+    ancestors: dict[str, set[str]] = {}
+    for node_id in deps:
+        seen: set[str] = set()
+        stack = list(deps[node_id])
+        while stack:
+            dep = stack.pop()
+            if dep not in seen:
+                seen.add(dep)
+                stack.extend(deps[dep])
+        ancestors[node_id] = seen
+    return ancestors
+
+
+def graph(definition: Any) -> dict[str, Any]:
+    """What the UI draws: nodes, edges (dependency -> dependent; conditional when the
+    dependent has a `when`) and layers by topological rank."""
+    deps = _dependencies(definition)
+    seen: set[str] = set()
+    nodes = []
+    edges = []
+    for node in _nodes(definition):
+        node_id = node["id"]
+        if node_id in seen:
+            continue
+        seen.add(node_id)
+        when = node.get("when")
+        nodes.append(
+            {
+                "id": node_id,
+                "type": node.get("type"),
+                "label": node.get("description") or node_id,
+                "depends_on": deps[node_id],
+                "when": when,
+            }
+        )
+        edges.extend(
+            {"source": dep, "target": node_id, "conditional": bool(when)} for dep in deps[node_id]
+        )
+    try:
+        layers = _layers(deps)
+    except graphlib.CycleError as exc:
+        raise _cycle_error(exc) from None
+    return {"nodes": nodes, "edges": edges, "layers": layers}
+
+
+# --- validation ---------------------------------------------------------------------------
+
+
+def _template_strings(value: Any, where: str) -> Iterator[tuple[str, str]]:
+    if isinstance(value, str):
+        yield where, value
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            yield from _template_strings(item, f"{where}.{key}")
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            yield from _template_strings(item, f"{where}[{index}]")
+
+
+def _check_template(
+    errors: _Errors,
+    where: str,
+    source: str,
+    *,
+    condition: bool,
+    step_ids: set[str],
+    allowed_steps: set[str] | None,
+    node_id: str | None,
+) -> None:
+    """Syntax, roots and step references of one template string. `allowed_steps` None means
+    any existing step may be read (the workflow's output)."""
+    try:
+        if condition:
+            templating.check_condition(source)
+        else:
+            templating.check_syntax(source)
+        roots = templating.referenced_roots(source, condition=condition)
+        steps = templating.referenced_steps(source, condition=condition)
+        dynamic = templating.has_dynamic_step_access(source, condition=condition)
+    except TemplateError as exc:
+        errors.add(where, exc.detail)
+        return
+    for name in sorted(roots - templating.ROOTS):
+        errors.add(
+            where,
+            f"Unknown template variable {name!r}; use one of: "
+            + ", ".join(sorted(templating.ROOTS))
+            + ".",
+        )
+    if dynamic:
+        errors.add(where, "Refer to steps by literal id: steps.<id> or steps['<id>'].")
+    for step in sorted(steps):
+        if step not in step_ids:
+            errors.add(where, f"Unknown step {step!r}.")
+        elif allowed_steps is not None and step not in allowed_steps:
+            errors.add(
+                where,
+                f"Step {step!r} is not upstream of {node_id!r}; add it to depends_on "
+                "(directly or through another node).",
+            )
+
+
+def validate_definition(
+    definition: Any,
+    *,
+    agent_exists: Callable[[str], bool],
+    tool_exists: Callable[[str], bool],
+) -> None:
+    """Raise InvalidInput("Invalid workflow definition.") with every problem found, keyed by
+    location (`definition.nodes[2].depends_on`)."""
+    errors = _Errors()
+    for error in _definition_validator.iter_errors(definition):
+        for where, message in _schema_messages(error, "definition"):
+            errors.add(where, message)
+    if not isinstance(definition, dict):
+        raise InvalidInput("Invalid workflow definition.", errors=errors)
+
+    input_schema = definition.get("input_schema")
+    if isinstance(input_schema, dict):
+        try:
+            Draft202012Validator.check_schema(input_schema)
+        except SchemaError as exc:
+            where = _location("definition.input_schema", exc.absolute_path)
+            errors.add(where, f"Not a valid JSON Schema: {exc.message}")
+
+    raw_nodes = definition.get("nodes")
+    indexed = [
+        (index, node)
+        for index, node in enumerate(raw_nodes if isinstance(raw_nodes, list) else [])
+        if isinstance(node, dict)
+    ]
+
+    # Duplicate ids: every occurrence is reported, so each is easy to find.
+    positions: dict[str, list[int]] = {}
+    for index, node in indexed:
+        if isinstance(node.get("id"), str):
+            positions.setdefault(node["id"], []).append(index)
+    for node_id, where_found in positions.items():
+        if len(where_found) > 1:
+            for index in where_found:
+                errors.add(f"definition.nodes[{index}].id", f"Duplicate node id {node_id!r}.")
+    step_ids = set(positions)
+
+    known_agents: dict[str, bool] = {}
+    known_tools: dict[str, bool] = {}
+    for index, node in indexed:
+        node_type = node.get("type")
+        if node_type == "agent" and isinstance(node.get("agent"), str) and node["agent"]:
+            slug = node["agent"]
+            if slug not in known_agents:
+                known_agents[slug] = agent_exists(slug)
+            if not known_agents[slug]:
+                errors.add(f"definition.nodes[{index}].agent", f"Unknown agent {slug!r}.")
+        if node_type == "tool" and isinstance(node.get("tool"), str) and node["tool"]:
+            name = node["tool"]
+            if name not in known_tools:
+                known_tools[name] = tool_exists(name)
+            if not known_tools[name]:
+                errors.add(f"definition.nodes[{index}].tool", f"Unknown tool {name!r}.")
+        depends_on = node.get("depends_on")
+        for dep in depends_on if isinstance(depends_on, list) else []:
+            if isinstance(dep, str) and dep not in step_ids:
+                errors.add(f"definition.nodes[{index}].depends_on", f"Unknown node {dep!r}.")
+
+    deps = _dependencies(definition)
+    try:
+        _layers(deps)
+    except graphlib.CycleError as exc:
+        cycle = exc.args[1]
+        # cycle[1] depends on cycle[0]: report it where that dependency is written.
+        index = positions[cycle[1]][0]
+        errors.add(
+            f"definition.nodes[{index}].depends_on",
+            f"Dependency cycle: {' -> '.join(cycle)}.",
+        )
+
+    ancestors = upstream(definition)
+    for index, node in indexed:
+        node_id = node.get("id") if isinstance(node.get("id"), str) else None
+        # Without a usable id (already an error) only unknown steps are reported.
+        allowed = ancestors.get(node_id, set()) if node_id is not None else None
+        base = f"definition.nodes[{index}]"
+        sources = [
+            (where, source, False)
+            for field in _TEMPLATE_FIELDS.get(node.get("type"), ())
+            if field in node
+            for where, source in _template_strings(node[field], f"{base}.{field}")
+        ]
+        if isinstance(node.get("when"), str):
+            sources.append((f"{base}.when", node["when"], True))
+        for where, source, condition in sources:
+            _check_template(
+                errors,
+                where,
+                source,
+                condition=condition,
+                step_ids=step_ids,
+                allowed_steps=allowed,
+                node_id=node_id,
+            )
+    if "output" in definition:
+        for where, source in _template_strings(definition["output"], "definition.output"):
+            _check_template(
+                errors,
+                where,
+                source,
+                condition=False,
+                step_ids=step_ids,
+                allowed_steps=None,
+                node_id=None,
+            )
+
+    if errors:
+        raise InvalidInput("Invalid workflow definition.", errors=dict(errors))
+
+
+def validate_input(input_schema: dict[str, Any] | None, data: Any) -> None:
+    """Check a run's input against the workflow's input_schema (none: anything goes).
+    Raises InvalidInput("Invalid run input.") with errors keyed `input.<path>`."""
+    if input_schema is None:
+        return
+    try:
+        Draft202012Validator.check_schema(input_schema)
+    except SchemaError as exc:
+        raise InvalidInput(
+            "Invalid run input.",
+            errors={"input_schema": [f"Not a valid JSON Schema: {exc.message}"]},
+        ) from None
+    validator = Draft202012Validator(input_schema, format_checker=FormatChecker())
+    errors = _Errors()
+    for error in validator.iter_errors(data):
+        for where, message in _schema_messages(error, "input"):
+            errors.add(where, message)
+    if errors:
+        raise InvalidInput("Invalid run input.", errors=dict(errors))
