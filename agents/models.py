@@ -4,6 +4,7 @@ from typing import Any
 
 from django.conf import settings as django_settings
 from django.db import models
+from django.utils import timezone
 
 from projects.models import Project
 from sparkops.models import VersionBase
@@ -47,7 +48,11 @@ class Agent(models.Model):
     status = models.CharField(max_length=16, choices=Status.choices, default=Status.ACTIVE)
     version = models.PositiveIntegerField(default=1)
     created_by = models.ForeignKey(
-        django_settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, blank=True, related_name="+"
+        django_settings.AUTH_USER_MODEL,
+        on_delete=models.SET_NULL,
+        null=True,
+        blank=True,
+        related_name="+",
     )
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
@@ -72,3 +77,31 @@ class AgentVersion(VersionBase):
         constraints = [
             models.UniqueConstraint(fields=["agent", "number"], name="agents_version_unique")
         ]
+
+
+class ModelPrice(models.Model):
+    """List price of a model, per million tokens (USD). `model_pattern` is a shell-style pattern
+    (`gpt-4o-mini*`); the most specific matching row valid at call time prices the call. An
+    unmatched model costs 0 and the call's event says `price_unknown`."""
+
+    provider = models.CharField(max_length=32, choices=Agent.Provider.choices)
+    model_pattern = models.CharField(max_length=200)
+    input_per_million = models.DecimalField(max_digits=12, decimal_places=6)
+    output_per_million = models.DecimalField(max_digits=12, decimal_places=6)
+    cached_input_per_million = models.DecimalField(
+        max_digits=12, decimal_places=6, null=True, blank=True
+    )
+    valid_from = models.DateTimeField(default=timezone.now)
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["provider", "model_pattern", "-valid_from"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["provider", "model_pattern", "valid_from"], name="agents_price_unique"
+            )
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.provider}:{self.model_pattern}"

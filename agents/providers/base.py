@@ -1,0 +1,224 @@
+"""The provider-neutral chat types every adapter speaks, and the one error they raise.
+
+The engine builds a `ChatRequest`, an adapter turns it into its SDK's call and turns the answer
+back into a `ChatResponse`; nothing outside `agents.providers` sees an SDK object.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from sparkops.errors import SparkOpsError
+
+PROVIDERS = ("openai", "anthropic", "openai_compatible", "simulated")
+
+
+@dataclass
+class ToolSpec:
+    name: str
+    description: str
+    parameters: dict[str, Any]  # JSON schema of the arguments object
+
+
+@dataclass
+class ToolCall:
+    id: str
+    name: str
+    arguments: dict[str, Any] | None  # None when raw_arguments is not a JSON object
+    raw_arguments: str
+
+
+@dataclass
+class ChatMessage:
+    role: str  # "system" | "user" | "assistant" | "tool"
+    content: str | None = None
+    tool_calls: list[ToolCall] = field(default_factory=list)
+    tool_call_id: str | None = None  # on a "tool" message: the call it answers
+    name: str | None = None  # on a "tool" message: the tool's name
+
+
+@dataclass
+class ChatRequest:
+    model: str
+    messages: list[ChatMessage]
+    tools: list[ToolSpec] = field(default_factory=list)
+    temperature: float | None = None
+    max_tokens: int | None = None
+    # None asks for text; {"type": "json_schema", "json_schema": {"name": ..., "schema": {...}}}
+    # asks for JSON matching the schema (parsing is the engine's job).
+    response_format: dict[str, Any] | None = None
+
+
+@dataclass
+class ChatResponse:
+    content: str | None
+    tool_calls: list[ToolCall]
+    input_tokens: int
+    output_tokens: int
+    model: str
+    finish_reason: str | None
+    latency_ms: float
+    provider: str
+
+
+@dataclass
+class ProviderConfig:
+    provider: str  # one of PROVIDERS
+    model: str
+    api_key: str | None = None
+    base_url: str | None = None
+    settings: dict[str, Any] = field(default_factory=dict)
+    timeout: float = 60.0
+
+
+class Provider(Protocol):
+    name: str
+
+    def chat(self, request: ChatRequest) -> ChatResponse: ...
+
+
+class ProviderError(SparkOpsError):
+    """A provider call failed. `retryable` tells the engine whether another attempt can help;
+    `provider_status` is the HTTP status the provider answered, if it answered at all."""
+
+    status_code = 502
+    error_type = "provider_error"
+
+    def __init__(
+        self,
+        detail: str,
+        *,
+        retryable: bool = False,
+        provider_status: int | None = None,
+        provider: str | None = None,
+        error_type: str | None = None,
+        status_code: int | None = None,
+    ) -> None:
+        extra: dict[str, Any] = {"retryable": retryable}
+        if provider:
+            extra["provider"] = provider
+        super().__init__(detail, extra=extra, status_code=status_code, error_type=error_type)
+        self.retryable = retryable
+        self.provider_status = provider_status
+        self.provider = provider
+
+
+def config_error(detail: str, *, provider: str | None = None) -> ProviderError:
+    """An agent configured so that no call can succeed (unknown provider, missing key)."""
+    return ProviderError(
+        detail, provider=provider, error_type="provider_config_error", status_code=400
+    )
+
+
+def status_error(label: str, status: int, message: str, *, provider: str) -> ProviderError:
+    """Map an HTTP error answered by a provider to a ProviderError."""
+    suffix = f": {message}" if message else "."
+    if status in (401, 403):
+        return ProviderError(
+            f"{label} rejected the credentials (HTTP {status}){suffix}",
+            provider=provider,
+            provider_status=status,
+            error_type="provider_auth_error",
+        )
+    if status == 404:
+        return ProviderError(
+            f"{label} did not find the model or endpoint (HTTP 404){suffix}",
+            provider=provider,
+            provider_status=status,
+            error_type="provider_not_found",
+        )
+    if status == 429:
+        return ProviderError(
+            f"{label} rate limit or quota exceeded (HTTP 429){suffix}",
+            provider=provider,
+            provider_status=status,
+            error_type="provider_rate_limited",
+            retryable=True,
+        )
+    if status == 408:
+        return ProviderError(
+            f"{label} timed out handling the request (HTTP 408){suffix}",
+            provider=provider,
+            provider_status=status,
+            error_type="provider_timeout",
+            status_code=504,
+            retryable=True,
+        )
+    if status >= 500:
+        return ProviderError(
+            f"{label} server error (HTTP {status}){suffix}",
+            provider=provider,
+            provider_status=status,
+            error_type="provider_error",
+            retryable=True,
+        )
+    return ProviderError(
+        f"{label} refused the request (HTTP {status}){suffix}",
+        provider=provider,
+        provider_status=status,
+        error_type="provider_bad_request",
+    )
+
+
+def timeout_error(label: str, timeout: float, *, provider: str) -> ProviderError:
+    return ProviderError(
+        f"{label} did not answer within {timeout:g} seconds.",
+        provider=provider,
+        error_type="provider_timeout",
+        status_code=504,
+        retryable=True,
+    )
+
+
+def connection_error(label: str, exc: BaseException, *, provider: str) -> ProviderError:
+    """A request that never got an HTTP answer. If the egress guard refused it, say so: that is
+    a configuration problem no retry can fix."""
+    denied = egress_denial(exc)
+    if denied is not None:
+        return ProviderError(
+            f"{label} base URL refused by the outbound policy: {denied}",
+            provider=provider,
+            error_type="provider_egress_denied",
+            status_code=400,
+        )
+    return ProviderError(
+        f"Could not connect to {label}.",
+        provider=provider,
+        error_type="provider_unreachable",
+        retryable=True,
+    )
+
+
+def egress_denial(exc: BaseException | None) -> str | None:
+    """The message of a `SparkOpsError` (the egress guard's refusal) in `exc`'s cause chain."""
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, SparkOpsError) and not isinstance(exc, ProviderError):
+            return exc.detail
+        exc = exc.__cause__ or exc.__context__
+    return None
+
+
+def redact(message: str, secret: str | None, *, limit: int = 300) -> str:
+    """A provider's error message, trimmed, with the API key removed wherever it appears."""
+    message = " ".join(str(message).split())
+    if secret:
+        message = message.replace(secret, "[redacted]")
+    if len(message) > limit:
+        message = message[: limit - 1] + "…"
+    return message
+
+
+def parse_arguments(raw: str | None) -> dict[str, Any] | None:
+    """Tool-call arguments as a dict, or None when the model sent something that is not a JSON
+    object (the engine reports that back to the model). An empty string means no arguments."""
+    if raw is None or not raw.strip():
+        return {}
+    try:
+        value = json.loads(raw)
+    except ValueError:
+        return None
+    return value if isinstance(value, dict) else None
