@@ -1,0 +1,65 @@
+"""Tool executors: run a validated tool call and report a ToolResult. `tools.services.
+tool_execute` validates the arguments and calls `execute`; nothing else should."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from projects.secrets import SecretBag
+
+from ..models import Tool
+
+
+@dataclass
+class ToolResult:
+    output: Any
+    ok: bool
+    latency_ms: float
+    http_status: int | None = None
+    error: str | None = None
+    retryable: bool = False
+
+
+def execute(
+    *,
+    tool: Tool,
+    arguments: dict[str, Any],
+    secrets: SecretBag,
+    idempotency_key: str | None = None,
+    timeout: float | None = None,
+) -> ToolResult:
+    if tool.kind == Tool.Kind.HTTP:
+        from .http import execute_http
+
+        return execute_http(
+            config=tool.config,
+            arguments=arguments,
+            secrets=secrets,
+            idempotency_key=idempotency_key,
+            timeout=timeout,
+        )
+    if tool.kind == Tool.Kind.BUILTIN:
+        return _execute_builtin(tool=tool, arguments=arguments, secrets=secrets)
+    return ToolResult(output=None, ok=False, latency_ms=0.0, error=f"Unknown kind {tool.kind!r}.")
+
+
+def _execute_builtin(*, tool: Tool, arguments: dict[str, Any], secrets: SecretBag) -> ToolResult:
+    from .builtin import BuiltinError, run_builtin
+
+    started = time.perf_counter()
+    try:
+        output = run_builtin(tool.config, arguments)
+    except BuiltinError as exc:
+        return ToolResult(
+            output=None,
+            ok=False,
+            latency_ms=_since(started),
+            error=secrets.redact(str(exc)),
+        )
+    return ToolResult(output=secrets.redact(output), ok=True, latency_ms=_since(started))
+
+
+def _since(started: float) -> float:
+    return round((time.perf_counter() - started) * 1000.0, 3)

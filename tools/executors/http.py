@@ -1,0 +1,233 @@
+"""HTTP tools: render the request from the tool's config over `args` and `secrets`, send it
+through `sparkops.egress` (the only way out), retry what may succeed on a second try, and
+report the response with every secret redacted."""
+
+from __future__ import annotations
+
+import base64
+import json
+import re
+import time
+from typing import Any
+
+from django.conf import settings
+
+from projects.secrets import SecretBag, redact
+from sparkops import egress
+from sparkops.errors import SparkOpsError
+
+from ..schema import static_origin
+from . import ToolResult
+
+DEFAULT_RETRY_BACKOFF_SECONDS = 0.5
+MAX_RETRY_DELAY_SECONDS = 5.0
+ERROR_BODY_CHARS = 500
+RETRYABLE_STATUSES = frozenset({429, 500, 502, 503, 504}) | frozenset(range(505, 600))
+_UNRESERVED = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~")
+
+
+class _RenderError(Exception):
+    pass
+
+
+def _render(value: Any, context: dict[str, Any], where: str) -> Any:
+    from workflows import templating
+
+    try:
+        return templating.render_value(value, context)
+    except SparkOpsError as exc:  # template errors, a missing secret
+        raise _RenderError(f"Could not render {where}: {exc.detail}") from None
+
+
+def _text(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if value is None:
+        return ""
+    if isinstance(value, str):
+        return value
+    return json.dumps(value, ensure_ascii=False)
+
+
+def _header_value(name: str, value: Any) -> str:
+    text = _text(value)
+    if any(ch in text for ch in "\r\n\0"):
+        raise _RenderError(f"Header {name} contains a line break after rendering.")
+    return text
+
+
+def _query(rendered: dict[str, Any]) -> list[tuple[str, str]]:
+    params: list[tuple[str, str]] = []
+    for name, value in rendered.items():
+        for item in value if isinstance(value, list) else [value]:
+            if item is not None:
+                params.append((name, _text(item)))
+    return params
+
+
+def _percent_encoded(value: str) -> str:
+    return "".join(
+        ch if ch in _UNRESERVED else "".join(f"%{byte:02X}" for byte in ch.encode()) for ch in value
+    )
+
+
+class _Request:
+    """The rendered request and the derived secret forms to redact from what comes back."""
+
+    def __init__(
+        self,
+        config: dict[str, Any],
+        arguments: dict[str, Any],
+        secrets: SecretBag,
+        idempotency_key: str | None,
+    ) -> None:
+        context = {"args": arguments, "secrets": secrets}
+        self.sensitive: list[str] = []
+        self.method = config["method"].upper()
+        url = _render(config["url"], context, "config.url")
+        if not isinstance(url, str):
+            raise _RenderError("config.url must render to a string.")
+        origin = static_origin(config["url"])
+        if origin is not None and static_origin(url) != origin:
+            raise _RenderError(
+                f"The arguments changed the URL's scheme or host (expected {origin})."
+            )
+        self.url = url
+        headers = _render(config.get("headers") or {}, context, "config.headers")
+        self.headers = {name: _header_value(name, value) for name, value in headers.items()}
+        self.params = _query(_render(config.get("query") or {}, context, "config.query"))
+        self.body = _render(config["body"], context, "config.body") if "body" in config else None
+        self._auth(config.get("auth") or {"type": "none"}, secrets)
+        if idempotency_key:
+            self.headers["X-Idempotency-Key"] = _header_value("X-Idempotency-Key", idempotency_key)
+
+    def _secret(self, secrets: SecretBag, name: str) -> str:
+        try:
+            return secrets[name]
+        except SparkOpsError as exc:
+            raise _RenderError(f"config.auth: {exc.detail}") from None
+
+    def _auth(self, auth: dict[str, Any], secrets: SecretBag) -> None:
+        kind = auth.get("type", "none")
+        if kind == "bearer":
+            self.headers["Authorization"] = f"Bearer {self._secret(secrets, auth['secret'])}"
+        elif kind == "api_key":
+            self.headers[auth.get("header") or "X-API-Key"] = self._secret(secrets, auth["secret"])
+        elif kind == "basic":
+            if auth.get("username_secret"):
+                username = self._secret(secrets, auth["username_secret"])
+            else:
+                username = auth.get("username", "")
+            password = self._secret(secrets, auth["password_secret"])
+            token = base64.b64encode(f"{username}:{password}".encode()).decode("ascii")
+            self.headers["Authorization"] = f"Basic {token}"
+            self.sensitive.append(token)
+
+    def redact(self, secrets: SecretBag, value: Any) -> Any:
+        values = [v for v in secrets.used.values() if v]
+        variants = [_percent_encoded(v) for v in values]
+        return redact(value, [*values, *variants, *self.sensitive])
+
+
+def _output(response: egress.EgressResponse, method: str) -> Any:
+    if method == "HEAD" or not response.content:
+        return None
+    if "json" in response.headers.get("content-type", "").lower():
+        try:
+            return response.json()
+        except ValueError:
+            pass
+    return response.text()
+
+
+def _retry_after(response: egress.EgressResponse) -> float | None:
+    value = response.headers.get("retry-after", "").strip()
+    if re.fullmatch(r"\d+(\.\d+)?", value):
+        return float(value)
+    return None
+
+
+def _delay(attempt: int, backoff: float, hint: float | None) -> float:
+    delay = backoff * (2 ** (attempt - 1))
+    if hint is not None:
+        delay = max(delay, hint)
+    return min(delay, MAX_RETRY_DELAY_SECONDS)
+
+
+def _snippet(output: Any) -> str:
+    text = _text(output) if output is not None else ""
+    text = " ".join(text.split())
+    return text[:ERROR_BODY_CHARS] + ("…" if len(text) > ERROR_BODY_CHARS else "")
+
+
+def execute_http(
+    *,
+    config: dict[str, Any],
+    arguments: dict[str, Any],
+    secrets: SecretBag,
+    idempotency_key: str | None = None,
+    timeout: float | None = None,
+) -> ToolResult:
+    started = time.monotonic()
+
+    def result(**fields: Any) -> ToolResult:
+        elapsed = round((time.monotonic() - started) * 1000.0, 3)
+        return ToolResult(latency_ms=elapsed, **fields)
+
+    try:
+        request = _Request(config, arguments, secrets, idempotency_key)
+    except _RenderError as exc:
+        return result(output=None, ok=False, error=secrets.redact(str(exc)))
+
+    per_try = float(config.get("timeout_seconds") or settings.SPARKOPS_OUTBOUND_READ_TIMEOUT)
+    if timeout is not None:
+        per_try = min(per_try, float(timeout))
+    deadline = None if timeout is None else started + float(timeout)
+    retries = int(config.get("retries") or 0)
+    backoff = float(config.get("retry_backoff_seconds", DEFAULT_RETRY_BACKOFF_SECONDS))
+
+    attempt = 0
+    while True:
+        attempt += 1
+        hint: float | None = None
+        this_try = per_try
+        if deadline is not None:
+            this_try = max(min(per_try, deadline - time.monotonic()), 0.05)
+        try:
+            response = egress.request(
+                request.method,
+                request.url,
+                headers=request.headers,
+                params=request.params or None,
+                json=request.body,
+                timeout=this_try,
+            )
+        except egress.EgressDenied as exc:
+            error = f"Request refused: {exc.detail}"
+            return result(output=None, ok=False, error=request.redact(secrets, error))
+        except egress.EgressError as exc:
+            error, retryable, status, output = str(exc.detail), exc.retryable, None, None
+        else:
+            status = response.status_code
+            output = request.redact(secrets, _output(response, request.method))
+            if status < 400:
+                return result(output=output, ok=True, http_status=status)
+            retryable = status in RETRYABLE_STATUSES
+            error = f"HTTP {status}"
+            if output is not None:
+                error += f": {_snippet(output)}"
+            hint = _retry_after(response)
+        if retryable and attempt <= retries:
+            delay = _delay(attempt, backoff, hint)
+            if deadline is None or deadline - time.monotonic() > delay + 0.05:
+                time.sleep(delay)
+                continue
+        if attempt > 1:
+            error += f" (after {attempt} attempts)"
+        return result(
+            output=output,
+            ok=False,
+            http_status=status,
+            error=request.redact(secrets, error),
+            retryable=retryable,
+        )
