@@ -73,3 +73,23 @@ def cast(db: Any) -> Cast:
 @pytest.fixture
 def api() -> APIClient:
     return APIClient()
+
+
+# --- run engine ------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def celery_engine_worker(django_db_setup: Any, django_db_blocker: Any) -> Any:
+    """One real Celery worker for the whole session (threads pool, both engine queues)."""
+    from sparkops.testing.engine import celery_worker
+
+    with django_db_blocker.unblock(), celery_worker() as worker:
+        yield worker
+
+
+@pytest.fixture
+def engine(celery_engine_worker: Any, transactional_db: Any, settings: Any) -> Any:
+    """A test that runs workflows on the real worker. Its data is committed (the worker's
+    threads must see it), and the database is flushed afterwards."""
+    settings.SPARKOPS_OUTBOUND_ALLOW = ["127.0.0.1", "localhost"]
+    return celery_engine_worker

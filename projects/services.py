@@ -112,6 +112,9 @@ def project_delete(*, project: Project, actor: User, cascade: bool = False) -> N
             "The project still holds content; delete it first or pass ?cascade=true.",
             extra={"counts": counts},
         )
+    if run_model is not None:
+        # Runs pin workflow versions (PROTECT): they go first.
+        run_model.objects.filter(project=project).delete()
     project.delete()
 
 

@@ -1,1 +1,241 @@
-# Models land with this app's issue.
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+from django.conf import settings as django_settings
+from django.db import models
+
+from projects.models import Project
+
+
+class RunQuerySet(models.QuerySet["Run"]):
+    def for_user(self, user: Any) -> RunQuerySet:
+        return self.filter(project__in=Project.objects.for_user(user))
+
+    def active(self) -> RunQuerySet:
+        return self.filter(status__in=Run.ACTIVE_STATUSES)
+
+
+class Run(models.Model):
+    class Status(models.TextChoices):
+        PENDING = "pending", "Pending"
+        QUEUED = "queued", "Queued"
+        RUNNING = "running", "Running"
+        WAITING_APPROVAL = "waiting_approval", "Waiting for approval"
+        SUCCEEDED = "succeeded", "Succeeded"
+        FAILED = "failed", "Failed"
+        CANCELLED = "cancelled", "Cancelled"
+        TIMED_OUT = "timed_out", "Timed out"
+
+    class Trigger(models.TextChoices):
+        MANUAL = "manual", "Manual"
+        API = "api", "API"
+        SCHEDULE = "schedule", "Schedule"
+        WEBHOOK = "webhook", "Webhook"
+        EVENT = "event", "Event"
+        RETRY = "retry", "Retry"
+
+    ACTIVE_STATUSES = (
+        Status.PENDING,
+        Status.QUEUED,
+        Status.RUNNING,
+        Status.WAITING_APPROVAL,
+    )
+    FINISHED_STATUSES = (Status.SUCCEEDED, Status.FAILED, Status.CANCELLED, Status.TIMED_OUT)
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    project = models.ForeignKey(Project, on_delete=models.CASCADE, related_name="runs")
+    workflow = models.ForeignKey(
+        "workflows.Workflow", on_delete=models.CASCADE, related_name="runs"
+    )
+    version = models.ForeignKey(
+        "workflows.WorkflowVersion", on_delete=models.PROTECT, related_name="runs"
+    )
+    status = models.CharField(max_length=20, choices=Status.choices, default=Status.PENDING)
+    trigger = models.CharField(max_length=16, choices=Trigger.choices, default=Trigger.API)
+    input = models.JSONField(default=dict, blank=True)
+    output = models.JSONField(null=True, blank=True)
+    error = models.JSONField(null=True, blank=True, help_text="type, message, step")
+    parent_run = models.ForeignKey(
+        "self", on_delete=models.SET_NULL, null=True, blank=True, related_name="retries"
+    )
+    reuse_succeeded = models.BooleanField(
+        default=False, help_text="Retry from failure: succeeded steps of the parent are reused."
+    )
+    chain_depth = models.PositiveIntegerField(default=0)
+    created_by = models.ForeignKey(
+        django_settings.AUTH_USER_MODEL,
+        on_delete=models.SET_NULL,
+        null=True,
+        blank=True,
+        related_name="+",
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+    queued_at = models.DateTimeField(null=True, blank=True)
+    started_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+    deadline = models.DateTimeField(null=True, blank=True)
+    duration_ms = models.PositiveBigIntegerField(null=True, blank=True)
+    input_tokens = models.PositiveBigIntegerField(default=0)
+    output_tokens = models.PositiveBigIntegerField(default=0)
+    cost = models.DecimalField(max_digits=14, decimal_places=6, default=0)
+    # Last RunEvent seq handed out; advanced by one atomic UPDATE per event (gap-free).
+    event_seq = models.PositiveIntegerField(default=0)
+    cancel_requested = models.BooleanField(default=False)
+
+    objects = RunQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["-created_at"]
+        indexes = [
+            models.Index(fields=["project", "-created_at"]),
+            models.Index(fields=["workflow", "status", "created_at"]),
+            models.Index(fields=["status", "created_at"]),
+        ]
+
+    def __str__(self) -> str:
+        return f"Run {self.pk} ({self.status})"
+
+    @property
+    def is_finished(self) -> bool:
+        return self.status in self.FINISHED_STATUSES
+
+
+class RunStepQuerySet(models.QuerySet["RunStep"]):
+    def for_user(self, user: Any) -> RunStepQuerySet:
+        return self.filter(run__project__in=Project.objects.for_user(user))
+
+
+class RunStep(models.Model):
+    class Status(models.TextChoices):
+        PENDING = "pending", "Pending"
+        QUEUED = "queued", "Queued"
+        RUNNING = "running", "Running"
+        WAITING_APPROVAL = "waiting_approval", "Waiting for approval"
+        SUCCEEDED = "succeeded", "Succeeded"
+        FAILED = "failed", "Failed"
+        SKIPPED = "skipped", "Skipped"
+        CANCELLED = "cancelled", "Cancelled"
+
+    FINISHED_STATUSES = (Status.SUCCEEDED, Status.FAILED, Status.SKIPPED, Status.CANCELLED)
+
+    run = models.ForeignKey(Run, on_delete=models.CASCADE, related_name="steps")
+    node_id = models.CharField(max_length=64)
+    type = models.CharField(max_length=16)
+    status = models.CharField(max_length=20, choices=Status.choices, default=Status.PENDING)
+    # Fencing token: bumped every time the step is (re)queued; a result is written only by the
+    # attempt that is current, so a stale or duplicate delivery can never overwrite a newer one.
+    attempt = models.PositiveIntegerField(default=0)
+    # Failed attempts so far (what `retry.max_attempts` limits; crash recoveries don't count).
+    failures = models.PositiveIntegerField(default=0)
+    input = models.JSONField(null=True, blank=True, help_text="Rendered input (secrets redacted).")
+    output = models.JSONField(null=True, blank=True)
+    error = models.JSONField(null=True, blank=True)
+    queued_at = models.DateTimeField(null=True, blank=True)
+    started_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+    next_attempt_at = models.DateTimeField(null=True, blank=True)
+    heartbeat_at = models.DateTimeField(null=True, blank=True)
+    worker = models.CharField(max_length=200, blank=True)
+    input_tokens = models.PositiveBigIntegerField(default=0)
+    output_tokens = models.PositiveBigIntegerField(default=0)
+    cost = models.DecimalField(max_digits=14, decimal_places=6, default=0)
+    reused_from = models.ForeignKey(
+        "self", on_delete=models.SET_NULL, null=True, blank=True, related_name="+"
+    )
+    decided_by = models.ForeignKey(
+        django_settings.AUTH_USER_MODEL,
+        on_delete=models.SET_NULL,
+        null=True,
+        blank=True,
+        related_name="+",
+    )
+    decided_at = models.DateTimeField(null=True, blank=True)
+    decision_comment = models.TextField(blank=True)
+
+    objects = RunStepQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["run", "id"]
+        constraints = [
+            models.UniqueConstraint(fields=["run", "node_id"], name="runs_step_unique_node")
+        ]
+        indexes = [models.Index(fields=["status", "queued_at"])]
+
+    def __str__(self) -> str:
+        return f"{self.node_id} ({self.status})"
+
+    @property
+    def is_finished(self) -> bool:
+        return self.status in self.FINISHED_STATUSES
+
+
+class RunEventQuerySet(models.QuerySet["RunEvent"]):
+    def for_user(self, user: Any) -> RunEventQuerySet:
+        return self.filter(run__project__in=Project.objects.for_user(user))
+
+
+class RunEvent(models.Model):
+    """Append-only, gap-free ordered log of a run."""
+
+    class Type(models.TextChoices):
+        RUN_STATUS = "run.status", "Run status"
+        STEP_STATUS = "step.status", "Step status"
+        LLM_CALL = "llm.call", "LLM call"
+        TOOL_CALL = "tool.call", "Tool call"
+        APPROVAL_REQUESTED = "approval.requested", "Approval requested"
+        APPROVAL_DECIDED = "approval.decided", "Approval decided"
+        POLICY = "policy.decision", "Policy decision"
+        LOG = "log", "Log"
+
+    run = models.ForeignKey(Run, on_delete=models.CASCADE, related_name="events")
+    seq = models.PositiveIntegerField()
+    type = models.CharField(max_length=32, choices=Type.choices)
+    node_id = models.CharField(max_length=64, blank=True)
+    attempt = models.PositiveIntegerField(null=True, blank=True)
+    payload = models.JSONField(default=dict, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    objects = RunEventQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["run", "seq"]
+        constraints = [models.UniqueConstraint(fields=["run", "seq"], name="runs_event_unique_seq")]
+
+    def __str__(self) -> str:
+        return f"{self.run_id}#{self.seq} {self.type}"
+
+    def save(self, *args: Any, **kwargs: Any) -> None:
+        if self.pk is not None:
+            raise ValueError("Run events are append-only.")
+        super().save(*args, **kwargs)
+
+
+class IdempotencyKey(models.Model):
+    """Stripe-style idempotency for run creation: one row per (project, caller, key), created in
+    the same transaction as the run, so the unique constraint — not a read-then-write — decides
+    which of two concurrent requests creates the run."""
+
+    project = models.ForeignKey(Project, on_delete=models.CASCADE, related_name="+")
+    user = models.ForeignKey(
+        django_settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="+"
+    )
+    key = models.CharField(max_length=255)
+    request_hash = models.CharField(max_length=64)
+    run = models.ForeignKey(Run, on_delete=models.CASCADE, related_name="+")
+    # The first response, replayed verbatim for a repeated request.
+    response = models.JSONField(null=True, blank=True)
+    status_code = models.PositiveSmallIntegerField(null=True, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(
+                fields=["project", "user", "key"], name="runs_idempotency_unique"
+            )
+        ]
+        indexes = [models.Index(fields=["created_at"])]
+
+    def __str__(self) -> str:
+        return f"{self.key} → {self.run_id}"

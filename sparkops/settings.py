@@ -8,6 +8,7 @@ Malformed values fail at start-up, not at first use.
 
 from __future__ import annotations
 
+import os
 import sys
 from datetime import timedelta
 from pathlib import Path
@@ -39,6 +40,7 @@ CORS_ALLOWED_ORIGINS = env.list("CORS_ALLOWED_ORIGINS", default=["http://localho
 CORS_URLS_REGEX = r"^/(api|health|ready)/?.*$"
 
 VAR_DIR = Path(env.str("SPARKOPS_VAR_DIR", default=str(BASE_DIR / ".var")))
+VAR_DIR.mkdir(parents=True, exist_ok=True)
 
 INSTALLED_APPS = [
     "django.contrib.admin",
@@ -104,8 +106,15 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
         "transaction_mode": "IMMEDIATE",
         "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;",
     }
+    # A file, not Django's in-memory default: engine tests run real Celery workers in other
+    # threads and processes, which must all see the same test database.
+    # One file per test session (pid), so concurrent sessions never share it.
+    DATABASES["default"]["TEST"] = {"NAME": str(VAR_DIR / f"test-db-{os.getpid()}.sqlite3")}
 else:
-    DATABASES["default"].setdefault("CONN_MAX_AGE", env.int("DB_CONN_MAX_AGE", default=60))
+    # Tests run worker threads whose connections must close after each task.
+    DATABASES["default"].setdefault(
+        "CONN_MAX_AGE", 0 if TESTING else env.int("DB_CONN_MAX_AGE", default=60)
+    )
     DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
 
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
@@ -228,6 +237,11 @@ SPECTACULAR_SETTINGS = {
     "ENUM_NAME_OVERRIDES": {
         "ProjectStatusEnum": "projects.models.Project.Status",
         "RoleEnum": "projects.models.Role",
+        "RunStatusEnum": "runs.models.Run.Status",
+        "RunStepStatusEnum": "runs.models.RunStep.Status",
+        "WorkflowStatusEnum": "workflows.models.Workflow.Status",
+        # Agents and tools share this choice set.
+        "EnabledStatusEnum": ["active", "disabled"],
     },
 }
 
@@ -239,11 +253,12 @@ if CELERY_BROKER_URL.startswith("filesystem://"):
         "data_folder_in": str(_broker_dir / "out"),
         "data_folder_out": str(_broker_dir / "out"),
         "processed_folder": str(_broker_dir / "processed"),
+        "control_folder": str(_broker_dir / "control"),
         "store_processed": False,
         # The filesystem transport polls; the 1 s default makes a 200-task backlog take 20 s.
         "polling_interval": 0.05,
     }
-    for _folder in ("out", "processed"):
+    for _folder in ("out", "processed", "control"):
         (_broker_dir / _folder).mkdir(parents=True, exist_ok=True)
 else:
     CELERY_BROKER_TRANSPORT_OPTIONS = {
@@ -251,6 +266,9 @@ else:
         # (a step is bounded by its soft time limit) and retries wait in the database, never
         # in a long ETA, so one hour is far above any task's run time.
         "visibility_timeout": env.int("CELERY_VISIBILITY_TIMEOUT", default=3600),
+        # Fail fast when Redis is down (the run is in the database; the sweeper re-sends).
+        "socket_connect_timeout": 2,
+        "socket_timeout": 10,
     }
 CELERY_TASK_IGNORE_RESULT = True
 CELERY_RESULT_BACKEND = None
@@ -302,3 +320,36 @@ SPARKOPS_OUTBOUND_MAX_REDIRECTS = env.int("SPARKOPS_OUTBOUND_MAX_REDIRECTS", def
 # Fernet keys, newest first (`python -c "from cryptography.fernet import Fernet;
 # print(Fernet.generate_key().decode())"`). Empty: one key derived from SECRET_KEY.
 SPARKOPS_SECRET_KEYS = env.list("SPARKOPS_SECRET_KEYS", default=[])
+
+# --- Run engine ---------------------------------------------------------------------------------
+# Running steps heartbeat every SPARKOPS_HEARTBEAT_SECONDS; one silent for
+# SPARKOPS_HEARTBEAT_TIMEOUT is taken as lost (worker died) and re-queued by the sweeper, which
+# runs every SPARKOPS_SWEEP_SECONDS. Runs/steps left `pending`/`queued` longer than
+# SPARKOPS_QUEUED_GRACE (message lost, broker down at enqueue) are sent again.
+SPARKOPS_HEARTBEAT_SECONDS = env.float("SPARKOPS_HEARTBEAT_SECONDS", default=5.0)
+SPARKOPS_HEARTBEAT_TIMEOUT = env.float("SPARKOPS_HEARTBEAT_TIMEOUT", default=30.0)
+SPARKOPS_SWEEP_SECONDS = env.float("SPARKOPS_SWEEP_SECONDS", default=30.0)
+SPARKOPS_QUEUED_GRACE = env.float("SPARKOPS_QUEUED_GRACE", default=60.0)
+# Retries whose backoff is shorter than this are sent with a countdown; longer ones wait in
+# the database for the sweeper (a long ETA would outlive Redis' visibility timeout).
+SPARKOPS_RETRY_COUNTDOWN_MAX = env.float("SPARKOPS_RETRY_COUNTDOWN_MAX", default=60.0)
+SPARKOPS_STEP_TIMEOUT = env.int("SPARKOPS_STEP_TIMEOUT", default=600)
+SPARKOPS_MAX_OUTPUT_BYTES = env.int("SPARKOPS_MAX_OUTPUT_BYTES", default=1024 * 1024)
+SPARKOPS_IDEMPOTENCY_TTL_HOURS = env.int("SPARKOPS_IDEMPOTENCY_TTL_HOURS", default=24)
+SPARKOPS_MAX_CHAIN_DEPTH = env.int("SPARKOPS_MAX_CHAIN_DEPTH", default=10)
+
+CELERY_BEAT_SCHEDULE = {
+    "runs-sweep": {
+        "task": "runs.sweep",
+        "schedule": SPARKOPS_SWEEP_SECONDS,
+        "options": {"queue": "orchestration", "expires": SPARKOPS_SWEEP_SECONDS},
+    },
+}
+# Publishing must not hang a request when the broker is down: the run is already committed
+# and the sweeper sends it once the broker is back.
+CELERY_TASK_PUBLISH_RETRY_POLICY = {
+    "max_retries": 1,
+    "interval_start": 0,
+    "interval_step": 0.2,
+    "interval_max": 0.2,
+}

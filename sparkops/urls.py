@@ -15,6 +15,7 @@ api_v1 = [
     path("", include("agents.urls")),
     path("", include("tools.urls")),
     path("", include("workflows.urls")),
+    path("", include("runs.urls")),
 ]
 
 urlpatterns = [

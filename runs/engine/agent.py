@@ -1,0 +1,164 @@
+"""An agent step: the tool-calling loop.
+
+system prompt + rendered prompt → model → for each tool call: validate the arguments against
+the tool's JSON Schema (an invalid call is reported back to the model, not crashed on),
+execute, feed the result back → until a final answer or `max_iterations`. Each model call is
+charged and logged once (runs.services.steps.usage_record); each tool call is logged."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from agents.models import Agent
+from agents.pricing import price_for
+from agents.providers import ChatMessage, ChatRequest, ProviderError, ToolSpec, get_provider
+from runs.models import RunEvent, RunStep
+from runs.services.steps import Checkpoint, StepError, usage_record
+from sparkops.errors import SparkOpsError
+
+from .executors import _record_input, _render, call_tool
+
+TOOL_RESULT_LIMIT = 20_000
+
+
+def run_agent(
+    *, step: RunStep, node: dict[str, Any], checkpoint: Checkpoint, context: dict[str, Any]
+) -> Any:
+    from agents.services import agent_provider_config
+
+    agent = Agent.objects.filter(project=step.run.project, slug=node["agent"]).first()
+    if agent is None or agent.status != Agent.Status.ACTIVE:
+        raise StepError("agent_unavailable", f"Agent '{node['agent']}' is missing or disabled.")
+    tools = {tool.name: tool for tool in agent.tools.filter(status="active")}
+    prompt = _render(node.get("prompt", ""), context, "the prompt")
+    if not isinstance(prompt, str):
+        prompt = json.dumps(prompt, default=str)
+    system = agent.system_prompt
+    if node.get("system_prompt"):
+        system = _render(node["system_prompt"], context, "the system prompt")
+    _record_input(step, {"prompt": prompt, "system_prompt": system}, checkpoint)
+
+    try:
+        config = agent_provider_config(agent=agent, secrets=checkpoint.secrets)
+    except SparkOpsError as exc:
+        raise StepError(exc.error_type, str(exc.detail)) from exc
+    config.timeout = max(min(config.timeout, checkpoint.remaining()), 0.1)
+    provider = get_provider(config)
+    response_format = None
+    if agent.response_format:
+        response_format = {
+            "type": "json_schema",
+            "json_schema": {"name": "output", "schema": agent.response_format},
+        }
+    messages = [ChatMessage(role="system", content=system)] if system else []
+    messages.append(ChatMessage(role="user", content=prompt))
+    specs = [
+        ToolSpec(t.name, t.description, t.parameters or {"type": "object"}) for t in tools.values()
+    ]
+
+    for iteration in range(1, agent.max_iterations + 1):
+        checkpoint()
+        request = ChatRequest(
+            model=agent.model,
+            messages=messages,
+            tools=specs,
+            temperature=agent.temperature,
+            max_tokens=agent.max_tokens,
+            response_format=response_format,
+        )
+        try:
+            response = provider.chat(request)
+        except ProviderError as exc:
+            raise StepError(
+                exc.error_type, str(exc.detail), retryable=exc.retryable, provider=agent.provider
+            ) from exc
+        price = price_for(agent.provider, response.model or agent.model)
+        cost = price.cost(response.input_tokens, response.output_tokens) if price else 0
+        usage_record(
+            step=step,
+            attempt=checkpoint.attempt,
+            input_tokens=response.input_tokens,
+            output_tokens=response.output_tokens,
+            cost=cost,
+            event={
+                "type": RunEvent.Type.LLM_CALL,
+                "payload": {
+                    "provider": agent.provider,
+                    "model": response.model or agent.model,
+                    "iteration": iteration,
+                    "input_tokens": response.input_tokens,
+                    "output_tokens": response.output_tokens,
+                    "cost": str(cost),
+                    "price_unknown": price is None,
+                    "latency_ms": round(response.latency_ms, 2),
+                    "finish_reason": response.finish_reason,
+                    "tool_calls": [call.name for call in response.tool_calls],
+                },
+            },
+        )
+        if not response.tool_calls:
+            return _final_output(agent, response.content)
+        messages.append(
+            ChatMessage(role="assistant", content=response.content, tool_calls=response.tool_calls)
+        )
+        for call in response.tool_calls:
+            messages.append(
+                ChatMessage(
+                    role="tool",
+                    tool_call_id=call.id,
+                    name=call.name,
+                    content=_tool_result(step, checkpoint, tools, call, iteration),
+                )
+            )
+    raise StepError(
+        "max_iterations",
+        f"The agent did not give a final answer within {agent.max_iterations} iterations.",
+    )
+
+
+def _tool_result(
+    step: RunStep, checkpoint: Checkpoint, tools: dict[str, Any], call: Any, iteration: int
+) -> str:
+    """The tool message fed back to the model; errors are reported to the model, not raised."""
+    tool = tools.get(call.name)
+    if tool is None:
+        return json.dumps({"error": f"Unknown tool '{call.name}'. Available: {sorted(tools)}"})
+    if call.arguments is None:
+        return json.dumps(
+            {"error": "The arguments are not a JSON object.", "raw": call.raw_arguments}
+        )
+    try:
+        result = call_tool(
+            step=step,
+            checkpoint=checkpoint,
+            tool=tool,
+            arguments=call.arguments,
+            idempotency_key=f"{step.run_id}:{step.node_id}:{iteration}:{call.id}",
+            iteration=iteration,
+        )
+    except StepError as exc:  # invalid arguments: tell the model what was wrong
+        return json.dumps({"error": exc.message, "details": exc.details.get("errors")}, default=str)
+    payload = result.output if result.ok else {"error": result.error, "status": result.http_status}
+    text = payload if isinstance(payload, str) else json.dumps(payload, default=str)
+    if len(text) > TOOL_RESULT_LIMIT:
+        text = text[:TOOL_RESULT_LIMIT] + "…(truncated)"
+    return checkpoint.secrets.redact(text)
+
+
+def _final_output(agent: Agent, content: str | None) -> Any:
+    text = content or ""
+    if not agent.response_format:
+        return {"text": text}
+    cleaned = text.strip()
+    if cleaned.startswith("```"):
+        cleaned = cleaned.strip("`")
+        cleaned = cleaned[cleaned.find("\n") + 1 :] if "\n" in cleaned else cleaned
+    try:
+        return json.loads(cleaned)
+    except json.JSONDecodeError as exc:
+        raise StepError(
+            "invalid_json_output",
+            f"The agent was asked for JSON but answered text that does not parse: {exc}",
+            retryable=True,
+        ) from exc

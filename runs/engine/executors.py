@@ -1,0 +1,140 @@
+"""Executing one step attempt by node type. Executors raise `StepError` (with `retryable`) for
+failures and call the checkpoint between external calls; they never write step state
+themselves beyond usage and call events (through runs.services.steps)."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from runs.models import RunEvent, RunStep
+from runs.services.engine import template_context
+from runs.services.steps import Checkpoint, StepError, step_event
+from sparkops.errors import SparkOpsError
+from workflows.templating import TemplateError, render_value
+
+RETRYABLE_STATUS = {408, 425, 429, 500, 502, 503, 504}
+
+
+def _context(step: RunStep, checkpoint: Checkpoint) -> dict[str, Any]:
+    steps = {s.node_id: s for s in RunStep.objects.filter(run_id=step.run_id)}
+    return template_context(step.run, steps, checkpoint.secrets)
+
+
+def _render(value: Any, context: dict[str, Any], what: str) -> Any:
+    try:
+        return render_value(value, context)
+    except (TemplateError, SparkOpsError) as exc:
+        raise StepError("template_error", f"Cannot render {what}: {exc.detail}") from exc
+
+
+def _record_input(step: RunStep, value: Any, checkpoint: Checkpoint) -> None:
+    RunStep.objects.filter(pk=step.pk, attempt=checkpoint.attempt).update(
+        input=checkpoint.secrets.redact(value)
+    )
+
+
+def execute(*, step: RunStep, node: dict[str, Any], checkpoint: Checkpoint) -> Any:
+    checkpoint()
+    if step.type == "transform":
+        context = _context(step, checkpoint)
+        output = _render(node.get("output"), context, "the transform output")
+        _record_input(step, node.get("output"), checkpoint)
+        return output
+    if step.type == "tool":
+        return _execute_tool(step, node, checkpoint)
+    if step.type == "agent":
+        from .agent import run_agent
+
+        return run_agent(
+            step=step, node=node, checkpoint=checkpoint, context=_context(step, checkpoint)
+        )
+    raise StepError("unsupported_node", f"Node type '{step.type}' cannot be executed.")
+
+
+def _execute_tool(step: RunStep, node: dict[str, Any], checkpoint: Checkpoint) -> Any:
+    from tools.models import Tool
+
+    tool = Tool.objects.usable_in(step.run.project).filter(name=node["tool"]).first()
+    if tool is None or tool.status != Tool.Status.ACTIVE:
+        raise StepError("tool_unavailable", f"Tool '{node['tool']}' is missing or disabled.")
+    arguments = _render(node.get("args") or {}, _context(step, checkpoint), "the tool arguments")
+    _record_input(step, arguments, checkpoint)
+    result = call_tool(
+        step=step,
+        checkpoint=checkpoint,
+        tool=tool,
+        arguments=arguments,
+        idempotency_key=f"{step.run_id}:{step.node_id}",
+    )
+    if not result.ok:
+        raise StepError(
+            "tool_error",
+            result.error or f"Tool '{tool.name}' failed.",
+            retryable=result.retryable,
+            http_status=result.http_status,
+        )
+    return result.output
+
+
+def call_tool(
+    *,
+    step: RunStep,
+    checkpoint: Checkpoint,
+    tool: Any,
+    arguments: Any,
+    idempotency_key: str,
+    iteration: int | None = None,
+) -> Any:
+    """Execute a tool (validated against its schema) and record a `tool.call` event."""
+    from tools.services import tool_execute
+
+    checkpoint()
+    try:
+        result = tool_execute(
+            tool=tool,
+            arguments=arguments,
+            secrets=checkpoint.secrets,
+            idempotency_key=idempotency_key,
+            timeout=max(min(checkpoint.remaining(), 300.0), 0.1),
+        )
+    except SparkOpsError as exc:
+        step_event(
+            step=step,
+            attempt=checkpoint.attempt,
+            type=RunEvent.Type.TOOL_CALL,
+            payload=checkpoint.secrets.redact(
+                {
+                    "tool": tool.name,
+                    "arguments": arguments,
+                    "ok": False,
+                    "error": str(exc.detail),
+                    "errors": exc.errors,
+                    **({"iteration": iteration} if iteration is not None else {}),
+                }
+            ),
+        )
+        raise StepError(exc.error_type, str(exc.detail), errors=exc.errors) from exc
+    step_event(
+        step=step,
+        attempt=checkpoint.attempt,
+        type=RunEvent.Type.TOOL_CALL,
+        payload=checkpoint.secrets.redact(
+            {
+                "tool": tool.name,
+                "arguments": arguments,
+                "ok": result.ok,
+                "latency_ms": round(result.latency_ms, 2),
+                "http_status": result.http_status,
+                "error": result.error,
+                "output_preview": _preview(result.output),
+                **({"iteration": iteration} if iteration is not None else {}),
+            }
+        ),
+    )
+    return result
+
+
+def _preview(value: Any, limit: int = 500) -> str:
+    text = value if isinstance(value, str) else json.dumps(value, default=str)
+    return text if len(text) <= limit else text[:limit] + "…"

@@ -1,0 +1,70 @@
+"""Heartbeats for running steps: one daemon thread per worker process refreshes
+`heartbeat_at` of every step attempt executing in that process, so a step blocked in a long
+model call still looks alive, and a killed worker's steps go silent and get recovered."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import threading
+from collections.abc import Iterator
+
+from django.conf import settings
+from django.db import close_old_connections, connection
+from django.utils import timezone
+
+logger = logging.getLogger(__name__)
+
+_lock = threading.Lock()
+_running: dict[int, int] = {}  # step id -> attempt
+_thread: threading.Thread | None = None
+_wake = threading.Event()
+
+
+def _beat_once() -> None:
+    from runs.models import RunStep
+
+    with _lock:
+        beating = dict(_running)
+    if not beating:
+        return
+    now = timezone.now()
+    for step_id, attempt in beating.items():
+        RunStep.objects.filter(pk=step_id, attempt=attempt, status=RunStep.Status.RUNNING).update(
+            heartbeat_at=now
+        )
+
+
+def _loop() -> None:
+    interval = float(settings.SPARKOPS_HEARTBEAT_SECONDS)
+    while True:
+        _wake.wait(interval)
+        _wake.clear()
+        try:
+            _beat_once()
+        except Exception:
+            logger.exception("heartbeat failed")
+        finally:
+            close_old_connections()
+            if not _running:
+                connection.close()
+
+
+def _ensure_thread() -> None:
+    global _thread
+    with _lock:
+        if _thread is None or not _thread.is_alive():
+            _thread = threading.Thread(target=_loop, name="sparkops-heartbeat", daemon=True)
+            _thread.start()
+
+
+@contextlib.contextmanager
+def beating(step_id: int, attempt: int) -> Iterator[None]:
+    _ensure_thread()
+    with _lock:
+        _running[step_id] = attempt
+    try:
+        yield
+    finally:
+        with _lock:
+            _running.pop(step_id, None)

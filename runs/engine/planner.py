@@ -1,0 +1,111 @@
+"""Pure planning: from a definition's nodes and the current step statuses, what happens next.
+
+No database, no Celery: the run engine (runs.services.engine) feeds it the statuses it read
+under the run's row lock and applies the plan. Kept pure so its rules are unit-tested alone.
+
+Rules (DESIGN.md §6):
+- a node is ready when every upstream node is finished;
+- a ready node whose every upstream was skipped is skipped (so are nodes downstream of only
+  skipped nodes, transitively); `when` is evaluated by the caller, which needs the outputs;
+- a failed node fails the run unless it says `continue_on_failure`;
+- a run with a fatal failure finishes `failed` (remaining nodes are cancelled by the caller);
+  a run whose nodes are all finished finishes `succeeded`; one with nothing queued or running
+  but a node waiting for approval is `waiting_approval`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+PENDING = "pending"
+QUEUED = "queued"
+RUNNING = "running"
+WAITING_APPROVAL = "waiting_approval"
+SUCCEEDED = "succeeded"
+FAILED = "failed"
+SKIPPED = "skipped"
+CANCELLED = "cancelled"
+FINISHED = frozenset({SUCCEEDED, FAILED, SKIPPED, CANCELLED})
+IN_FLIGHT = frozenset({QUEUED, RUNNING})
+
+
+@dataclass(frozen=True)
+class NodeSpec:
+    id: str
+    type: str
+    depends_on: tuple[str, ...] = ()
+    continue_on_failure: bool = False
+    when: str | None = None
+
+    @classmethod
+    def from_definition(cls, node: dict[str, Any]) -> NodeSpec:
+        return cls(
+            id=node["id"],
+            type=node["type"],
+            depends_on=tuple(node.get("depends_on") or ()),
+            continue_on_failure=bool(node.get("continue_on_failure", False)),
+            when=node.get("when"),
+        )
+
+
+def nodes_of(definition: dict[str, Any]) -> list[NodeSpec]:
+    return [NodeSpec.from_definition(node) for node in definition.get("nodes", [])]
+
+
+@dataclass
+class Plan:
+    ready: list[str] = field(default_factory=list)
+    skip: list[str] = field(default_factory=list)
+    fatal: list[str] = field(default_factory=list)
+    # "succeeded" | "failed" when the run is over, else "running" | "waiting_approval".
+    run_status: str = RUNNING
+
+    @property
+    def finished(self) -> bool:
+        return self.run_status in (SUCCEEDED, FAILED)
+
+
+def plan(nodes: Iterable[NodeSpec], statuses: dict[str, str]) -> Plan:
+    nodes = list(nodes)
+    statuses = dict(statuses)
+    by_id = {node.id: node for node in nodes}
+    result = Plan()
+    result.fatal = [
+        node.id
+        for node in nodes
+        if statuses.get(node.id) == FAILED and not node.continue_on_failure
+    ]
+    if result.fatal:
+        result.run_status = FAILED
+        return result
+
+    # Skips cascade: skipping one node can make its downstream skippable in the same pass.
+    changed = True
+    while changed:
+        changed = False
+        for node in nodes:
+            if statuses.get(node.id) != PENDING or not node.depends_on:
+                continue
+            upstream = [statuses.get(dep) for dep in node.depends_on if dep in by_id]
+            if upstream and all(status == SKIPPED for status in upstream):
+                statuses[node.id] = SKIPPED
+                result.skip.append(node.id)
+                changed = True
+
+    for node in nodes:
+        if statuses.get(node.id) != PENDING:
+            continue
+        if all(statuses.get(dep) in FINISHED for dep in node.depends_on):
+            result.ready.append(node.id)
+
+    if all(statuses.get(node.id) in FINISHED for node in nodes):
+        result.run_status = SUCCEEDED
+    elif (
+        not result.ready
+        and not any(statuses.get(node.id) in IN_FLIGHT for node in nodes)
+        and any(statuses.get(node.id) == WAITING_APPROVAL for node in nodes)
+    ):
+        result.run_status = WAITING_APPROVAL
+    return result

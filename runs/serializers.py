@@ -1,0 +1,137 @@
+from __future__ import annotations
+
+from typing import Any
+
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import extend_schema_field
+from rest_framework import serializers
+
+from runs.models import Run, RunEvent, RunStep
+from workflows.models import Workflow
+
+
+class RunStepSerializer(serializers.ModelSerializer):
+    class Meta:
+        model = RunStep
+        fields = [
+            "id",
+            "node_id",
+            "type",
+            "status",
+            "attempt",
+            "failures",
+            "input",
+            "output",
+            "error",
+            "queued_at",
+            "started_at",
+            "finished_at",
+            "next_attempt_at",
+            "heartbeat_at",
+            "worker",
+            "input_tokens",
+            "output_tokens",
+            "cost",
+            "reused_from",
+            "decided_by",
+            "decided_at",
+            "decision_comment",
+        ]
+        read_only_fields = fields
+
+
+class RunStepSummarySerializer(serializers.ModelSerializer):
+    class Meta:
+        model = RunStep
+        fields = [
+            "node_id",
+            "type",
+            "status",
+            "attempt",
+            "started_at",
+            "finished_at",
+            "error",
+            "input_tokens",
+            "output_tokens",
+            "cost",
+        ]
+        read_only_fields = fields
+
+
+class RunSerializer(serializers.ModelSerializer):
+    workflow_name = serializers.CharField(source="workflow.name", read_only=True)
+    version = serializers.IntegerField(source="version.number", read_only=True)
+
+    class Meta:
+        model = Run
+        fields = [
+            "id",
+            "project",
+            "workflow",
+            "workflow_name",
+            "version",
+            "status",
+            "trigger",
+            "input",
+            "output",
+            "error",
+            "parent_run",
+            "reuse_succeeded",
+            "chain_depth",
+            "created_by",
+            "created_at",
+            "queued_at",
+            "started_at",
+            "finished_at",
+            "deadline",
+            "duration_ms",
+            "input_tokens",
+            "output_tokens",
+            "cost",
+        ]
+        read_only_fields = fields
+
+
+class RunDetailSerializer(RunSerializer):
+    steps = RunStepSummarySerializer(many=True, read_only=True)
+
+    class Meta(RunSerializer.Meta):
+        fields = [*RunSerializer.Meta.fields, "steps"]
+        read_only_fields = fields
+
+
+@extend_schema_field(OpenApiTypes.INT)
+class WorkflowField(serializers.PrimaryKeyRelatedField):
+    """A workflow in one of the caller's projects (role is checked by the view)."""
+
+    def get_queryset(self):  # type: ignore[override]
+        request = self.context.get("request")
+        return Workflow.objects.for_user(getattr(request, "user", None)).select_related("project")
+
+
+class RunInputSerializer(serializers.Serializer):
+    input = serializers.JSONField(required=False, default=dict)
+
+    def validate_input(self, value: Any) -> Any:
+        if not isinstance(value, dict):
+            raise serializers.ValidationError("Must be a JSON object.")
+        return value
+
+
+class RunCreateSerializer(RunInputSerializer):
+    workflow = WorkflowField()
+
+
+class RunRetrySerializer(serializers.Serializer):
+    from_failure = serializers.BooleanField(default=False)
+
+
+class DecisionSerializer(serializers.Serializer):
+    comment = serializers.CharField(required=False, allow_blank=True, default="", max_length=5000)
+
+
+class RunEventSerializer(serializers.ModelSerializer):
+    class Meta:
+        model = RunEvent
+        fields = ["seq", "type", "node_id", "attempt", "payload", "created_at"]
+        read_only_fields = fields

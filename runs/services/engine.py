@@ -1,0 +1,370 @@
+"""The run engine's orchestration: plan a run (`run_advance`), execute one step attempt
+(`step_execute`), and recover whatever was lost (`sweep`). Celery tasks are thin shells around
+these; tests call them directly too."""
+
+from __future__ import annotations
+
+import logging
+from datetime import timedelta
+from typing import Any
+
+from django.conf import settings
+from django.db import transaction
+from django.db.models import Exists, OuterRef, Q
+from django.utils import timezone
+
+from projects.secrets import SecretBag
+from runs.engine import planner
+from runs.models import Run, RunEvent, RunStep
+from sparkops.errors import SparkOpsError
+from workflows.models import Workflow
+from workflows.templating import TemplateError, evaluate_condition, render_value
+
+from .dispatch import send_advance, send_step
+from .events import events_append
+from .steps import (
+    Checkpoint,
+    StepError,
+    StepSuperseded,
+    finish_run,
+    lock_run,
+    node_of,
+    step_fail,
+    step_recover,
+    step_start,
+    step_succeed,
+    step_timeout,
+)
+
+logger = logging.getLogger(__name__)
+
+
+def template_context(run: Run, steps: dict[str, Any], secrets: SecretBag | None) -> dict[str, Any]:
+    """What templates see: input, steps (output and status of each), run, secrets."""
+    return {
+        "input": run.input,
+        "steps": {
+            node_id: {"output": step.output, "status": step.status, "error": step.error}
+            for node_id, step in steps.items()
+        },
+        "run": {"id": str(run.pk), "workflow": str(run.workflow_id), "trigger": run.trigger},
+        "secrets": secrets if secrets is not None else {},
+    }
+
+
+def _admit(run: Run) -> bool:
+    """FIFO admission for workflows with `max_concurrent_runs`. Locks the workflow row so two
+    planners cannot both admit past the limit."""
+    limit = (
+        Workflow.objects.select_for_update()
+        .filter(pk=run.workflow_id)
+        .values_list("max_concurrent_runs", flat=True)
+        .first()
+    )
+    if not limit:
+        return True
+    active = Run.objects.filter(
+        workflow_id=run.workflow_id,
+        status__in=[Run.Status.RUNNING, Run.Status.WAITING_APPROVAL],
+    ).count()
+    if active >= limit:
+        return False
+    return not Run.objects.filter(
+        workflow_id=run.workflow_id,
+        status__in=[Run.Status.QUEUED, Run.Status.PENDING],
+        created_at__lt=run.created_at,
+    ).exists()
+
+
+def run_enqueue(*, run_id: Any) -> None:
+    """pending → queued (the first task of a run, sent after its creation commits), then plan."""
+    with transaction.atomic():
+        moved = Run.objects.filter(pk=run_id, status=Run.Status.PENDING).update(
+            status=Run.Status.QUEUED, queued_at=timezone.now()
+        )
+        if moved:
+            events_append(
+                run_id, [{"type": RunEvent.Type.RUN_STATUS, "payload": {"status": "queued"}}]
+            )
+    run_advance(run_id=run_id)
+
+
+def run_advance(*, run_id: Any) -> None:
+    with transaction.atomic():
+        run = lock_run(run_id)
+        if run is not None:
+            run_advance_locked(run)
+
+
+def run_advance_locked(run: Run) -> None:
+    """Plan the run once: admit it, skip what must be skipped, queue what is ready, and finish
+    it when nothing is left. Call with the run row locked (inside a transaction)."""
+    if run.is_finished or run.cancel_requested:
+        return
+    now = timezone.now()
+    events: list[dict[str, Any]] = []
+    if run.status in (Run.Status.PENDING, Run.Status.QUEUED):
+        if not _admit(run):
+            return
+        snapshot = run.version.snapshot
+        run.status = Run.Status.RUNNING
+        run.started_at = run.started_at or now
+        run.queued_at = run.queued_at or now
+        run.deadline = now + timedelta(seconds=int(snapshot.get("timeout_seconds") or 3600))
+        run.save(update_fields=["status", "started_at", "queued_at", "deadline"])
+        events.append({"type": RunEvent.Type.RUN_STATUS, "payload": {"status": "running"}})
+
+    definition = run.version.snapshot["definition"]
+    nodes = planner.nodes_of(definition)
+    by_id = {node.id: node for node in nodes}
+    steps = {step.node_id: step for step in RunStep.objects.filter(run=run)}
+    secrets = SecretBag(run.project)
+    to_send: list[tuple[int, int]] = []
+
+    def set_status(step: RunStep, status: str, **fields: Any) -> bool:
+        moved = RunStep.objects.filter(pk=step.pk, status=step.status).update(
+            status=status, **fields
+        )
+        if moved:
+            step.status = status
+            for name, value in fields.items():
+                setattr(step, name, value)
+        return bool(moved)
+
+    changed = True
+    result = planner.plan(nodes, {n: s.status for n, s in steps.items()})
+    while changed and not result.fatal:
+        changed = False
+        for node_id in result.skip:
+            step = steps[node_id]
+            if set_status(step, RunStep.Status.SKIPPED, finished_at=now):
+                events.append(
+                    _step_event(step, "skipped", reason="every upstream step was skipped")
+                )
+                changed = True
+        for node_id in result.ready:
+            node, step = by_id[node_id], steps[node_id]
+            if node.when:
+                try:
+                    go = evaluate_condition(node.when, template_context(run, steps, secrets))
+                except (TemplateError, SparkOpsError) as exc:
+                    error = {"type": "when_error", "message": str(exc.detail)}
+                    if set_status(step, RunStep.Status.FAILED, error=error, finished_at=now):
+                        events.append(_step_event(step, "failed", error=error))
+                        changed = True
+                    continue
+                if not go:
+                    if set_status(step, RunStep.Status.SKIPPED, finished_at=now):
+                        events.append(_step_event(step, "skipped", reason="`when` is false"))
+                        changed = True
+                    continue
+            if node.type == "approval":
+                raw = node_of(run, node_id).get("message") or "Approve to continue."
+                try:
+                    message = render_value(raw, template_context(run, steps, secrets))
+                except (TemplateError, SparkOpsError):
+                    message = raw
+                message = secrets.redact(message)
+                if set_status(step, RunStep.Status.WAITING_APPROVAL, input={"message": message}):
+                    events.append(_step_event(step, "waiting_approval"))
+                    events.append(
+                        {
+                            "type": RunEvent.Type.APPROVAL_REQUESTED,
+                            "node_id": node_id,
+                            "payload": {"message": message},
+                        }
+                    )
+                    changed = True
+                continue
+            attempt = step.attempt + 1
+            if set_status(step, RunStep.Status.QUEUED, attempt=attempt, queued_at=now):
+                events.append(_step_event(step, "queued"))
+                to_send.append((step.pk, attempt))
+                changed = True
+        result = planner.plan(nodes, {n: s.status for n, s in steps.items()})
+
+    if result.fatal:
+        failed = steps[result.fatal[0]]
+        error = {
+            "type": "step_failed",
+            "message": f"Step '{failed.node_id}' failed: {(failed.error or {}).get('message', '')}",
+            "step": failed.node_id,
+            "step_error": failed.error,
+        }
+        events_append(run.pk, events)
+        finish_run(run, Run.Status.FAILED, error=error)
+        return
+    if result.run_status == planner.SUCCEEDED:
+        events_append(run.pk, events)
+        try:
+            output = render_value(definition.get("output"), template_context(run, steps, secrets))
+        except (TemplateError, SparkOpsError) as exc:
+            finish_run(
+                run, Run.Status.FAILED, error={"type": "output_error", "message": str(exc.detail)}
+            )
+            return
+        if output is None:
+            output = {n: s.output for n, s in steps.items() if s.status == RunStep.Status.SUCCEEDED}
+        finish_run(run, Run.Status.SUCCEEDED, output=secrets.redact(output))
+        return
+    wanted = (
+        Run.Status.WAITING_APPROVAL
+        if result.run_status == planner.WAITING_APPROVAL
+        else Run.Status.RUNNING
+    )
+    if run.status != wanted:
+        run.status = wanted
+        run.save(update_fields=["status"])
+        events.append({"type": RunEvent.Type.RUN_STATUS, "payload": {"status": wanted}})
+    events_append(run.pk, events)
+    for step_id, attempt in to_send:
+        send_step(step_id, attempt)
+
+
+def _step_event(step: RunStep, status: str, **payload: Any) -> dict[str, Any]:
+    return {
+        "type": RunEvent.Type.STEP_STATUS,
+        "node_id": step.node_id,
+        "attempt": step.attempt or None,
+        "payload": {"status": status, **payload},
+    }
+
+
+# --- executing one attempt ---------------------------------------------------------------------
+
+
+def step_execute(*, step_id: int, attempt: int) -> None:
+    step = step_start(step_id=step_id, attempt=attempt)
+    if step is None:
+        return
+    from runs.engine import executors, heartbeat
+
+    node = node_of(step.run, step.node_id)
+    checkpoint = Checkpoint(step, attempt, step_timeout(node))
+    try:
+        with heartbeat.beating(step.pk, attempt):
+            output = executors.execute(step=step, node=node, checkpoint=checkpoint)
+    except StepSuperseded:
+        logger.info("step %s attempt %s superseded; result discarded", step_id, attempt)
+        return
+    except StepError as exc:
+        step_fail(step=step, attempt=attempt, error=_redacted(exc, checkpoint))
+        return
+    except Exception as exc:  # a bug or an unexpected library error: fail clearly, don't retry
+        logger.exception("step %s attempt %s crashed", step_id, attempt)
+        error = StepError("internal_error", f"{exc.__class__.__name__}: {exc}")
+        step_fail(step=step, attempt=attempt, error=_redacted(error, checkpoint))
+        return
+    step_succeed(step=step, attempt=attempt, output=checkpoint.secrets.redact(output))
+
+
+def _redacted(error: StepError, checkpoint: Checkpoint) -> StepError:
+    error.message = checkpoint.secrets.redact(error.message)
+    error.details = checkpoint.secrets.redact(error.details)
+    return error
+
+
+# --- recovery ------------------------------------------------------------------------------------
+
+
+def sweep() -> dict[str, int]:
+    """Find and fix what messages and workers lost. Safe to run anywhere, any number of times:
+    every fix goes through the same guarded transitions as normal execution."""
+    now = timezone.now()
+    grace = timedelta(seconds=settings.SPARKOPS_QUEUED_GRACE)
+    counts = dict.fromkeys(
+        [
+            "enqueued",
+            "advanced",
+            "steps_resent",
+            "steps_recovered",
+            "steps_timed_out",
+            "runs_timed_out",
+        ],
+        0,
+    )
+
+    # Runs committed but never sent (crash between commit and send, broker down).
+    for run_id in Run.objects.filter(
+        status=Run.Status.PENDING, created_at__lt=now - grace
+    ).values_list("pk", flat=True):
+        run_enqueue(run_id=run_id)
+        counts["enqueued"] += 1
+
+    # Runs past their deadline.
+    for run_id in Run.objects.active().filter(deadline__lt=now).values_list("pk", flat=True):
+        if run_time_out(run_id=run_id):
+            counts["runs_timed_out"] += 1
+
+    # Queued runs whose planning message was lost, and running runs with nothing in flight
+    # (a lost advance after a step finished).
+    in_flight = RunStep.objects.filter(
+        run=OuterRef("pk"),
+        status__in=[RunStep.Status.QUEUED, RunStep.Status.RUNNING, RunStep.Status.WAITING_APPROVAL],
+    )
+    stalled = Run.objects.filter(
+        Q(status=Run.Status.QUEUED, queued_at__lt=now - grace)
+        | Q(status=Run.Status.RUNNING, started_at__lt=now - grace, cancel_requested=False)
+        & ~Exists(in_flight)
+    ).values_list("pk", flat=True)
+    for run_id in stalled:
+        with transaction.atomic():
+            run = lock_run(run_id)
+            if run is not None:
+                run_advance_locked(run)
+        counts["advanced"] += 1
+
+    # Queued steps whose message was lost, or whose retry waited in the database.
+    countdown_max = timedelta(seconds=settings.SPARKOPS_RETRY_COUNTDOWN_MAX)
+    for step in RunStep.objects.filter(
+        status=RunStep.Status.QUEUED, run__status=Run.Status.RUNNING
+    ).values("pk", "attempt", "queued_at", "next_attempt_at"):
+        due = step["next_attempt_at"]
+        queued = step["queued_at"] or now
+        long_wait = due is not None and due - queued > countdown_max and due <= now
+        lost = (due or queued) < now - grace
+        if long_wait or lost:
+            with transaction.atomic():
+                send_step(step["pk"], step["attempt"])
+            counts["steps_resent"] += 1
+
+    # Running steps whose worker went silent.
+    silent = now - timedelta(seconds=settings.SPARKOPS_HEARTBEAT_TIMEOUT)
+    for step in RunStep.objects.filter(
+        status=RunStep.Status.RUNNING, heartbeat_at__lt=silent
+    ).values("pk", "attempt"):
+        if step_recover(step_id=step["pk"], attempt=step["attempt"], reason="heartbeat lost"):
+            counts["steps_recovered"] += 1
+
+    # Running steps past their own timeout (the worker may be stuck in a call).
+    for step in RunStep.objects.filter(status=RunStep.Status.RUNNING).select_related(
+        "run__version"
+    ):
+        node = node_of(step.run, step.node_id)
+        limit = step_timeout(node) + settings.SPARKOPS_HEARTBEAT_SECONDS
+        if step.started_at and step.started_at < now - timedelta(seconds=limit):
+            error = StepError("timeout", "The step ran past its timeout.", retryable=True)
+            if step_fail(step=step, attempt=step.attempt, error=error):
+                counts["steps_timed_out"] += 1
+    return counts
+
+
+def run_time_out(*, run_id: Any) -> bool:
+    with transaction.atomic():
+        run = lock_run(run_id)
+        if run is None or run.is_finished or not run.deadline or run.deadline > timezone.now():
+            return False
+        run.cancel_requested = True
+        run.save(update_fields=["cancel_requested"])
+        finish_run(
+            run,
+            Run.Status.TIMED_OUT,
+            error={
+                "type": "timed_out",
+                "message": "The run passed its deadline (timeout_seconds).",
+            },
+        )
+    return True
+
+
+__all__ = ["run_advance", "run_enqueue", "send_advance", "step_execute", "sweep"]

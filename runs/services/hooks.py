@@ -1,0 +1,31 @@
+"""Points where other parts of the platform join the engine. Called inside the engine's
+transactions (with the run row locked); anything that talks to the outside world must go
+through `transaction.on_commit`."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+from typing import Any
+
+from runs.models import Run
+
+from .dispatch import send_advance
+
+
+def run_finished(run: Run) -> None:
+    """A run reached a final status: admit the next queued run of a concurrency-limited
+    workflow (FIFO)."""
+    limit = run.workflow.max_concurrent_runs if run.workflow_id else None
+    if limit:
+        waiting = (
+            Run.objects.filter(workflow_id=run.workflow_id, status=Run.Status.QUEUED)
+            .order_by("created_at")
+            .values_list("pk", flat=True)
+            .first()
+        )
+        if waiting:
+            send_advance(waiting)
+
+
+def usage_charged(*, run: Run, step: Any, cost: Decimal) -> None:
+    """A model call was charged to `run` (budgets hook in here)."""

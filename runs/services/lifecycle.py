@@ -1,0 +1,259 @@
+"""Creating, cancelling, retrying and approving runs: what the API, the admin, schedules and
+webhooks call."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Callable
+from datetime import timedelta
+from typing import Any
+
+from django.conf import settings
+from django.db import IntegrityError, transaction
+from django.utils import timezone
+
+from runs.models import IdempotencyKey, Run, RunEvent, RunStep
+from sparkops.errors import Conflict, InvalidInput, NotFound, Unprocessable
+from workflows.definition import validate_input
+from workflows.models import Workflow, WorkflowVersion
+
+from .dispatch import send_advance, send_enqueue
+from .events import event_append, events_append
+from .steps import finish_run, lock_run
+
+
+@transaction.atomic
+def run_create(
+    *,
+    workflow: Workflow,
+    input: dict[str, Any] | None,
+    actor: Any,
+    trigger: str = Run.Trigger.API,
+    version: WorkflowVersion | None = None,
+    parent_run: Run | None = None,
+    reuse_succeeded: bool = False,
+    chain_depth: int = 0,
+) -> Run:
+    """The database first: the run and one step row per node are committed, then the first task
+    is sent after commit. If that send is lost, the sweeper sends it."""
+    if workflow.status in (Workflow.Status.PAUSED, Workflow.Status.ARCHIVED):
+        raise Conflict(f"The workflow is {workflow.status}; activate it to start runs.")
+    version = version or workflow.current_version
+    definition = version.snapshot["definition"]
+    input = input if input is not None else {}
+    if not isinstance(input, dict):
+        raise InvalidInput("Invalid run input.", errors={"input": ["Must be a JSON object."]})
+    validate_input(definition.get("input_schema"), input)
+    from . import policy_hooks
+
+    policy_hooks.before_run_start(workflow=workflow, input=input, actor=actor)
+    run = Run.objects.create(
+        project_id=workflow.project_id,
+        workflow=workflow,
+        version=version,
+        status=Run.Status.PENDING,
+        trigger=trigger,
+        input=input,
+        created_by=actor if getattr(actor, "is_authenticated", False) else None,
+        parent_run=parent_run,
+        reuse_succeeded=reuse_succeeded,
+        chain_depth=chain_depth,
+    )
+    reused = {}
+    if parent_run is not None and reuse_succeeded:
+        reused = {
+            step.node_id: step for step in parent_run.steps.filter(status=RunStep.Status.SUCCEEDED)
+        }
+    now = timezone.now()
+    steps = []
+    for node in definition["nodes"]:
+        previous = reused.get(node["id"])
+        steps.append(
+            RunStep(
+                run=run,
+                node_id=node["id"],
+                type=node["type"],
+                status=RunStep.Status.SUCCEEDED if previous else RunStep.Status.PENDING,
+                input=previous.input if previous else None,
+                output=previous.output if previous else None,
+                reused_from=previous,
+                finished_at=now if previous else None,
+            )
+        )
+    RunStep.objects.bulk_create(steps)
+    events = [
+        {
+            "type": RunEvent.Type.RUN_STATUS,
+            "payload": {
+                "status": "pending",
+                "trigger": trigger,
+                "version": version.number,
+                **({"parent_run": str(parent_run.pk)} if parent_run else {}),
+            },
+        }
+    ]
+    events += [
+        {
+            "type": RunEvent.Type.STEP_STATUS,
+            "node_id": node_id,
+            "payload": {"status": "succeeded", "reused_from": str(step.run_id)},
+        }
+        for node_id, step in reused.items()
+    ]
+    events_append(run.pk, events)
+    send_enqueue(run.pk)
+    return run
+
+
+def request_hash(payload: Any) -> str:
+    return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()
+
+
+class _KeyTaken(Exception):
+    pass
+
+
+def run_create_idempotent(
+    *,
+    key: str,
+    body: Any,
+    actor: Any,
+    workflow: Workflow,
+    render: Callable[[Run], Any],
+    **create: Any,
+) -> tuple[Run, Any, bool]:
+    """Stripe's semantics for `Idempotency-Key`, scoped to (project, caller), kept 24 h.
+    Returns (run, response body, replayed). The unique constraint on the key decides between
+    concurrent requests: the loser's transaction rolls back and it replays the winner's run."""
+    if len(key) > 255:
+        raise InvalidInput("Idempotency-Key is longer than 255 characters.")
+    digest = request_hash(body)
+    cutoff = timezone.now() - timedelta(hours=settings.SPARKOPS_IDEMPOTENCY_TTL_HOURS)
+    scope = {"project_id": workflow.project_id, "user": actor, "key": key}
+    for _ in range(3):
+        existing = IdempotencyKey.objects.filter(**scope, created_at__gte=cutoff).first()
+        if existing is not None:
+            if existing.request_hash != digest:
+                raise Unprocessable(
+                    "This Idempotency-Key was used with a different request body.",
+                    error_type="idempotency_key_reused",
+                )
+            run = Run.objects.get(pk=existing.run_id)
+            return run, existing.response if existing.response is not None else render(run), True
+        try:
+            with transaction.atomic():
+                IdempotencyKey.objects.filter(**scope, created_at__lt=cutoff).delete()
+                run = run_create(workflow=workflow, actor=actor, **create)
+                body_out = render(run)
+                try:
+                    with transaction.atomic():
+                        IdempotencyKey.objects.create(
+                            **scope,
+                            request_hash=digest,
+                            run=run,
+                            response=body_out,
+                            status_code=201,
+                        )
+                except IntegrityError:
+                    raise _KeyTaken() from None
+            return run, body_out, False
+        except _KeyTaken:
+            continue  # another request holds the key: replay it on the next pass
+    raise Conflict("A request with this Idempotency-Key is in progress; retry shortly.")
+
+
+@transaction.atomic
+def run_cancel(*, run: Run, actor: Any) -> Run:
+    """Queued steps are cancelled at once; running steps stop at their next checkpoint and their
+    results are discarded; the run ends `cancelled`."""
+    locked = lock_run(run.pk)
+    if locked is None:
+        raise NotFound("Run not found.")
+    if locked.is_finished:
+        raise Conflict(f"The run already finished ({locked.status}).")
+    locked.cancel_requested = True
+    locked.save(update_fields=["cancel_requested"])
+    finish_run(
+        locked,
+        Run.Status.CANCELLED,
+        error={"type": "cancelled", "message": f"Cancelled by {actor}."},
+    )
+    return locked
+
+
+def run_retry(*, run: Run, actor: Any, from_failure: bool = False) -> Run:
+    """A new run of the same pinned version and input, linked to `run`. With `from_failure`,
+    the parent's succeeded steps are reused and only what failed or never ran runs again."""
+    if not run.is_finished:
+        raise Conflict("Only a finished run can be retried.")
+    if from_failure and run.status == Run.Status.SUCCEEDED:
+        raise Conflict("The run succeeded; there is no failure to resume from.")
+    return run_create(
+        workflow=run.workflow,
+        input=run.input,
+        actor=actor,
+        trigger=Run.Trigger.RETRY,
+        version=run.version,
+        parent_run=run,
+        reuse_succeeded=from_failure,
+        chain_depth=run.chain_depth,
+    )
+
+
+@transaction.atomic
+def step_decide(*, run: Run, node_id: str, actor: Any, approve: bool, comment: str = "") -> RunStep:
+    """Approve or reject a waiting approval step. Rejecting fails the node (and so the run,
+    unless the node says continue_on_failure)."""
+    from .engine import run_advance_locked
+
+    locked = lock_run(run.pk)
+    if locked is None:
+        raise NotFound("Run not found.")
+    step = RunStep.objects.select_for_update().filter(run=locked, node_id=node_id).first()
+    if step is None:
+        raise NotFound(f"The run has no step '{node_id}'.")
+    if step.status != RunStep.Status.WAITING_APPROVAL or locked.is_finished:
+        raise Conflict(f"Step '{node_id}' is not waiting for approval (it is {step.status}).")
+    now = timezone.now()
+    decision = {"approved": approve, "by": str(actor), "comment": comment}
+    step.decided_by = actor if getattr(actor, "is_authenticated", False) else None
+    step.decided_at = now
+    step.decision_comment = comment
+    step.finished_at = now
+    if approve:
+        step.status = RunStep.Status.SUCCEEDED
+        step.output = decision
+    else:
+        step.status = RunStep.Status.FAILED
+        step.error = {"type": "rejected", "message": f"Rejected by {actor}: {comment}".strip()}
+    step.save(
+        update_fields=[
+            "status",
+            "output",
+            "error",
+            "decided_by",
+            "decided_at",
+            "decision_comment",
+            "finished_at",
+        ]
+    )
+    event_append(locked.pk, RunEvent.Type.APPROVAL_DECIDED, decision, node_id=node_id)
+    event_append(
+        locked.pk,
+        RunEvent.Type.STEP_STATUS,
+        {"status": step.status, **({"error": step.error} if not approve else {})},
+        node_id=node_id,
+    )
+    if locked.status == Run.Status.WAITING_APPROVAL:
+        locked.status = Run.Status.RUNNING
+        locked.save(update_fields=["status"])
+        event_append(locked.pk, RunEvent.Type.RUN_STATUS, {"status": "running"})
+    run_advance_locked(locked)
+    return step
+
+
+def run_kick(*, run: Run) -> None:
+    """Plan a run again (admin "nudge"; the sweeper does the same on its own)."""
+    with transaction.atomic():
+        send_advance(run.pk)

@@ -1,0 +1,384 @@
+"""Step and run state transitions. Every write here is guarded: a conditional UPDATE on the
+expected status (and, for steps, the expected `attempt`, a fencing token) or a row lock, so two
+workers can never both start, finish or fail the same step, and a stale or duplicate delivery
+is a no-op. Lock order, to stay deadlock-free: the run row first, then its step rows."""
+
+from __future__ import annotations
+
+import logging
+import random
+import socket
+import threading
+from datetime import timedelta
+from decimal import Decimal
+from typing import Any
+
+from django.conf import settings
+from django.db import transaction
+from django.db.models import F
+from django.utils import timezone
+
+from projects.secrets import SecretBag
+from runs.models import Run, RunEvent, RunStep
+
+from .dispatch import send_step
+from .events import event_append, events_append
+
+logger = logging.getLogger(__name__)
+WORKER_NAME = f"{socket.gethostname()}:{threading.get_native_id()}"
+
+
+class StepError(Exception):
+    """A step attempt failed. `retryable` decides whether the retry policy applies."""
+
+    def __init__(self, type: str, message: str, *, retryable: bool = False, **details: Any) -> None:
+        super().__init__(message)
+        self.type = type
+        self.message = message
+        self.retryable = retryable
+        self.details = details
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "type": self.type,
+            "message": self.message,
+            "retryable": self.retryable,
+            **self.details,
+        }
+
+
+class StepSuperseded(Exception):
+    """The attempt is no longer current (cancelled, timed out, recovered elsewhere): stop and
+    write nothing."""
+
+
+def lock_run(run_id: Any) -> Run | None:
+    return Run.objects.select_for_update().filter(pk=run_id).first()
+
+
+def node_of(run: Run, node_id: str) -> dict[str, Any]:
+    for node in run.version.snapshot["definition"]["nodes"]:
+        if node["id"] == node_id:
+            return node
+    raise KeyError(node_id)
+
+
+def retry_policy(run: Run, node: dict[str, Any]) -> dict[str, Any]:
+    policy = dict(run.version.snapshot.get("retry_policy") or {})
+    policy.update(node.get("retry") or {})
+    return {
+        "max_attempts": int(policy.get("max_attempts", 1)),
+        "backoff_seconds": float(policy.get("backoff_seconds", 2)),
+        "max_backoff_seconds": float(policy.get("max_backoff_seconds", 300)),
+    }
+
+
+def backoff_delay(policy: dict[str, Any], failures: int) -> float:
+    """Exponential backoff with jitter: base·2^(n-1), capped, times a factor in [0.5, 1]."""
+    base = policy["backoff_seconds"] * (2 ** max(failures - 1, 0))
+    return min(base, policy["max_backoff_seconds"]) * random.uniform(0.5, 1.0)  # noqa: S311
+
+
+def step_timeout(node: dict[str, Any]) -> float:
+    return float(node.get("timeout_seconds") or settings.SPARKOPS_STEP_TIMEOUT)
+
+
+# --- run lifecycle inside the lock --------------------------------------------------------------
+
+
+def finish_run(
+    run: Run,
+    status: str,
+    *,
+    output: Any = None,
+    error: dict[str, Any] | None = None,
+    events: list[dict[str, Any]] | None = None,
+) -> None:
+    """Call with the run row locked. Cancels every unfinished step (a running one stops at its
+    next checkpoint and its result is discarded) and records the outcome."""
+    now = timezone.now()
+    events = list(events or [])
+    unfinished = list(
+        RunStep.objects.filter(run=run)
+        .exclude(status__in=RunStep.FINISHED_STATUSES)
+        .values_list("node_id", "status")
+    )
+    if unfinished:
+        RunStep.objects.filter(run=run).exclude(status__in=RunStep.FINISHED_STATUSES).update(
+            status=RunStep.Status.CANCELLED, finished_at=now
+        )
+        events += [
+            {
+                "type": RunEvent.Type.STEP_STATUS,
+                "node_id": node_id,
+                "payload": {"status": "cancelled", "from": previous},
+            }
+            for node_id, previous in unfinished
+        ]
+    started = run.started_at or run.created_at
+    run.status = status
+    run.output = output
+    run.error = error
+    run.finished_at = now
+    run.duration_ms = int((now - started).total_seconds() * 1000)
+    run.save(update_fields=["status", "output", "error", "finished_at", "duration_ms"])
+    events.append(
+        {
+            "type": RunEvent.Type.RUN_STATUS,
+            "payload": {"status": status, **({"error": error} if error else {})},
+        }
+    )
+    events_append(run.pk, events)
+    from . import hooks
+
+    hooks.run_finished(run)
+
+
+# --- steps ----------------------------------------------------------------------------------
+
+
+def step_start(*, step_id: int, attempt: int) -> RunStep | None:
+    """queued → running for exactly one delivery of `attempt`; None means "not yours, do
+    nothing" (duplicate, stale attempt, cancelled run, or a retry that is not due yet)."""
+    step = (
+        RunStep.objects.filter(pk=step_id)
+        .values("run_id", "attempt", "status", "next_attempt_at")
+        .first()
+    )
+    if step is None or step["attempt"] != attempt or step["status"] != RunStep.Status.QUEUED:
+        return None
+    now = timezone.now()
+    due = step["next_attempt_at"]
+    if due is not None and due > now + timedelta(seconds=0.5):
+        # Delivered early (redelivery, or a sweeper re-send): come back when due.
+        send_step(step_id, attempt, countdown=(due - now).total_seconds())
+        return None
+    with transaction.atomic():
+        run = lock_run(step["run_id"])
+        if run is None or run.is_finished or run.cancel_requested:
+            return None
+        moved = RunStep.objects.filter(
+            pk=step_id, attempt=attempt, status=RunStep.Status.QUEUED
+        ).update(
+            status=RunStep.Status.RUNNING,
+            started_at=now,
+            heartbeat_at=now,
+            worker=WORKER_NAME,
+            next_attempt_at=None,
+        )
+        if not moved:
+            return None
+        started = RunStep.objects.select_related("run__version", "run__project").get(pk=step_id)
+        event_append(
+            run.pk,
+            RunEvent.Type.STEP_STATUS,
+            {"status": "running", "worker": WORKER_NAME},
+            node_id=started.node_id,
+            attempt=attempt,
+        )
+    return started
+
+
+def step_succeed(*, step: RunStep, attempt: int, output: Any) -> bool:
+    """running → succeeded, once; then plan the run. Returns False for a discarded result."""
+    import json
+
+    size = len(json.dumps(output, default=str))
+    if size > settings.SPARKOPS_MAX_OUTPUT_BYTES:
+        return step_fail(
+            step=step,
+            attempt=attempt,
+            error=StepError(
+                "output_too_large",
+                f"The step output is {size} bytes; the limit is "
+                f"{settings.SPARKOPS_MAX_OUTPUT_BYTES} (SPARKOPS_MAX_OUTPUT_BYTES).",
+            ),
+        )
+    from .engine import run_advance_locked
+
+    with transaction.atomic():
+        run = lock_run(step.run_id)
+        if run is None:
+            return False
+        now = timezone.now()
+        moved = RunStep.objects.filter(
+            pk=step.pk, attempt=attempt, status=RunStep.Status.RUNNING
+        ).update(status=RunStep.Status.SUCCEEDED, output=output, error=None, finished_at=now)
+        if not moved:
+            return False  # already finished, cancelled or superseded: idempotent no-op
+        duration = int((now - (step.started_at or now)).total_seconds() * 1000)
+        event_append(
+            run.pk,
+            RunEvent.Type.STEP_STATUS,
+            {"status": "succeeded", "duration_ms": duration},
+            node_id=step.node_id,
+            attempt=attempt,
+        )
+        run_advance_locked(run)
+    return True
+
+
+def step_fail(*, step: RunStep, attempt: int, error: StepError) -> bool:
+    """A failed attempt: re-queue with backoff if the error is retryable and attempts remain,
+    else running → failed and plan the run (which fails it unless continue_on_failure)."""
+    from .engine import run_advance_locked
+
+    with transaction.atomic():
+        run = lock_run(step.run_id)
+        if run is None:
+            return False
+        current = RunStep.objects.select_for_update().filter(pk=step.pk).first()
+        if (
+            current is None
+            or current.attempt != attempt
+            or current.status != RunStep.Status.RUNNING
+        ):
+            return False
+        now = timezone.now()
+        node = node_of(run, step.node_id)
+        policy = retry_policy(run, node)
+        failures = current.failures + 1
+        error_dict = error.as_dict()
+        if error.retryable and failures < policy["max_attempts"] and not run.cancel_requested:
+            delay = backoff_delay(policy, failures)
+            RunStep.objects.filter(pk=step.pk, attempt=attempt).update(
+                status=RunStep.Status.QUEUED,
+                attempt=attempt + 1,
+                failures=failures,
+                error=error_dict,
+                queued_at=now,
+                next_attempt_at=now + timedelta(seconds=delay),
+                heartbeat_at=None,
+            )
+            event_append(
+                run.pk,
+                RunEvent.Type.STEP_STATUS,
+                {
+                    "status": "queued",
+                    "retry": True,
+                    "error": error_dict,
+                    "failures": failures,
+                    "max_attempts": policy["max_attempts"],
+                    "delay_seconds": round(delay, 3),
+                },
+                node_id=step.node_id,
+                attempt=attempt,
+            )
+            # Short waits ride a countdown; long ones wait in the database for the sweeper
+            # (an ETA longer than Redis' visibility timeout would be delivered twice).
+            if delay <= settings.SPARKOPS_RETRY_COUNTDOWN_MAX:
+                send_step(step.pk, attempt + 1, countdown=delay)
+            return True
+        RunStep.objects.filter(pk=step.pk, attempt=attempt).update(
+            status=RunStep.Status.FAILED, failures=failures, error=error_dict, finished_at=now
+        )
+        event_append(
+            run.pk,
+            RunEvent.Type.STEP_STATUS,
+            {"status": "failed", "error": error_dict, "failures": failures},
+            node_id=step.node_id,
+            attempt=attempt,
+        )
+        run_advance_locked(run)
+    return True
+
+
+def step_recover(*, step_id: int, attempt: int, reason: str) -> bool:
+    """A running attempt whose worker went silent: re-queue it as a new attempt (the lost worker,
+    if it ever comes back, is fenced off by the attempt number). Does not count as a failure."""
+    with transaction.atomic():
+        step = RunStep.objects.filter(pk=step_id).values("run_id").first()
+        if step is None:
+            return False
+        run = lock_run(step["run_id"])
+        if run is None or run.is_finished:
+            return False
+        now = timezone.now()
+        moved = RunStep.objects.filter(
+            pk=step_id, attempt=attempt, status=RunStep.Status.RUNNING
+        ).update(
+            status=RunStep.Status.QUEUED,
+            attempt=attempt + 1,
+            queued_at=now,
+            next_attempt_at=None,
+            heartbeat_at=None,
+            worker="",
+        )
+        if not moved:
+            return False
+        node_id = RunStep.objects.filter(pk=step_id).values_list("node_id", flat=True).get()
+        event_append(
+            run.pk,
+            RunEvent.Type.STEP_STATUS,
+            {"status": "queued", "recovered": True, "reason": reason},
+            node_id=node_id,
+            attempt=attempt,
+        )
+        send_step(step_id, attempt + 1)
+    return True
+
+
+def usage_record(
+    *,
+    step: RunStep,
+    attempt: int,
+    input_tokens: int,
+    output_tokens: int,
+    cost: Decimal,
+    event: dict[str, Any],
+) -> None:
+    """Charge one model call to the step and the run and log it, exactly once: the charge is
+    gated by the attempt fence, so a superseded attempt charges nothing and stops."""
+    with transaction.atomic():
+        run = lock_run(step.run_id)
+        if run is None:
+            raise StepSuperseded()
+        moved = RunStep.objects.filter(
+            pk=step.pk, attempt=attempt, status=RunStep.Status.RUNNING
+        ).update(
+            input_tokens=F("input_tokens") + input_tokens,
+            output_tokens=F("output_tokens") + output_tokens,
+            cost=F("cost") + cost,
+            heartbeat_at=timezone.now(),
+        )
+        if not moved:
+            raise StepSuperseded()
+        Run.objects.filter(pk=run.pk).update(
+            input_tokens=F("input_tokens") + input_tokens,
+            output_tokens=F("output_tokens") + output_tokens,
+            cost=F("cost") + cost,
+        )
+        events_append(run.pk, [{**event, "node_id": step.node_id, "attempt": attempt}])
+        from . import hooks
+
+        hooks.usage_charged(run=run, step=step, cost=cost)
+
+
+def step_event(*, step: RunStep, attempt: int, type: str, payload: dict[str, Any]) -> None:
+    event_append(step.run_id, type, payload, node_id=step.node_id, attempt=attempt)
+
+
+class Checkpoint:
+    """Called between model and tool calls: stops a step that was cancelled, superseded or is
+    past its timeout, and refreshes its heartbeat."""
+
+    def __init__(self, step: RunStep, attempt: int, timeout: float) -> None:
+        self.step = step
+        self.attempt = attempt
+        self.deadline = timezone.now() + timedelta(seconds=timeout)
+        self.secrets = SecretBag(step.run.project)
+
+    def remaining(self) -> float:
+        return max((self.deadline - timezone.now()).total_seconds(), 0.0)
+
+    def __call__(self) -> None:
+        moved = RunStep.objects.filter(
+            pk=self.step.pk,
+            attempt=self.attempt,
+            status=RunStep.Status.RUNNING,
+            run__cancel_requested=False,
+        ).update(heartbeat_at=timezone.now())
+        if not moved:
+            raise StepSuperseded()
+        if self.remaining() <= 0:
+            raise StepError("timeout", "The step ran past its timeout.", retryable=True)
