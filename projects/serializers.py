@@ -63,6 +63,10 @@ class MembershipUpdateSerializer(serializers.Serializer):
     role = serializers.ChoiceField(choices=Role.choices)
 
 
+class CloneSerializer(serializers.Serializer):
+    name = serializers.CharField(max_length=200)
+
+
 class TransferSerializer(serializers.Serializer):
     email = serializers.EmailField(help_text="The email of an existing member.")
 

@@ -239,3 +239,53 @@ def secrets_rotate() -> int:
             Secret.objects.filter(pk=secret.pk).update(value_encrypted=rotated)
             count += 1
     return count
+
+
+@transaction.atomic
+def project_clone(*, project: Project, actor: User, name: str) -> Project:
+    """Copy the project's tools, agents and workflows (already validated, so copied as they
+    are, each with a fresh version 1) into a new project owned by `actor`. Secrets, runs and
+    members are not copied; agents keep the *names* of the secrets they use, so adding those
+    secrets to the new project makes them work."""
+    from agents.models import Agent
+    from agents.services import VERSIONED_FIELDS as AGENT_FIELDS
+    from sparkops.versioning import version_record
+    from tools.models import Tool
+    from tools.services import VERSIONED_FIELDS as TOOL_FIELDS
+    from workflows.models import Workflow
+    from workflows.services import VERSIONED_FIELDS as WORKFLOW_FIELDS
+
+    clone = project_create(
+        actor=actor,
+        name=name,
+        description=project.description,
+        settings=project.settings,
+        metadata={**project.metadata, "cloned_from": str(project.pk)},
+    )
+    tool_map: dict[int, Tool] = {}
+    for tool in Tool.objects.filter(project=project):
+        source_pk = tool.pk
+        tool.pk = None
+        tool.project = clone
+        tool.created_by = actor
+        tool.version = 1
+        tool.save()
+        version_record(obj=tool, fields=TOOL_FIELDS, actor=actor, force=True)
+        tool_map[source_pk] = tool
+    for agent in Agent.objects.filter(project=project).prefetch_related("tools"):
+        tools = [tool_map.get(t.pk, t) for t in agent.tools.all()]  # global tools stay as they are
+        agent.pk = None
+        agent.project = clone
+        agent.created_by = actor
+        agent.version = 1
+        agent.save()
+        agent.tools.set(tools)
+        version_record(obj=agent, fields=AGENT_FIELDS, actor=actor, force=True)
+    for workflow in Workflow.objects.filter(project=project):
+        workflow.pk = None
+        workflow.project = clone
+        workflow.created_by = actor
+        workflow.version = 1
+        workflow.save()
+        version_record(obj=workflow, fields=WORKFLOW_FIELDS, actor=actor, force=True)
+    return clone

@@ -23,6 +23,7 @@ from . import services
 from .filters import ProjectFilter
 from .models import Membership, Project, Role, Secret, with_caller_role
 from .serializers import (
+    CloneSerializer,
     MembershipSerializer,
     MembershipUpdateSerializer,
     ProjectSerializer,
@@ -57,6 +58,7 @@ class ProjectViewSet(ProjectScopedViewSet):
         "create": Role.VIEWER,  # any signed-in user may create; they become its owner
         "destroy": Role.OWNER,
         "transfer": Role.OWNER,
+        "clone": Role.VIEWER,  # anyone who can read a project (or public template) may copy it
     }
 
     def get_queryset(self):  # type: ignore[override]
@@ -96,6 +98,28 @@ class ProjectViewSet(ProjectScopedViewSet):
             )
         page = self.paginate_queryset(queryset)
         return self.get_paginated_response(self.get_serializer(page, many=True).data)
+
+    @extend_schema(responses={200: ProjectSerializer(many=True)})
+    @action(detail=False, methods=["get"])
+    def templates(self, request: Request) -> Response:
+        """Template projects the caller can see (members, or public templates)."""
+        queryset = self.filter_queryset(self.get_queryset()).filter(is_template=True)
+        page = self.paginate_queryset(queryset)
+        return self.get_paginated_response(self.get_serializer(page, many=True).data)
+
+    @extend_schema(request=CloneSerializer, responses={201: ProjectSerializer})
+    @action(detail=True, methods=["post"])
+    def clone(self, request: Request, pk: Any = None) -> Response:
+        """Copy agents, tools and workflows (not secrets, runs or members) into a new project
+        owned by the caller."""
+        source = self.get_object()
+        body = CloneSerializer(data=request.data)
+        body.is_valid(raise_exception=True)
+        project = services.project_clone(
+            project=source, actor=request.user, name=body.validated_data["name"]
+        )
+        project.caller_role = Role.OWNER
+        return Response(self.get_serializer(project).data, status=status.HTTP_201_CREATED)
 
     @extend_schema(request=None, responses={200: ProjectSerializer})
     @action(detail=True, methods=["post"])

@@ -39,6 +39,8 @@ CORE_ROUTES: dict[str, ObjectRoute] = {
     "project-archive": ObjectRoute(_project),
     "project-restore": ObjectRoute(_project),
     "project-transfer": ObjectRoute(_project),
+    # Cloning is a read of the source: a viewer may copy a project into one of their own.
+    "project-clone": ObjectRoute(_project, viewer_allowed=("post",)),
     "member-list": ObjectRoute(_project_pk := lambda c: {"project_pk": c.project.pk}),
     "member-detail": ObjectRoute(_member),
     "api-key-detail": ObjectRoute(_api_key, viewer_write=404, viewer_read=404),

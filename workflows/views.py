@@ -15,6 +15,8 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 
 from projects.models import Role
+from runs.serializers import RunDetailSerializer, RunInputSerializer
+from runs.views import IDEMPOTENCY_HEADER, start_run
 from sparkops.api import InvalidInput, ProjectScopedViewSet
 
 from . import services
@@ -193,3 +195,17 @@ class WorkflowViewSet(ProjectScopedViewSet):
             workflow=self.get_object(), actor=request.user, status=Workflow.Status.ACTIVE
         )
         return Response(self.get_serializer(workflow).data, status=status.HTTP_200_OK)
+
+    @extend_schema(
+        request=RunInputSerializer,
+        parameters=[IDEMPOTENCY_HEADER],
+        responses={201: RunDetailSerializer, 400: INVALID, 409: CONFLICT},
+        tags=["runs"],
+    )
+    @action(detail=True, methods=["post"], filter_backends=[])
+    def run(self, request: Request, pk: Any = None) -> Response:
+        """Start a run of the current version with `{"input": {...}}` (same as POST /runs/)."""
+        workflow = self.get_object()
+        body = RunInputSerializer(data=request.data)
+        body.is_valid(raise_exception=True)
+        return start_run(request, workflow, body.validated_data["input"], "api")

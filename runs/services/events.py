@@ -31,7 +31,11 @@ def events_append(run_id: Any, events: list[dict[str, Any]]) -> list[RunEvent]:
         )
         for index, event in enumerate(events)
     ]
-    return RunEvent.objects.bulk_create(rows)
+    created = RunEvent.objects.bulk_create(rows)
+    from runs import signals
+
+    signals.events_appended.send(sender=RunEvent, run_id=run_id, events=created)
+    return created
 
 
 def event_append(

@@ -351,7 +351,13 @@ def usage_record(
         events_append(run.pk, [{**event, "node_id": step.node_id, "attempt": attempt}])
         from . import hooks
 
-        hooks.usage_charged(run=run, step=step, cost=cost)
+        hooks.usage_charged(
+            run=run,
+            step=step,
+            cost=cost,
+            input_tokens=input_tokens,
+            output_tokens=output_tokens,
+        )
 
 
 def step_event(*, step: RunStep, attempt: int, type: str, payload: dict[str, Any]) -> None:

@@ -26,4 +26,5 @@ ROUTES = {
     "workflow-rollback": ObjectRoute(_workflow),
     "workflow-pause": ObjectRoute(_workflow),
     "workflow-activate": ObjectRoute(_workflow),
+    "workflow-run": ObjectRoute(_workflow),
 }

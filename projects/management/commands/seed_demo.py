@@ -1,4 +1,6 @@
-"""Creates the demo user and project. Idempotent: a second run creates nothing new."""
+"""Creates the demo user and the demo project with a simulated agent, a builtin tool and a
+three-node workflow that runs to completion with no API key. Idempotent: a second run creates
+nothing new."""
 
 from __future__ import annotations
 
@@ -15,9 +17,46 @@ from projects.models import Project
 DEMO_EMAIL = "demo@sparkops.local"
 DEMO_PROJECT_SLUG = "demo"
 
+DEMO_WORKFLOW = {
+    "input_schema": {
+        "type": "object",
+        "properties": {
+            "topic": {"type": "string", "minLength": 1},
+            "expression": {"type": "string"},
+        },
+        "required": ["topic"],
+    },
+    "nodes": [
+        {
+            "id": "research",
+            "type": "agent",
+            "agent": "researcher",
+            "prompt": "Research {{ input.topic }}; check {{ input.expression | default('6*7') }}.",
+            "retry": {"max_attempts": 3, "backoff_seconds": 1},
+        },
+        {
+            "id": "measure",
+            "type": "tool",
+            "tool": "calculator",
+            "args": {"expression": "{{ input.expression | default('2*21') }}"},
+        },
+        {
+            "id": "summarize",
+            "type": "transform",
+            "depends_on": ["research", "measure"],
+            "output": {
+                "topic": "{{ input.topic }}",
+                "finding": "{{ steps.research.output.text }}",
+                "check": "{{ steps.measure.output.result }}",
+            },
+        },
+    ],
+    "output": {"summary": "{{ steps.summarize.output }}"},
+}
+
 
 class Command(BaseCommand):
-    help = "Create the demo user (demo@sparkops.local) and the demo project, if missing."
+    help = "Create the demo user (demo@sparkops.local), project, agent, tool and workflow."
 
     def add_arguments(self, parser: Any) -> None:
         parser.add_argument(
@@ -28,6 +67,13 @@ class Command(BaseCommand):
 
     @transaction.atomic
     def handle(self, *args: Any, password: str, **options: Any) -> None:
+        from agents import services as agents
+        from agents.models import Agent
+        from tools import services as tools
+        from tools.models import Tool
+        from workflows import services as workflows
+        from workflows.models import Workflow
+
         created = []
         user = User.objects.filter(email=DEMO_EMAIL).first()
         if user is None:
@@ -42,6 +88,62 @@ class Command(BaseCommand):
                 description="A demo project with a simulated agent: runs with no API key.",
             )
             created.append(f"project {project.slug}")
+        tool = Tool.objects.filter(project=project, name="calculator").first()
+        if tool is None:
+            tool = tools.tool_create(
+                actor=user,
+                project=project,
+                name="calculator",
+                kind="builtin",
+                description="Evaluates an arithmetic expression.",
+                config={"function": "calculator"},
+            )
+            created.append("tool calculator")
+        if not Agent.objects.filter(project=project, slug="researcher").exists():
+            agents.agent_create(
+                actor=user,
+                project=project,
+                name="Researcher",
+                slug="researcher",
+                provider="simulated",
+                model="sim-1",
+                system_prompt="You research a topic and check numbers with the calculator.",
+                tools=[tool.pk],
+                settings={
+                    "mode": "script",
+                    "turns": [
+                        {
+                            "tool_calls": [
+                                {"name": "calculator", "arguments": {"expression": "6*7"}}
+                            ]
+                        },
+                        {"content": "Checked with the calculator: {last_tool_result}"},
+                    ],
+                },
+            )
+            created.append("agent researcher")
+        if not Agent.objects.filter(project=project, slug="priced").exists():
+            # Same behaviour, but on a model with a (steep) price: for budget demos.
+            agents.agent_create(
+                actor=user,
+                project=project,
+                name="Priced simulated agent",
+                slug="priced",
+                provider="simulated",
+                model="sim-priced",
+                settings={"mode": "fixed", "reply": "A paid answer."},
+            )
+            created.append("agent priced")
+        if not Workflow.objects.filter(project=project, slug="research-and-summarize").exists():
+            workflows.workflow_create(
+                actor=user,
+                project=project,
+                name="Research and summarize",
+                slug="research-and-summarize",
+                description="An agent calls a tool, a tool runs beside it, a transform joins them.",
+                definition=DEMO_WORKFLOW,
+            )
+            created.append("workflow research-and-summarize")
         if created:
             self.stdout.write(self.style.SUCCESS(f"Created {', '.join(created)}."))
         else:
