@@ -21,6 +21,11 @@ def _fast_and_isolated(settings: Any) -> None:
     caches = {name: dict(conf) for name, conf in settings.CACHES.items()}
     caches["default"]["KEY_PREFIX"] = f"t-{uuid.uuid4().hex[:12]}"
     settings.CACHES = caches
+    # Workflow versions are cached per process by primary key (they are immutable and, in a
+    # real database, ids are never reused); a test's rolled-back rows are, so start clean.
+    from runs.services.steps import _snapshot
+
+    _snapshot.cache_clear()
 
 
 def client_for(user: Any = None) -> APIClient:
