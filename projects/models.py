@@ -146,3 +146,121 @@ class Secret(models.Model):
 
     def __str__(self) -> str:
         return f"{self.project.slug}/{self.name}"
+
+
+# --- Outbound webhooks ------------------------------------------------------------------------
+
+
+class WebhookEndpointQuerySet(models.QuerySet["WebhookEndpoint"]):
+    def for_user(self, user: Any) -> WebhookEndpointQuerySet:
+        """Admins and owners manage webhooks; other members do not see them at all (the URL
+        and the deliveries' payloads are theirs to know)."""
+        if user is None or not user.is_authenticated:
+            return self.none()
+        projects = Membership.objects.filter(user=user, role__in=[Role.OWNER, Role.ADMIN]).values(
+            "project_id"
+        )
+        return self.filter(project__in=projects)
+
+
+class WebhookEndpoint(models.Model):
+    """Where a project's events are POSTed, signed per the Standard Webhooks spec. The secret
+    is encrypted at rest; after a rotation the previous one keeps signing for a window."""
+
+    EVENTS = (
+        "run.started",
+        "run.succeeded",
+        "run.failed",
+        "run.cancelled",
+        "run.timed_out",
+        "approval.requested",
+        "budget.threshold",
+    )
+
+    project = models.ForeignKey(Project, on_delete=models.CASCADE, related_name="webhook_endpoints")
+    url = models.URLField(max_length=2000)
+    description = models.CharField(max_length=300, blank=True)
+    events = models.JSONField(default=list, help_text='Event types, or ["*"] for all.')
+    secret_encrypted = models.TextField(editable=False)
+    previous_secret_encrypted = models.TextField(blank=True, editable=False)
+    secret_rotated_at = models.DateTimeField(null=True, blank=True, editable=False)
+    enabled = models.BooleanField(default=True)
+    failing_since = models.DateTimeField(null=True, blank=True)
+    disabled_reason = models.TextField(blank=True)
+    disabled_at = models.DateTimeField(null=True, blank=True)
+    created_by = models.ForeignKey(
+        django_settings.AUTH_USER_MODEL,
+        on_delete=models.SET_NULL,
+        null=True,
+        blank=True,
+        related_name="+",
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    objects = WebhookEndpointQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["created_at", "id"]
+        indexes = [models.Index(fields=["project", "enabled"])]
+
+    def __str__(self) -> str:
+        return self.url
+
+    def subscribes_to(self, event_type: str) -> bool:
+        return "*" in self.events or event_type in self.events
+
+
+class WebhookDeliveryQuerySet(models.QuerySet["WebhookDelivery"]):
+    def for_user(self, user: Any) -> WebhookDeliveryQuerySet:
+        return self.filter(endpoint__in=WebhookEndpoint.objects.for_user(user))
+
+    def due(self, now: Any) -> WebhookDeliveryQuerySet:
+        """Pending, due, and not claimed by a sender right now."""
+        return self.filter(
+            models.Q(next_retry_at__isnull=True) | models.Q(next_retry_at__lte=now),
+            models.Q(claimed_until__isnull=True) | models.Q(claimed_until__lt=now),
+            status=WebhookDelivery.Status.PENDING,
+        )
+
+
+class WebhookDelivery(models.Model):
+    """One message to one endpoint (the outbox row): created in the transaction of the event
+    it reports, sent after commit, retried with backoff; `log` keeps every attempt."""
+
+    class Status(models.TextChoices):
+        PENDING = "pending", "Pending"
+        DELIVERED = "delivered", "Delivered"
+        FAILED = "failed", "Failed"
+
+    endpoint = models.ForeignKey(
+        WebhookEndpoint, on_delete=models.CASCADE, related_name="deliveries"
+    )
+    event_type = models.CharField(max_length=64)
+    payload = models.JSONField()
+    webhook_id = models.CharField(max_length=64, unique=True, help_text="The `webhook-id`.")
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.PENDING)
+    attempt = models.PositiveIntegerField(default=0, help_text="Attempts made so far.")
+    response_status = models.PositiveSmallIntegerField(null=True, blank=True)
+    response_body = models.TextField(blank=True, help_text="The start of the last response.")
+    latency_ms = models.FloatField(null=True, blank=True)
+    error = models.TextField(blank=True)
+    next_retry_at = models.DateTimeField(null=True, blank=True)
+    # A sender holds the row until then; a crashed sender's claim simply runs out.
+    claimed_until = models.DateTimeField(null=True, blank=True, editable=False)
+    retry_until = models.DateTimeField(help_text="No retry after this (24 h after the event).")
+    delivered_at = models.DateTimeField(null=True, blank=True)
+    log = models.JSONField(default=list, blank=True, help_text="Every attempt, oldest first.")
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    objects = WebhookDeliveryQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+        indexes = [
+            models.Index(fields=["status", "next_retry_at"]),
+            models.Index(fields=["endpoint", "-created_at"]),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.event_type} → {self.endpoint_id} ({self.status})"

@@ -1,6 +1,6 @@
 from rest_framework.routers import SimpleRouter
 
-from . import views
+from . import views, webhook_views
 
 router = SimpleRouter()
 router.trailing_slash = "/?"  # both `/projects` and `/projects/` (the seed routes had none)
@@ -9,4 +9,7 @@ router.register(
     rf"projects/(?P<project_pk>{views.UUID_RE})/members", views.MembershipViewSet, basename="member"
 )
 router.register("secrets", views.SecretViewSet, basename="secret")
+router.register(
+    "webhook-endpoints", webhook_views.WebhookEndpointViewSet, basename="webhook-endpoint"
+)
 urlpatterns = router.urls

@@ -14,6 +14,7 @@ from django.utils.text import slugify
 from jsonschema import Draft202012Validator
 
 from accounts.models import User
+from policies.audit import audit_record
 from projects.models import Project
 from projects.services import ACTIVE_RUN_STATUSES
 from sparkops.errors import Conflict, InvalidInput, NotFound
@@ -175,6 +176,13 @@ def workflow_create(
     except IntegrityError:
         raise _slug_conflict() from None
     version_record(obj=workflow, fields=VERSIONED_FIELDS, actor=actor)
+    audit_record(
+        actor=actor,
+        project=project,
+        action="workflow.create",
+        obj=workflow,
+        changes={"name": name, "slug": workflow.slug, "definition": definition, **fields},
+    )
     return workflow
 
 
@@ -207,6 +215,17 @@ def workflow_update(*, workflow: Workflow, actor: User | None, **fields: Any) ->
     except IntegrityError:
         raise _slug_conflict() from None
     version_record(obj=workflow, fields=VERSIONED_FIELDS, actor=actor)
+    audit_record(
+        actor=actor,
+        project=workflow.project,
+        action="workflow.update",
+        obj=workflow,
+        changes=fields,
+    )
+    if "status" in fields:
+        from .schedules import schedules_sync_workflow
+
+        schedules_sync_workflow(workflow)  # paused/archived: beat stops firing its schedules
     return workflow
 
 
@@ -243,6 +262,7 @@ def workflow_delete(*, workflow: Workflow, actor: User | None) -> None:
                 extra={"active_runs": active},
             )
         runs.delete()
+    audit_record(actor=actor, project=workflow.project, action="workflow.delete", obj=workflow)
     workflow.delete()
 
 

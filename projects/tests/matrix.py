@@ -12,3 +12,40 @@ ROUTES = {
     "secret-detail": ObjectRoute(_secret, viewer_read=404, viewer_write=404),
     "secret-replace-value": ObjectRoute(_secret, viewer_read=404, viewer_write=404),
 }
+
+
+def _endpoint(cast):
+    from django.test import override_settings
+
+    from projects import webhooks
+
+    with override_settings(SPARKOPS_OUTBOUND_ALLOW=["127.0.0.1"]):
+        endpoint, _ = webhooks.endpoint_create(
+            actor=cast.owner, project=cast.project, url="http://127.0.0.1:9/hook"
+        )
+    return endpoint
+
+
+def _delivery(cast):
+    from projects import webhooks
+
+    endpoint = _endpoint(cast)
+    delivery = webhooks.endpoint_ping(endpoint=endpoint, actor=cast.owner)
+    return {"pk": endpoint.pk, "delivery_id": delivery.pk}
+
+
+# Webhook endpoints are for admins and owners: other members do not see them (404).
+_ADMINS_ONLY = {"viewer_read": 404, "viewer_write": 404}
+ROUTES.update(
+    {
+        "webhook-endpoint-detail": ObjectRoute(lambda c: {"pk": _endpoint(c).pk}, **_ADMINS_ONLY),
+        "webhook-endpoint-rotate-secret": ObjectRoute(
+            lambda c: {"pk": _endpoint(c).pk}, **_ADMINS_ONLY
+        ),
+        "webhook-endpoint-ping": ObjectRoute(lambda c: {"pk": _endpoint(c).pk}, **_ADMINS_ONLY),
+        "webhook-endpoint-deliveries": ObjectRoute(
+            lambda c: {"pk": _endpoint(c).pk}, **_ADMINS_ONLY
+        ),
+        "webhook-endpoint-redeliver": ObjectRoute(_delivery, **_ADMINS_ONLY),
+    }
+)

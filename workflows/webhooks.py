@@ -1,0 +1,361 @@
+"""Inbound webhooks: `POST /api/v1/hooks/{token}` starts a run of the trigger's workflow.
+
+The token is the credential (only its SHA-256 is stored; it is shown once and rotatable); a
+trigger may also require a signature over the raw body: Standard Webhooks (`webhook-id`,
+`webhook-timestamp`, `webhook-signature`, 5-minute tolerance, verified by the
+`standardwebhooks` package) or GitHub's `X-Hub-Signature-256`. A delivery id
+(`webhook-id`, `X-GitHub-Delivery`, `Idempotency-Key` or `X-Request-Id`) is recorded with the
+run it started under a unique constraint, so a redelivery answers the same run.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import hmac
+import json
+import secrets
+from collections.abc import Mapping
+from typing import Any
+
+from django.conf import settings
+from django.db import IntegrityError, transaction
+from django.utils import timezone
+from standardwebhooks.webhooks import Webhook, WebhookVerificationError
+
+from accounts.models import User
+from projects import crypto
+from sparkops.errors import Conflict, InvalidInput, NotFound, SparkOpsError, Unprocessable
+
+from . import templating
+from .models import WebhookReceipt, WebhookTrigger, Workflow
+
+TOKEN_PREFIX = "whk_"
+EDITABLE_FIELDS = {"name", "description", "signature", "secret", "input_mapping", "enabled"}
+MAPPING_ROOTS = frozenset({"body", "headers", "query"})
+# Checked in this order; the first one present is the delivery id.
+DELIVERY_HEADERS = ("webhook-id", "x-github-delivery", "idempotency-key", "x-request-id")
+# Never offered to mapping templates.
+_PRIVATE_HEADERS = frozenset({"authorization", "cookie", "proxy-authorization"})
+
+
+class InvalidSignature(SparkOpsError):
+    status_code = 401
+    error_type = "invalid_signature"
+
+
+class PayloadTooLarge(SparkOpsError):
+    status_code = 413
+    error_type = "payload_too_large"
+
+
+def token_hash(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+def _new_token() -> str:
+    return TOKEN_PREFIX + secrets.token_urlsafe(32)
+
+
+def new_standard_secret() -> str:
+    return "whsec_" + base64.b64encode(secrets.token_bytes(24)).decode()
+
+
+def trigger_secret(trigger: WebhookTrigger) -> str:
+    return crypto.decrypt(trigger.secret_encrypted) if trigger.secret_encrypted else ""
+
+
+# --- validation ------------------------------------------------------------------------------
+
+
+def mapping_clean(mapping: Any, roots: frozenset[str], field: str = "input_mapping") -> Any:
+    """A mapping template (any JSON; its strings are templates) that compiles and reads only
+    `roots`. None means "no mapping"."""
+    if mapping is None:
+        return None
+    if not isinstance(mapping, dict | str):
+        raise InvalidInput(
+            "Invalid input.", errors={field: ["Must be a JSON object (or a template string)."]}
+        )
+    try:
+        for value in _strings(mapping):
+            templating.check_syntax(value)
+        unknown = templating.referenced_roots(mapping) - roots
+    except templating.TemplateError as exc:
+        raise InvalidInput("Invalid input.", errors={field: [str(exc.detail)]}) from None
+    if unknown:
+        raise InvalidInput(
+            "Invalid input.",
+            errors={
+                field: [
+                    f"Unknown name(s) {', '.join(sorted(unknown))}; templates may use "
+                    f"{', '.join(sorted(roots))}."
+                ]
+            },
+        )
+    return mapping
+
+
+def _strings(value: Any) -> list[str]:
+    if isinstance(value, str):
+        return [value]
+    if isinstance(value, dict):
+        return [s for item in value.values() for s in _strings(item)]
+    if isinstance(value, list):
+        return [s for item in value for s in _strings(item)]
+    return []
+
+
+def trigger_clean(fields: dict[str, Any]) -> dict[str, Any]:
+    """Checks the fields a create or update sets (the admin form calls this too)."""
+    cleaned = dict(fields)
+    errors: dict[str, list[str]] = {}
+    if "name" in cleaned and not str(cleaned["name"] or "").strip():
+        errors["name"] = ["A name is required."]
+    if "signature" in cleaned and cleaned["signature"] not in WebhookTrigger.Signature.values:
+        errors["signature"] = [f"Must be one of: {', '.join(WebhookTrigger.Signature.values)}."]
+    secret = cleaned.get("secret")
+    if secret is not None and not isinstance(secret, str):
+        errors["secret"] = ["Must be a string."]
+    elif secret and cleaned.get("signature") == WebhookTrigger.Signature.STANDARD:
+        try:
+            Webhook(secret)
+        except Exception as exc:  # the library raises several types for a bad secret
+            errors["secret"] = [f"Not a Standard Webhooks secret (whsec_<base64>): {exc}"]
+    if "input_mapping" in cleaned:
+        try:
+            cleaned["input_mapping"] = mapping_clean(cleaned["input_mapping"], MAPPING_ROOTS)
+        except InvalidInput as exc:
+            errors.update(exc.errors or {})
+    if errors:
+        raise InvalidInput("Invalid input.", errors=errors)
+    return cleaned
+
+
+# --- writes ----------------------------------------------------------------------------------
+
+
+@transaction.atomic
+def webhook_trigger_create(
+    *, actor: User | None, workflow: Workflow, name: str, **fields: Any
+) -> tuple[WebhookTrigger, str, str]:
+    """Returns (trigger, token, secret): the token and a generated secret are shown once."""
+    unknown = set(fields) - EDITABLE_FIELDS
+    if unknown:
+        raise InvalidInput(f"Cannot set {', '.join(sorted(unknown))}.")
+    signature = fields.get("signature", WebhookTrigger.Signature.NONE)
+    cleaned = trigger_clean({**fields, "name": name, "signature": signature})
+    secret = cleaned.pop("secret", None) or ""
+    if signature != WebhookTrigger.Signature.NONE and not secret:
+        secret = new_standard_secret()
+    token = _new_token()
+    trigger = WebhookTrigger.objects.create(
+        project_id=workflow.project_id,
+        workflow=workflow,
+        token_prefix=token[:12],
+        token_hash=token_hash(token),
+        secret_encrypted=crypto.encrypt(secret) if secret else "",
+        created_by=actor,
+        **cleaned,
+    )
+    return trigger, token, secret
+
+
+@transaction.atomic
+def webhook_trigger_update(
+    *, trigger: WebhookTrigger, actor: User | None, **fields: Any
+) -> tuple[WebhookTrigger, str]:
+    """Returns (trigger, secret): `secret` is non-empty only when one was generated because a
+    signature mode was switched on without a secret."""
+    unknown = set(fields) - EDITABLE_FIELDS
+    if unknown:
+        raise InvalidInput(f"Cannot change {', '.join(sorted(unknown))}.")
+    signature = fields.get("signature", trigger.signature)
+    cleaned = trigger_clean({**fields, "signature": signature})
+    cleaned = {k: v for k, v in cleaned.items() if k in fields}
+    generated = ""
+    secret = cleaned.pop("secret", None)
+    if secret is not None:
+        trigger.secret_encrypted = crypto.encrypt(secret) if secret else ""
+    if signature != WebhookTrigger.Signature.NONE and not trigger.secret_encrypted:
+        generated = new_standard_secret()
+        trigger.secret_encrypted = crypto.encrypt(generated)
+    for name, value in cleaned.items():
+        setattr(trigger, name, value)
+    trigger.save(update_fields=[*cleaned, "secret_encrypted", "updated_at"])
+    return trigger, generated
+
+
+@transaction.atomic
+def webhook_trigger_rotate(*, trigger: WebhookTrigger, actor: User | None) -> str:
+    """A new token (returned once); the old one stops working at once."""
+    token = _new_token()
+    trigger.token_prefix = token[:12]
+    trigger.token_hash = token_hash(token)
+    trigger.save(update_fields=["token_prefix", "token_hash", "updated_at"])
+    return token
+
+
+@transaction.atomic
+def webhook_trigger_delete(*, trigger: WebhookTrigger, actor: User | None) -> None:
+    trigger.delete()
+
+
+# --- receiving -------------------------------------------------------------------------------
+
+
+def webhook_trigger_for_token(token: str) -> WebhookTrigger:
+    if not token.startswith(TOKEN_PREFIX) or len(token) > 200:
+        raise NotFound("Unknown webhook.")
+    trigger = (
+        WebhookTrigger.objects.select_related("workflow", "project")
+        .filter(token_hash=token_hash(token))
+        .first()
+    )
+    if trigger is None:
+        raise NotFound("Unknown webhook.")
+    return trigger
+
+
+def check_size(length: int) -> None:
+    limit = settings.SPARKOPS_WEBHOOK_MAX_BYTES
+    if length > limit:
+        raise PayloadTooLarge(f"The body is larger than the limit of {limit} bytes.")
+
+
+def verify_signature(trigger: WebhookTrigger, body: bytes, headers: Mapping[str, str]) -> None:
+    if trigger.signature == WebhookTrigger.Signature.NONE:
+        return
+    secret = trigger_secret(trigger)
+    if trigger.signature == WebhookTrigger.Signature.STANDARD:
+        try:
+            Webhook(secret).verify(body, dict(headers), json_parse=False)
+        except WebhookVerificationError as exc:
+            raise InvalidSignature(f"Invalid webhook signature: {exc}.") from None
+        except (ValueError, TypeError, binascii.Error, UnicodeDecodeError):
+            raise InvalidSignature("Invalid webhook signature: malformed headers.") from None
+        return
+    given = headers.get("x-hub-signature-256", "")
+    expected = "sha256=" + hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
+    if not given:
+        raise InvalidSignature("Invalid webhook signature: X-Hub-Signature-256 is missing.")
+    if not hmac.compare_digest(given.encode(), expected.encode()):
+        raise InvalidSignature("Invalid webhook signature: X-Hub-Signature-256 does not match.")
+
+
+def delivery_id_of(headers: Mapping[str, str]) -> str | None:
+    for name in DELIVERY_HEADERS:
+        value = (headers.get(name) or "").strip()
+        if value:
+            return value[:255]
+    return None
+
+
+def _parse_body(body: bytes) -> Any:
+    if not body.strip():
+        return None
+    text = body.decode("utf-8", errors="replace")
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text
+
+
+def map_input(
+    trigger: WebhookTrigger,
+    body: bytes,
+    headers: Mapping[str, str],
+    query: Mapping[str, str],
+) -> dict[str, Any]:
+    parsed = _parse_body(body)
+    if trigger.input_mapping is None:
+        if not isinstance(parsed, dict):
+            raise Unprocessable(
+                "The body must be a JSON object (or the trigger needs an input mapping).",
+                errors={"body": ["Must be a JSON object."]},
+            )
+        return parsed
+    context = {
+        "body": parsed,
+        "headers": {k: v for k, v in headers.items() if k not in _PRIVATE_HEADERS},
+        "query": dict(query),
+    }
+    try:
+        value = templating.render_value(trigger.input_mapping, context)
+    except templating.TemplateError as exc:
+        raise Unprocessable(
+            f"The input mapping failed: {exc.detail}", errors={"input_mapping": [str(exc.detail)]}
+        ) from None
+    if not isinstance(value, dict):
+        raise Unprocessable(
+            "The input mapping must produce a JSON object.",
+            errors={"input_mapping": ["Must produce a JSON object."]},
+        )
+    return value
+
+
+def _existing(trigger: WebhookTrigger, delivery_id: str) -> Any:
+    from runs.models import Run
+
+    run_id = (
+        WebhookReceipt.objects.filter(trigger=trigger, delivery_id=delivery_id)
+        .values_list("run_id", flat=True)
+        .first()
+    )
+    return Run.objects.filter(pk=run_id).first() if run_id else None
+
+
+class _Taken(Exception):
+    pass
+
+
+def _create_run(trigger: WebhookTrigger, input: dict[str, Any], delivery_id: str | None) -> Any:
+    from runs.models import Run
+    from runs.services import run_create
+
+    with transaction.atomic():
+        try:
+            run = run_create(
+                workflow=trigger.workflow, input=input, actor=None, trigger=Run.Trigger.WEBHOOK
+            )
+        except InvalidInput as exc:
+            # The request was fine; its content does not fit the workflow.
+            raise Unprocessable(exc.detail, errors=exc.errors) from None
+        if delivery_id:
+            try:
+                with transaction.atomic():
+                    WebhookReceipt.objects.create(trigger=trigger, delivery_id=delivery_id, run=run)
+            except IntegrityError:
+                raise _Taken() from None
+        WebhookTrigger.objects.filter(pk=trigger.pk).update(last_delivery_at=timezone.now())
+    return run
+
+
+def webhook_receive(
+    *,
+    trigger: WebhookTrigger,
+    body: bytes,
+    headers: Mapping[str, str],
+    query: Mapping[str, str],
+) -> tuple[Any, bool]:
+    """Verify, map and start. Returns (run, replayed). `headers` have lower-cased names."""
+    check_size(len(body))
+    if not trigger.enabled:
+        raise Conflict("This webhook trigger is disabled.")
+    verify_signature(trigger, body, headers)
+    delivery_id = delivery_id_of(headers)
+    if delivery_id:
+        run = _existing(trigger, delivery_id)
+        if run is not None:
+            return run, True
+    input = map_input(trigger, body, headers, query)
+    try:
+        return _create_run(trigger, input, delivery_id), False
+    except _Taken:
+        # A concurrent delivery with the same id won the constraint; answer its run.
+        assert delivery_id is not None
+        run = _existing(trigger, delivery_id)
+        if run is None:  # pragma: no cover - the winner committed before we read
+            raise Conflict("The same delivery is being processed; retry shortly.") from None
+        return run, True
