@@ -5,7 +5,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
 
-.PHONY: run test lint format migrate seed superuser worker beat web clean
+.PHONY: run test lint format migrate seed superuser worker beat web clean chromium
 
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
@@ -28,9 +28,21 @@ $(VENV)/.test-installed: requirements.txt requirements-dev.txt | $(VENV)/bin/pyt
 run: $(VENV)/.run-installed .env
 	$(PY) manage.py migrate --noinput
 	$(PY) manage.py seed_demo
+	$(PY) manage.py metrics_reset
 	$(VENV)/bin/honcho start -f Procfile
 
-test: $(VENV)/.test-installed
+# The browser tests (tests/browser/) drive Debian's Chromium through Playwright; Playwright's
+# own browser download is never used. Installed once, only when missing.
+CHROMIUM ?= /usr/bin/chromium
+
+$(CHROMIUM):
+	@if [ "$$(id -u)" = 0 ]; then apt-get update && apt-get install -y chromium; \
+	elif command -v sudo >/dev/null; then sudo apt-get update && sudo apt-get install -y chromium; \
+	else echo "Install Chromium as root: apt-get install -y chromium" >&2; exit 1; fi
+
+chromium: $(CHROMIUM)
+
+test: $(VENV)/.test-installed $(CHROMIUM)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	SECRET_KEY=migrations-check $(PY) manage.py makemigrations --check --dry-run

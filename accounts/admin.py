@@ -73,3 +73,8 @@ class APIKeyAdmin(admin.ModelAdmin):
 
     def has_add_permission(self, request) -> bool:  # type: ignore[no-untyped-def]
         return False
+
+    def get_queryset(self, request):  # type: ignore[no-untyped-def]
+        # Keys belong to users, not projects: staff who are not superusers see their own.
+        queryset = super().get_queryset(request)
+        return queryset if request.user.is_superuser else queryset.filter(user=request.user)

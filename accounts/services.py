@@ -15,6 +15,7 @@ from django.db.models import Q
 from django.utils import timezone
 from rest_framework_simplejwt.token_blacklist.models import BlacklistedToken, OutstandingToken
 
+from policies.audit import audit_record
 from sparkops.errors import InvalidInput, NotFound
 
 from .models import APIKey, User
@@ -87,6 +88,7 @@ def user_change_password(*, user: User, old_password: str, new_password: str) ->
     user.set_password(new_password)
     user.save(update_fields=["password"])
     tokens_revoke_all(user=user)
+    audit_record(actor=user, project=None, action="auth.password_change", obj=user)
     return user
 
 
@@ -109,6 +111,7 @@ def api_key_create(
         hashed_key=hash_api_key(raw_key),
         expires_at=expires_at,
     )
+    audit_record(actor=user, project=None, action="api_key.create", obj=key, changes={"name": name})
     return key, raw_key
 
 
@@ -118,22 +121,23 @@ def api_key_revoke(*, user: User, key_id: Any) -> APIKey:
         raise NotFound("API key not found.")
     key.revoked_at = timezone.now()
     key.save(update_fields=["revoked_at"])
+    audit_record(actor=user, project=None, action="api_key.revoke", obj=key)
     return key
 
 
 @transaction.atomic
 def api_key_replace_default(*, user: User) -> tuple[APIKey, str]:
     """The seed route's single key named "default": issuing one revokes the previous one."""
-    APIKey.objects.filter(user=user, name="default", revoked_at__isnull=True).update(
-        revoked_at=timezone.now()
-    )
+    api_key_revoke_default(user=user)
     return api_key_create(user=user, name="default")
 
 
 def api_key_revoke_default(*, user: User) -> int:
-    return APIKey.objects.filter(user=user, name="default", revoked_at__isnull=True).update(
+    revoked = APIKey.objects.filter(user=user, name="default", revoked_at__isnull=True).update(
         revoked_at=timezone.now()
     )
+    audit_record(actor=user, project=None, action="api_key.revoke", changes={"name": "default"})
+    return revoked
 
 
 def api_key_authenticate(*, raw_key: str) -> APIKey | None:

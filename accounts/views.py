@@ -13,6 +13,8 @@ from rest_framework_simplejwt.exceptions import InvalidToken, TokenError
 from rest_framework_simplejwt.serializers import TokenRefreshSerializer
 from rest_framework_simplejwt.tokens import RefreshToken
 
+from policies.audit import audit_record
+
 from . import services
 from .models import APIKey, User
 from .serializers import (
@@ -75,6 +77,9 @@ class LoginView(PublicAuthView):
             # One message whether or not the email exists.
             raise exceptions.AuthenticationFailed("Invalid email or password.")
         update_last_login(None, user)
+        audit_record(
+            actor=user, project=None, action="auth.login", obj=user, changes={"via": "jwt"}
+        )
         return Response(token_pair(user))
 
 

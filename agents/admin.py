@@ -10,6 +10,7 @@ from django.forms.models import construct_instance
 from django.http import HttpRequest
 from django.utils.html import format_html
 
+from sparkops.console.scoping import ProjectScopedAdmin
 from sparkops.errors import SparkOpsError
 
 from . import services
@@ -124,7 +125,7 @@ class AgentVersionInline(admin.TabularInline):
 
 
 @admin.register(Agent)
-class AgentAdmin(admin.ModelAdmin):
+class AgentAdmin(ProjectScopedAdmin, admin.ModelAdmin):
     form = AgentAdminForm
     list_display = [
         "name",
@@ -217,6 +218,11 @@ class AgentAdmin(admin.ModelAdmin):
     def _set_status(self, request: HttpRequest, queryset: QuerySet[Agent], status: str) -> None:
         changed = 0
         for agent in queryset:
+            if not self.may_write(request, agent):
+                self.message_user(
+                    request, f"{agent}: your role does not allow this.", messages.ERROR
+                )
+                continue
             try:
                 services.agent_set_status(agent=agent, actor=request.user, status=status)
                 changed += 1
@@ -234,8 +240,11 @@ class AgentAdmin(admin.ModelAdmin):
 
 
 @admin.register(AgentVersion)
-class AgentVersionAdmin(admin.ModelAdmin):
+class AgentVersionAdmin(ProjectScopedAdmin, admin.ModelAdmin):
     """Versions are immutable: readable, never added, changed or deleted by hand."""
+
+    scope_through = "agent"
+    project_path = "agent.project"
 
     list_display = ["agent", "number", "project", "created_by", "created_at"]
     list_select_related = ["agent__project", "created_by"]

@@ -18,6 +18,7 @@ from jsonschema import Draft202012Validator
 from jsonschema.exceptions import SchemaError
 
 from accounts.models import User
+from policies.audit import audit_record
 from projects.models import Project, Secret
 from projects.secrets import SecretBag
 from sparkops.errors import Conflict, InvalidInput, SparkOpsError
@@ -348,6 +349,13 @@ def agent_create(*, actor: User | None, project: Project, **fields: Any) -> Agen
         raise _slug_conflict() from None
     agent.tools.set(tools)
     version_record(obj=agent, fields=VERSIONED_FIELDS, actor=actor)
+    audit_record(
+        actor=actor,
+        project=project,
+        action="agent.create",
+        obj=agent,
+        changes={**clean, "tools": [t.pk for t in tools]},
+    )
     return agent
 
 
@@ -379,6 +387,16 @@ def agent_update(*, agent: Agent, actor: User | None, **fields: Any) -> Agent:
         if not changed:
             locked.save(update_fields=["updated_at"])
     version_record(obj=locked, fields=VERSIONED_FIELDS, actor=actor)
+    audit_record(
+        actor=actor,
+        project=locked.project,
+        action="agent.update",
+        obj=locked,
+        changes={
+            **{n: clean[n] for n in changed},
+            **({"tools": [t.pk for t in tools]} if tools is not None else {}),
+        },
+    )
     return locked
 
 
@@ -443,6 +461,7 @@ def agent_delete(*, agent: Agent, actor: User | None) -> None:
             "archive them first.",
             extra={"workflows": used_by},
         )
+    audit_record(actor=actor, project=agent.project, action="agent.delete", obj=agent)
     agent.delete()
 
 

@@ -5,8 +5,10 @@ import re
 from django import forms
 from django.contrib import admin
 
+from sparkops.console.scoping import ProjectScopedAdmin
+
 from . import services
-from .models import Membership, Project, Secret
+from .models import Membership, Project, Role, Secret
 
 
 class MembershipInline(admin.TabularInline):
@@ -17,7 +19,9 @@ class MembershipInline(admin.TabularInline):
 
 
 @admin.register(Project)
-class ProjectAdmin(admin.ModelAdmin):
+class ProjectAdmin(ProjectScopedAdmin, admin.ModelAdmin):
+    project_path = ""
+    write_role = Role.ADMIN
     list_display = ["name", "slug", "status", "owner", "is_public", "is_template", "created_at"]
     list_filter = ["status", "is_public", "is_template"]
     list_select_related = ["owner"]
@@ -30,7 +34,9 @@ class ProjectAdmin(admin.ModelAdmin):
 
 
 @admin.register(Membership)
-class MembershipAdmin(admin.ModelAdmin):
+class MembershipAdmin(ProjectScopedAdmin, admin.ModelAdmin):
+    scope_through = "project"
+    write_role = Role.ADMIN
     list_display = ["user", "project", "role", "created_at"]
     list_filter = ["role"]
     list_select_related = ["user", "project"]
@@ -68,7 +74,8 @@ class SecretAdminForm(forms.ModelForm):
 
 
 @admin.register(Secret)
-class SecretAdmin(admin.ModelAdmin):
+class SecretAdmin(ProjectScopedAdmin, admin.ModelAdmin):
+    write_role = Role.ADMIN
     """Values are write-only: the form never renders the stored value or its ciphertext."""
 
     form = SecretAdminForm
@@ -97,3 +104,7 @@ class SecretAdmin(admin.ModelAdmin):
             obj.pk = saved.pk
         elif change:
             Secret.objects.filter(pk=obj.pk).update(description=obj.description)
+
+
+# Outbound webhook endpoints and deliveries.
+from . import webhook_admin  # noqa: E402, F401

@@ -21,14 +21,15 @@ class SecretBag(Mapping[str, str]):
     """`{{ secrets.NAME }}` in templates; `bag["NAME"]` in executors. Unknown names raise a clear
     error naming the secret (never its value)."""
 
-    def __init__(self, project: Project | None) -> None:
+    def __init__(self, project: Project | Any | None) -> None:
+        # A project or its primary key (the engine passes ids to save a query).
         self.project = project
         self._rows: dict[str, Secret] | None = None
         self.used: dict[str, str] = {}
 
     def _load(self) -> dict[str, Secret]:
         if self._rows is None:
-            rows = Secret.objects.filter(project=self.project) if self.project else []
+            rows = Secret.objects.filter(project=self.project) if self.project is not None else []
             self._rows = {row.name: row for row in rows}
         return self._rows
 

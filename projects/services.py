@@ -10,6 +10,7 @@ from django.db import IntegrityError, transaction
 from django.utils.text import slugify
 
 from accounts.models import User
+from policies.audit import audit_record
 from sparkops.errors import Conflict, Forbidden, InvalidInput
 
 from .models import Membership, Project, Role, role_at_least
@@ -54,6 +55,13 @@ def project_create(*, actor: User, name: str, slug: str | None = None, **fields:
             "A project with this slug already exists.", errors={"slug": ["Taken."]}
         ) from None
     Membership.objects.create(project=project, user=actor, role=Role.OWNER)
+    audit_record(
+        actor=actor,
+        project=project,
+        action="project.create",
+        obj=project,
+        changes={"name": name, "slug": project.slug, **fields},
+    )
     return project
 
 
@@ -80,6 +88,7 @@ def project_update(*, project: Project, actor: User, **fields: Any) -> Project:
     for name, value in fields.items():
         setattr(project, name, value)
     project.save(update_fields=[*fields, "updated_at"])
+    audit_record(actor=actor, project=project, action="project.update", obj=project, changes=fields)
     return project
 
 
@@ -115,6 +124,13 @@ def project_delete(*, project: Project, actor: User, cascade: bool = False) -> N
     if run_model is not None:
         # Runs pin workflow versions (PROTECT): they go first.
         run_model.objects.filter(project=project).delete()
+    audit_record(
+        actor=actor,
+        project=project,
+        action="project.delete",
+        obj=project,
+        changes={"cascade": cascade},
+    )
     project.delete()
 
 
@@ -135,9 +151,17 @@ def membership_add(*, project: Project, actor: User, email: str, role: str) -> M
         raise InvalidInput("Invalid input.", errors={"email": ["No user with this email address."]})
     try:
         with transaction.atomic():
-            return Membership.objects.create(project=project, user=user, role=role)
+            membership = Membership.objects.create(project=project, user=user, role=role)
     except IntegrityError:
         raise Conflict("This user is already a member of the project.") from None
+    audit_record(
+        actor=actor,
+        project=project,
+        action="member.add",
+        obj=membership,
+        changes={"email": user.email, "role": role},
+    )
+    return membership
 
 
 @transaction.atomic
@@ -155,6 +179,13 @@ def membership_update(*, membership: Membership, actor: User, role: str) -> Memb
         raise Conflict("A project must keep at least one owner.")
     membership.role = role
     membership.save(update_fields=["role", "updated_at"])
+    audit_record(
+        actor=actor,
+        project=membership.project,
+        action="member.update",
+        obj=membership,
+        changes={"email": membership.user.email, "role": role},
+    )
     return membership
 
 
@@ -165,6 +196,13 @@ def membership_remove(*, membership: Membership, actor: User) -> None:
     _require_owner_for(Membership.objects.role_of(actor, membership.project), membership.role)
     if membership.role == Role.OWNER and _owner_count(membership.project) <= 1:
         raise Conflict("A project must keep at least one owner.")
+    audit_record(
+        actor=actor,
+        project=membership.project,
+        action="member.remove",
+        obj=membership,
+        changes={"email": membership.user.email, "role": membership.role},
+    )
     membership.delete()
 
 
@@ -184,6 +222,13 @@ def project_transfer(*, project: Project, actor: User, new_owner: User) -> Proje
         membership.save(update_fields=["role", "updated_at"])
     project.owner = new_owner
     project.save(update_fields=["owner", "updated_at"])
+    audit_record(
+        actor=actor,
+        project=project,
+        action="project.transfer",
+        obj=project,
+        changes={"owner": new_owner.email},
+    )
     return project
 
 
@@ -207,6 +252,14 @@ def secret_set(
         secret.value_encrypted = crypto.encrypt(value)
         secret.description = description or secret.description
         secret.save(update_fields=["value_encrypted", "description", "updated_at"])
+    # The name only: a secret's value never reaches the audit log.
+    audit_record(
+        actor=actor,
+        project=project,
+        action="secret.create" if created else "secret.update",
+        obj=secret,
+        changes={"name": name},
+    )
     return secret
 
 
@@ -224,6 +277,13 @@ def secret_create(
 
 
 def secret_delete(*, secret: Any, actor: User) -> None:
+    audit_record(
+        actor=actor,
+        project=secret.project,
+        action="secret.delete",
+        obj=secret,
+        changes={"name": secret.name},
+    )
     secret.delete()
 
 
@@ -288,4 +348,11 @@ def project_clone(*, project: Project, actor: User, name: str) -> Project:
         workflow.version = 1
         workflow.save()
         version_record(obj=workflow, fields=WORKFLOW_FIELDS, actor=actor, force=True)
+    audit_record(
+        actor=actor,
+        project=clone,
+        action="project.clone",
+        obj=clone,
+        changes={"source": str(project.pk)},
+    )
     return clone

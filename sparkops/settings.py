@@ -73,6 +73,7 @@ MIDDLEWARE = [
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
     "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "policies.middleware.GovernanceMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
 ]
@@ -240,14 +241,18 @@ SPECTACULAR_SETTINGS = {
         "RunStatusEnum": "runs.models.Run.Status",
         "RunStepStatusEnum": "runs.models.RunStep.Status",
         "WorkflowStatusEnum": "workflows.models.Workflow.Status",
+        "PolicyKindEnum": "policies.models.Policy.Kind",
         # Agents and tools share this choice set.
         "EnabledStatusEnum": ["active", "disabled"],
     },
 }
 
 # --- Celery -----------------------------------------------------------------------------------
-CELERY_BROKER_URL = env.str("CELERY_BROKER_URL", default=REDIS_URL or "filesystem://")
+CELERY_BROKER_URL = env.str("CELERY_BROKER_URL", default=REDIS_URL or "sparkfs://")
 if CELERY_BROKER_URL.startswith("filesystem://"):
+    # kombu's filesystem transport with atomic writes (see sparkops/broker.py).
+    CELERY_BROKER_URL = "sparkfs://" + CELERY_BROKER_URL.removeprefix("filesystem://")
+if CELERY_BROKER_URL.startswith("sparkfs://"):
     _broker_dir = VAR_DIR / "broker"
     CELERY_BROKER_TRANSPORT_OPTIONS = {
         "data_folder_in": str(_broker_dir / "out"),
@@ -352,4 +357,107 @@ CELERY_TASK_PUBLISH_RETRY_POLICY = {
     "interval_start": 0,
     "interval_step": 0.2,
     "interval_max": 0.2,
+}
+
+# --- Observability (README, "Observability") ------------------------------------------------------
+# Structured logs: engine log lines carry run_id, project_id, step (sparkops.logcontext).
+LOGGING["filters"] = {"run_context": {"()": "sparkops.logcontext.RunContextFilter"}}
+LOGGING["handlers"]["console"]["filters"] = ["run_context"]
+# Celery workers keep this LOGGING (JSON, run context) instead of installing their own handlers.
+CELERY_WORKER_HIJACK_ROOT_LOGGER = False
+
+# /metrics: allowed with `Authorization: Bearer <SPARKOPS_METRICS_TOKEN>` or from an address in
+# SPARKOPS_METRICS_ALLOW (CIDRs; default this machine only). REMOTE_ADDR is what counts, never
+# X-Forwarded-For: behind a proxy, use the token.
+SPARKOPS_METRICS_TOKEN = env.str("SPARKOPS_METRICS_TOKEN", default="")
+
+
+def _networks(values: list[str]) -> list[str]:
+    import ipaddress
+
+    for value in values:
+        try:
+            ipaddress.ip_network(value, strict=False)
+        except ValueError as exc:
+            raise ImproperlyConfigured(f"SPARKOPS_METRICS_ALLOW: {exc}") from None
+    return values
+
+
+SPARKOPS_METRICS_ALLOW = _networks(env.list("SPARKOPS_METRICS_ALLOW", default=["127.0.0.1/32"]))
+
+
+def _metrics_dir(path: str) -> str:
+    """prometheus-client's multiprocess mode: every web and worker process of this host writes
+    its counters under `path` and /metrics adds them up (`make run` empties it before starting
+    them). It must be in the environment before prometheus_client is first imported (in
+    sparkops.metrics, after settings). Empty: per-process metrics (one process only)."""
+    if not path:
+        os.environ.pop("PROMETHEUS_MULTIPROC_DIR", None)
+        return path
+    Path(path).mkdir(parents=True, exist_ok=True)
+    if TESTING and "PROMETHEUS_MULTIPROC_DIR" not in os.environ:
+        # A test session's own directory (child processes inherit it), removed at its end.
+        import atexit
+        import shutil
+
+        atexit.register(shutil.rmtree, path, True)
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = path
+    return path
+
+
+PROMETHEUS_MULTIPROC_DIR = _metrics_dir(
+    env.str(
+        "PROMETHEUS_MULTIPROC_DIR",
+        default=str(VAR_DIR / (f"metrics-test-{os.getpid()}" if TESTING else "metrics")),
+    )
+)
+
+# OpenTelemetry tracing: on when an OTLP endpoint or a LangWatch key is set, off otherwise.
+# The exporter also honours the standard OTEL_EXPORTER_OTLP_HEADERS / _TIMEOUT / _COMPRESSION.
+OTEL_SDK_DISABLED = env.bool("OTEL_SDK_DISABLED", default=False)
+OTEL_SERVICE_NAME = env.str("OTEL_SERVICE_NAME", default="sparkops")
+OTEL_EXPORTER_OTLP_ENDPOINT = env.str("OTEL_EXPORTER_OTLP_ENDPOINT", default="")
+OTEL_EXPORTER_OTLP_TRACES_ENDPOINT = env.str("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", default="")
+LANGWATCH_API_KEY = env.str("LANGWATCH_API_KEY", default="")
+# LangWatch's base URL (self-hosted LangWatch: your own); traces go to <base>/api/otel/v1/traces.
+LANGWATCH_ENDPOINT = env.str("LANGWATCH_ENDPOINT", default="https://app.langwatch.ai")
+
+# --- Triggers and webhooks ----------------------------------------------------------------------
+# A schedule fire later than this after its cron time counts as a catch-up (after beat was down):
+# with the schedule's catch_up on it starts one run (never one per missed time), off it is
+# recorded as missed. SPARKOPS_SCHEDULE_CLOCK_SKEW: seconds a fire may come early (beat's and the
+# worker's clocks differ) and still count for the coming cron time.
+SPARKOPS_SCHEDULE_MISFIRE_GRACE = env.float("SPARKOPS_SCHEDULE_MISFIRE_GRACE", default=60.0)
+SPARKOPS_SCHEDULE_CLOCK_SKEW = env.float("SPARKOPS_SCHEDULE_CLOCK_SKEW", default=2.0)
+# Inbound webhooks (POST /api/v1/hooks/{token}): body limit and a rate per token.
+SPARKOPS_WEBHOOK_MAX_BYTES = env.int("SPARKOPS_WEBHOOK_MAX_BYTES", default=1024 * 1024)
+SPARKOPS_WEBHOOK_THROTTLE_RATE = env.str("SPARKOPS_WEBHOOK_THROTTLE_RATE", default="120/min")
+# Outbound webhooks: request timeout, how much of a response is read, the waits between attempts
+# (seconds; Standard Webhooks' schedule), retries stop this many hours after the event, an
+# endpoint failing this long is disabled, a rotated secret keeps signing this long.
+SPARKOPS_WEBHOOK_TIMEOUT = env.float("SPARKOPS_WEBHOOK_TIMEOUT", default=15.0)
+SPARKOPS_WEBHOOK_MAX_RESPONSE_BYTES = env.int(
+    "SPARKOPS_WEBHOOK_MAX_RESPONSE_BYTES", default=64 * 1024
+)
+SPARKOPS_WEBHOOK_RETRY_SCHEDULE = [
+    float(s)
+    for s in env.list(
+        "SPARKOPS_WEBHOOK_RETRY_SCHEDULE", default=["5", "300", "1800", "7200", "18000", "36000"]
+    )
+]
+SPARKOPS_WEBHOOK_RETRY_HOURS = env.float("SPARKOPS_WEBHOOK_RETRY_HOURS", default=24.0)
+SPARKOPS_WEBHOOK_DISABLE_AFTER_HOURS = env.float(
+    "SPARKOPS_WEBHOOK_DISABLE_AFTER_HOURS", default=24.0
+)
+SPARKOPS_WEBHOOK_SECRET_ROTATION_HOURS = env.float(
+    "SPARKOPS_WEBHOOK_SECRET_ROTATION_HOURS", default=24.0
+)
+# The outbox sweep (beat) re-sends due retries, and deliveries unsent this many seconds after
+# they were written (their task was lost).
+SPARKOPS_WEBHOOK_OUTBOX_SECONDS = env.float("SPARKOPS_WEBHOOK_OUTBOX_SECONDS", default=15.0)
+SPARKOPS_WEBHOOK_OUTBOX_GRACE = env.float("SPARKOPS_WEBHOOK_OUTBOX_GRACE", default=30.0)
+CELERY_BEAT_SCHEDULE["webhooks-outbox"] = {
+    "task": "projects.webhook_outbox",
+    "schedule": SPARKOPS_WEBHOOK_OUTBOX_SECONDS,
+    "options": {"queue": "orchestration", "expires": SPARKOPS_WEBHOOK_OUTBOX_SECONDS},
 }

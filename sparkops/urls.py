@@ -7,7 +7,11 @@ from django.http import HttpRequest, JsonResponse
 from django.urls import include, path, re_path
 from drf_spectacular.views import SpectacularAPIView, SpectacularRedocView, SpectacularSwaggerView
 
+from workflows.trigger_views import HookView
+
 from . import health
+from .console import views as console_views
+from .metrics import metrics_view
 
 api_v1 = [
     path("auth/", include("accounts.urls")),
@@ -16,6 +20,9 @@ api_v1 = [
     path("", include("tools.urls")),
     path("", include("workflows.urls")),
     path("", include("runs.urls")),
+    path("", include("policies.urls")),
+    # Public: the token in the URL (and an optional signature) is the only credential.
+    re_path(r"^hooks/(?P<token>[A-Za-z0-9_-]{1,200})/?$", HookView.as_view(), name="hook"),
 ]
 
 urlpatterns = [
@@ -25,6 +32,9 @@ urlpatterns = [
     path("api/redoc/", SpectacularRedocView.as_view(url_name="schema"), name="redoc"),
     re_path(r"^health/?$", health.health, name="health"),
     re_path(r"^ready/?$", health.ready, name="ready"),
+    re_path(r"^metrics/?$", metrics_view, name="metrics"),
+    # The operator console's dashboard replaces the admin index (the rest is the admin's).
+    path("admin/", admin.site.admin_view(console_views.dashboard_view), name="console-dashboard"),
     path("admin/", admin.site.urls),
 ]
 

@@ -10,6 +10,7 @@ from django.db.models import QuerySet
 from django.http import HttpRequest
 from django.utils.html import format_html
 
+from sparkops.console.scoping import ProjectScopedAdmin
 from sparkops.errors import SparkOpsError
 
 from . import services
@@ -111,7 +112,7 @@ class ToolVersionInline(admin.TabularInline):
 
 
 @admin.register(Tool)
-class ToolAdmin(admin.ModelAdmin):
+class ToolAdmin(ProjectScopedAdmin, admin.ModelAdmin):
     form = ToolAdminForm
     list_display = ["name", "project", "is_global", "kind", "status", "version", "updated_at"]
     list_filter = ["kind", "status", "is_global"]
@@ -153,6 +154,11 @@ class ToolAdmin(admin.ModelAdmin):
     def _set_status(self, request: HttpRequest, queryset: QuerySet[Tool], status: str) -> None:
         changed = 0
         for tool in queryset:
+            if not self.may_write(request, tool):
+                self.message_user(
+                    request, f"{tool}: your role does not allow this.", messages.ERROR
+                )
+                continue
             try:
                 services.tool_update(tool=tool, actor=request.user, status=status)
                 changed += 1
@@ -170,8 +176,11 @@ class ToolAdmin(admin.ModelAdmin):
 
 
 @admin.register(ToolVersion)
-class ToolVersionAdmin(admin.ModelAdmin):
+class ToolVersionAdmin(ProjectScopedAdmin, admin.ModelAdmin):
     """Versions are immutable: written by the services, only read here."""
+
+    scope_through = "tool"
+    project_path = "tool.project"
 
     list_display = ["tool", "number", "created_by", "created_at"]
     list_select_related = ["tool", "tool__project", "created_by"]

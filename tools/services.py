@@ -12,6 +12,7 @@ from typing import Any
 
 from django.db import IntegrityError, transaction
 
+from policies.audit import audit_record
 from projects.models import Membership, Project, Role
 from projects.secrets import SecretBag
 from sparkops.errors import Conflict, Forbidden, InvalidInput
@@ -99,6 +100,7 @@ def tool_create(
     tool = Tool(project=project, is_global=is_global, created_by=actor, **cleaned)
     _save(tool)
     version_record(obj=tool, fields=VERSIONED_FIELDS, actor=actor)
+    audit_record(actor=actor, project=project, action="tool.create", obj=tool, changes=cleaned)
     return tool
 
 
@@ -119,12 +121,20 @@ def tool_update(*, tool: Tool, actor: Any, **fields: Any) -> Tool:
         setattr(tool, name, cleaned[name])
     _save(tool, update_fields=[*changed, "updated_at"])
     version_record(obj=tool, fields=VERSIONED_FIELDS, actor=actor)
+    audit_record(
+        actor=actor,
+        project=tool.project,
+        action="tool.update",
+        obj=tool,
+        changes={n: cleaned[n] for n in changed},
+    )
     return tool
 
 
 @transaction.atomic
 def tool_delete(*, tool: Tool, actor: Any) -> None:
     _require_write(actor, project=tool.project, is_global=tool.is_global)
+    audit_record(actor=actor, project=tool.project, action="tool.delete", obj=tool)
     tool.delete()
 
 
@@ -146,6 +156,13 @@ def tool_rollback(*, tool: Tool, actor: Any, version: int) -> Tool:
         setattr(tool, name, value)
     _save(tool, update_fields=[*VERSIONED_FIELDS, "updated_at"])
     version_record(obj=tool, fields=VERSIONED_FIELDS, actor=actor, force=True)
+    audit_record(
+        actor=actor,
+        project=tool.project,
+        action="tool.rollback",
+        obj=tool,
+        changes={"version": version},
+    )
     return tool
 
 

@@ -13,7 +13,9 @@ from typing import Any
 from agents.models import Agent
 from agents.pricing import price_for
 from agents.providers import ChatMessage, ChatRequest, ProviderError, ToolSpec, get_provider
+from runs import observability
 from runs.models import RunEvent, RunStep
+from runs.services import policy_hooks
 from runs.services.steps import Checkpoint, StepError, usage_record
 from sparkops.errors import SparkOpsError
 
@@ -37,13 +39,15 @@ def run_agent(
     system = agent.system_prompt
     if node.get("system_prompt"):
         system = _render(node["system_prompt"], context, "the system prompt")
+    prompt = policy_hooks.on_prompt(step=step, agent=agent, text=prompt)
+    system = policy_hooks.on_prompt(step=step, agent=agent, text=system) if system else system
     _record_input(step, {"prompt": prompt, "system_prompt": system}, checkpoint)
 
     try:
         config = agent_provider_config(agent=agent, secrets=checkpoint.secrets)
     except SparkOpsError as exc:
         raise StepError(exc.error_type, str(exc.detail)) from exc
-    config.timeout = max(min(config.timeout, checkpoint.remaining()), 0.1)
+    call_timeout = config.timeout
     provider = get_provider(config)
     response_format = None
     if agent.response_format:
@@ -59,6 +63,8 @@ def run_agent(
 
     for iteration in range(1, agent.max_iterations + 1):
         checkpoint()
+        # The provider reads this at each call: never wait past the step's own timeout.
+        config.timeout = max(min(call_timeout, checkpoint.remaining()), 0.1)
         request = ChatRequest(
             model=agent.model,
             messages=messages,
@@ -67,9 +73,12 @@ def run_agent(
             max_tokens=agent.max_tokens,
             response_format=response_format,
         )
+        policy_hooks.before_model_call(step=step, agent=agent, request=request)
         try:
-            response = provider.chat(request)
+            with observability.model_call(agent.provider, request) as call:
+                response = call.done(provider.chat(request))
         except ProviderError as exc:
+            checkpoint()  # a call cut short by the step's timeout is a step timeout
             raise StepError(
                 exc.error_type, str(exc.detail), retryable=exc.retryable, provider=agent.provider
             ) from exc
@@ -96,6 +105,9 @@ def run_agent(
                     "tool_calls": [call.name for call in response.tool_calls],
                 },
             },
+        )
+        response.content = policy_hooks.on_model_output(
+            step=step, agent=agent, content=response.content
         )
         if not response.tool_calls:
             return _final_output(agent, response.content)
@@ -128,16 +140,20 @@ def _tool_result(
         return json.dumps(
             {"error": "The arguments are not a JSON object.", "raw": call.raw_arguments}
         )
+    # Outside the try: a policy refusal fails the step instead of being told to the model.
+    arguments = policy_hooks.before_tool_call(step=step, tool=tool, arguments=call.arguments)
     try:
         result = call_tool(
             step=step,
             checkpoint=checkpoint,
             tool=tool,
-            arguments=call.arguments,
+            arguments=arguments,
             idempotency_key=f"{step.run_id}:{step.node_id}:{iteration}:{call.id}",
             iteration=iteration,
         )
     except StepError as exc:  # invalid arguments: tell the model what was wrong
+        if "policy" in exc.details:
+            raise  # a policy refusal fails the step
         return json.dumps({"error": exc.message, "details": exc.details.get("errors")}, default=str)
     payload = result.output if result.ok else {"error": result.error, "status": result.http_status}
     text = payload if isinstance(payload, str) else json.dumps(payload, default=str)

@@ -7,8 +7,10 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from runs import observability
 from runs.models import RunEvent, RunStep
-from runs.services.engine import template_context
+from runs.services import policy_hooks
+from runs.services.engine import referenced, step_states, template_context
 from runs.services.steps import Checkpoint, StepError, step_event
 from sparkops.errors import SparkOpsError
 from workflows.templating import TemplateError, render_value
@@ -16,9 +18,12 @@ from workflows.templating import TemplateError, render_value
 RETRYABLE_STATUS = {408, 425, 429, 500, 502, 503, 504}
 
 
-def _context(step: RunStep, checkpoint: Checkpoint) -> dict[str, Any]:
-    steps = {s.node_id: s for s in RunStep.objects.filter(run_id=step.run_id)}
-    return template_context(step.run, steps, checkpoint.secrets)
+def _context(step: RunStep, checkpoint: Checkpoint, *values: Any) -> dict[str, Any]:
+    """The template context with the outputs of just the steps `values` reference."""
+    names: set[str] = set()
+    for value in values:
+        names |= referenced(value)
+    return template_context(step.run, step_states(step.run_id, names), checkpoint.secrets)
 
 
 def _render(value: Any, context: dict[str, Any], what: str) -> Any:
@@ -37,7 +42,7 @@ def _record_input(step: RunStep, value: Any, checkpoint: Checkpoint) -> None:
 def execute(*, step: RunStep, node: dict[str, Any], checkpoint: Checkpoint) -> Any:
     checkpoint()
     if step.type == "transform":
-        context = _context(step, checkpoint)
+        context = _context(step, checkpoint, node.get("output"))
         output = _render(node.get("output"), context, "the transform output")
         _record_input(step, node.get("output"), checkpoint)
         return output
@@ -47,7 +52,10 @@ def execute(*, step: RunStep, node: dict[str, Any], checkpoint: Checkpoint) -> A
         from .agent import run_agent
 
         return run_agent(
-            step=step, node=node, checkpoint=checkpoint, context=_context(step, checkpoint)
+            step=step,
+            node=node,
+            checkpoint=checkpoint,
+            context=_context(step, checkpoint, node.get("prompt"), node.get("system_prompt")),
         )
     raise StepError("unsupported_node", f"Node type '{step.type}' cannot be executed.")
 
@@ -58,7 +66,9 @@ def _execute_tool(step: RunStep, node: dict[str, Any], checkpoint: Checkpoint) -
     tool = Tool.objects.usable_in(step.run.project).filter(name=node["tool"]).first()
     if tool is None or tool.status != Tool.Status.ACTIVE:
         raise StepError("tool_unavailable", f"Tool '{node['tool']}' is missing or disabled.")
-    arguments = _render(node.get("args") or {}, _context(step, checkpoint), "the tool arguments")
+    args = node.get("args") or {}
+    arguments = _render(args, _context(step, checkpoint, args), "the tool arguments")
+    arguments = policy_hooks.before_tool_call(step=step, tool=tool, arguments=arguments)
     _record_input(step, arguments, checkpoint)
     result = call_tool(
         step=step,
@@ -68,6 +78,7 @@ def _execute_tool(step: RunStep, node: dict[str, Any], checkpoint: Checkpoint) -
         idempotency_key=f"{step.run_id}:{step.node_id}",
     )
     if not result.ok:
+        checkpoint()  # a call cut short by the step's timeout is a step timeout, not a tool error
         raise StepError(
             "tool_error",
             result.error or f"Tool '{tool.name}' failed.",
@@ -77,6 +88,7 @@ def _execute_tool(step: RunStep, node: dict[str, Any], checkpoint: Checkpoint) -
     return result.output
 
 
+@observability.tool_call
 def call_tool(
     *,
     step: RunStep,
@@ -115,6 +127,8 @@ def call_tool(
             ),
         )
         raise StepError(exc.error_type, str(exc.detail), errors=exc.errors) from exc
+    if result.ok:  # content rules, before the output is recorded or used
+        result.output = policy_hooks.on_tool_result(step=step, tool=tool, output=result.output)
     step_event(
         step=step,
         attempt=checkpoint.attempt,

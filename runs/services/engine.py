@@ -5,20 +5,27 @@ these; tests call them directly too."""
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
 from django.conf import settings
 from django.db import transaction
-from django.db.models import Exists, OuterRef, Q
+from django.db.models import Exists, F, OuterRef, Q
 from django.utils import timezone
 
 from projects.secrets import SecretBag
+from runs import observability
 from runs.engine import planner
 from runs.models import Run, RunEvent, RunStep
 from sparkops.errors import SparkOpsError
 from workflows.models import Workflow
-from workflows.templating import TemplateError, evaluate_condition, render_value
+from workflows.templating import (
+    TemplateError,
+    evaluate_condition,
+    referenced_steps,
+    render_value,
+)
 
 from .dispatch import send_advance, send_step
 from .events import events_append
@@ -34,22 +41,43 @@ from .steps import (
     step_start,
     step_succeed,
     step_timeout,
+    version_snapshot,
 )
 
 logger = logging.getLogger(__name__)
 
 
 def template_context(run: Run, steps: dict[str, Any], secrets: SecretBag | None) -> dict[str, Any]:
-    """What templates see: input, steps (output and status of each), run, secrets."""
+    """What templates see: input, steps (output, status and error of each), run, secrets.
+    `steps` maps node ids to RunStep rows or to dicts with those keys."""
+
+    def state(step: Any) -> dict[str, Any]:
+        if isinstance(step, dict):
+            return step
+        return {"output": step.output, "status": step.status, "error": step.error}
+
     return {
         "input": run.input,
-        "steps": {
-            node_id: {"output": step.output, "status": step.status, "error": step.error}
-            for node_id, step in steps.items()
-        },
+        "steps": {node_id: state(step) for node_id, step in steps.items()},
         "run": {"id": str(run.pk), "workflow": str(run.workflow_id), "trigger": run.trigger},
         "secrets": secrets if secrets is not None else {},
     }
+
+
+def step_states(run_id: Any, node_ids: Any = None) -> dict[str, dict[str, Any]]:
+    """Output, status and error of the given steps (all when None), in one query. Templates
+    name the steps they read, so a step of a 500-node run loads what it needs, not 500 rows."""
+    rows = RunStep.objects.filter(run_id=run_id)
+    if node_ids is not None:
+        rows = rows.filter(node_id__in=list(node_ids))
+    return {
+        row["node_id"]: {"output": row["output"], "status": row["status"], "error": row["error"]}
+        for row in rows.values("node_id", "output", "status", "error")
+    }
+
+
+def referenced(value: Any, *, condition: bool = False) -> set[str]:
+    return set(referenced_steps(value, condition=condition)) if value is not None else set()
 
 
 def _admit(run: Run) -> bool:
@@ -69,11 +97,28 @@ def _admit(run: Run) -> bool:
     ).count()
     if active >= limit:
         return False
-    return not Run.objects.filter(
+    if Run.objects.filter(
         workflow_id=run.workflow_id,
         status__in=[Run.Status.QUEUED, Run.Status.PENDING],
         created_at__lt=run.created_at,
-    ).exists()
+    ).exists():
+        return False
+    if active + 1 < limit:
+        # Room is left after this one: a younger run that queued while this one was still
+        # pending (and so was refused above) is planned again; it admits itself or not.
+        following = (
+            Run.objects.filter(
+                workflow_id=run.workflow_id,
+                status=Run.Status.QUEUED,
+                created_at__gt=run.created_at,
+            )
+            .order_by("created_at")
+            .values_list("pk", flat=True)
+            .first()
+        )
+        if following:
+            send_advance(following)
+    return True
 
 
 def run_enqueue(*, run_id: Any) -> None:
@@ -96,6 +141,7 @@ def run_advance(*, run_id: Any) -> None:
             run_advance_locked(run)
 
 
+@observability.run_scope
 def run_advance_locked(run: Run) -> None:
     """Plan the run once: admit it, skip what must be skipped, queue what is ready, and finish
     it when nothing is left. Call with the run row locked (inside a transaction)."""
@@ -106,7 +152,7 @@ def run_advance_locked(run: Run) -> None:
     if run.status in (Run.Status.PENDING, Run.Status.QUEUED):
         if not _admit(run):
             return
-        snapshot = run.version.snapshot
+        snapshot = version_snapshot(run)
         run.status = Run.Status.RUNNING
         run.started_at = run.started_at or now
         run.queued_at = run.queued_at or now
@@ -114,14 +160,25 @@ def run_advance_locked(run: Run) -> None:
         run.save(update_fields=["status", "started_at", "queued_at", "deadline"])
         events.append({"type": RunEvent.Type.RUN_STATUS, "payload": {"status": "running"}})
 
-    definition = run.version.snapshot["definition"]
+    definition = version_snapshot(run)["definition"]
     nodes = planner.nodes_of(definition)
     by_id = {node.id: node for node in nodes}
-    steps = {step.node_id: step for step in RunStep.objects.filter(run=run)}
-    secrets = SecretBag(run.project)
+    # Light rows for planning; outputs are loaded only for the steps a template reads.
+    steps = {
+        row[1]: _StepRow(*row)
+        for row in RunStep.objects.filter(run=run).values_list(
+            "id", "node_id", "type", "status", "attempt"
+        )
+    }
+    secrets = SecretBag(run.project_id)
     to_send: list[tuple[int, int]] = []
 
-    def set_status(step: RunStep, status: str, **fields: Any) -> bool:
+    def context_for(value: Any, *, condition: bool = False) -> dict[str, Any]:
+        return template_context(
+            run, step_states(run.pk, referenced(value, condition=condition)), secrets
+        )
+
+    def set_status(step: _StepRow, status: str, **fields: Any) -> bool:
         moved = RunStep.objects.filter(pk=step.pk, status=step.status).update(
             status=status, **fields
         )
@@ -135,6 +192,7 @@ def run_advance_locked(run: Run) -> None:
     result = planner.plan(nodes, {n: s.status for n, s in steps.items()})
     while changed and not result.fatal:
         changed = False
+        ready: list[_StepRow] = []
         for node_id in result.skip:
             step = steps[node_id]
             if set_status(step, RunStep.Status.SKIPPED, finished_at=now):
@@ -146,7 +204,7 @@ def run_advance_locked(run: Run) -> None:
             node, step = by_id[node_id], steps[node_id]
             if node.when:
                 try:
-                    go = evaluate_condition(node.when, template_context(run, steps, secrets))
+                    go = evaluate_condition(node.when, context_for(node.when, condition=True))
                 except (TemplateError, SparkOpsError) as exc:
                     error = {"type": "when_error", "message": str(exc.detail)}
                     if set_status(step, RunStep.Status.FAILED, error=error, finished_at=now):
@@ -161,7 +219,7 @@ def run_advance_locked(run: Run) -> None:
             if node.type == "approval":
                 raw = node_of(run, node_id).get("message") or "Approve to continue."
                 try:
-                    message = render_value(raw, template_context(run, steps, secrets))
+                    message = render_value(raw, context_for(raw))
                 except (TemplateError, SparkOpsError):
                     message = raw
                 message = secrets.redact(message)
@@ -176,20 +234,31 @@ def run_advance_locked(run: Run) -> None:
                     )
                     changed = True
                 continue
-            attempt = step.attempt + 1
-            if set_status(step, RunStep.Status.QUEUED, attempt=attempt, queued_at=now):
+            ready.append(step)
+        if ready:
+            # One UPDATE for every ready step (a 500-node fan-out queues in one statement).
+            # Pending steps change only under the run lock we hold, so all of them move.
+            RunStep.objects.filter(
+                pk__in=[step.pk for step in ready], status=RunStep.Status.PENDING
+            ).update(status=RunStep.Status.QUEUED, attempt=F("attempt") + 1, queued_at=now)
+            for step in ready:
+                step.status = RunStep.Status.QUEUED
+                step.attempt += 1
                 events.append(_step_event(step, "queued"))
-                to_send.append((step.pk, attempt))
-                changed = True
+                to_send.append((step.pk, step.attempt))
+            changed = True
         result = planner.plan(nodes, {n: s.status for n, s in steps.items()})
 
     if result.fatal:
-        failed = steps[result.fatal[0]]
+        failed = result.fatal[0]
+        step_error = RunStep.objects.filter(run=run, node_id=failed).values_list(
+            "error", flat=True
+        )[0]
         error = {
             "type": "step_failed",
-            "message": f"Step '{failed.node_id}' failed: {(failed.error or {}).get('message', '')}",
-            "step": failed.node_id,
-            "step_error": failed.error,
+            "message": f"Step '{failed}' failed: {(step_error or {}).get('message', '')}",
+            "step": failed,
+            "step_error": step_error,
         }
         events_append(run.pk, events)
         finish_run(run, Run.Status.FAILED, error=error)
@@ -197,14 +266,18 @@ def run_advance_locked(run: Run) -> None:
     if result.run_status == planner.SUCCEEDED:
         events_append(run.pk, events)
         try:
-            output = render_value(definition.get("output"), template_context(run, steps, secrets))
+            output = render_value(definition.get("output"), context_for(definition.get("output")))
         except (TemplateError, SparkOpsError) as exc:
             finish_run(
                 run, Run.Status.FAILED, error={"type": "output_error", "message": str(exc.detail)}
             )
             return
         if output is None:
-            output = {n: s.output for n, s in steps.items() if s.status == RunStep.Status.SUCCEEDED}
+            output = {
+                node_id: state["output"]
+                for node_id, state in step_states(run.pk).items()
+                if state["status"] == RunStep.Status.SUCCEEDED
+            }
         finish_run(run, Run.Status.SUCCEEDED, output=secrets.redact(output))
         return
     wanted = (
@@ -221,7 +294,18 @@ def run_advance_locked(run: Run) -> None:
         send_step(step_id, attempt)
 
 
-def _step_event(step: RunStep, status: str, **payload: Any) -> dict[str, Any]:
+@dataclass
+class _StepRow:
+    """What planning needs of a step (no JSON columns: a 500-node run plans in one light read)."""
+
+    pk: int
+    node_id: str
+    type: str
+    status: str
+    attempt: int
+
+
+def _step_event(step: Any, status: str, **payload: Any) -> dict[str, Any]:
     return {
         "type": RunEvent.Type.STEP_STATUS,
         "node_id": step.node_id,
@@ -233,6 +317,7 @@ def _step_event(step: RunStep, status: str, **payload: Any) -> dict[str, Any]:
 # --- executing one attempt ---------------------------------------------------------------------
 
 
+@observability.step_scope
 def step_execute(*, step_id: int, attempt: int) -> None:
     step = step_start(step_id=step_id, attempt=attempt)
     if step is None:
@@ -242,7 +327,7 @@ def step_execute(*, step_id: int, attempt: int) -> None:
     node = node_of(step.run, step.node_id)
     checkpoint = Checkpoint(step, attempt, step_timeout(node))
     try:
-        with heartbeat.beating(step.pk, attempt):
+        with heartbeat.beating(step.pk, attempt), observability.step_span(step, attempt):
             output = executors.execute(step=step, node=node, checkpoint=checkpoint)
     except StepSuperseded:
         logger.info("step %s attempt %s superseded; result discarded", step_id, attempt)

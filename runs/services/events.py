@@ -6,19 +6,38 @@ from __future__ import annotations
 
 from typing import Any
 
-from django.db import transaction
-from django.db.models import F
+from django.db import connection, transaction
 
 from runs.models import Run, RunEvent
 
 
-@transaction.atomic
 def events_append(run_id: Any, events: list[dict[str, Any]]) -> list[RunEvent]:
-    """Append `events` (dicts with type, payload and optionally node_id, attempt) in order."""
+    """Append `events` (dicts with type, payload and optionally node_id, attempt) in order.
+    Callers are inside the engine's transaction; outside one, this makes its own."""
     if not events:
         return []
-    Run.objects.filter(pk=run_id).update(event_seq=F("event_seq") + len(events))
-    last = Run.objects.filter(pk=run_id).values_list("event_seq", flat=True).get()
+    with transaction.atomic(savepoint=False):
+        return _append(run_id, events)
+
+
+def _advance_seq(run_id: Any, count: int) -> int:
+    """Hand out `count` sequence numbers with one UPDATE ... RETURNING (PostgreSQL and
+    SQLite >= 3.35 both have it); the row lock it takes is held until the caller commits."""
+    table = connection.ops.quote_name(Run._meta.db_table)
+    run_pk = Run._meta.pk.get_db_prep_value(run_id, connection)
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"UPDATE {table} SET event_seq = event_seq + %s WHERE id = %s RETURNING event_seq",  # noqa: S608
+            [count, run_pk],
+        )
+        row = cursor.fetchone()
+    if row is None:
+        raise Run.DoesNotExist(run_id)
+    return int(row[0])
+
+
+def _append(run_id: Any, events: list[dict[str, Any]]) -> list[RunEvent]:
+    last = _advance_seq(run_id, len(events))
     first = last - len(events) + 1
     rows = [
         RunEvent(

@@ -9,6 +9,7 @@ from typing import Any
 
 from runs import signals
 from runs.models import Run
+from workflows.models import Workflow
 
 from .dispatch import send_advance
 
@@ -18,6 +19,9 @@ def run_finished(run: Run) -> None:
     workflow (FIFO)."""
     limit = run.workflow.max_concurrent_runs if run.workflow_id else None
     if limit:
+        # The workflow row lock orders this with admission (engine._admit), which takes it
+        # too: a run queued meanwhile is either admitted there or found here, never neither.
+        Workflow.objects.select_for_update().filter(pk=run.workflow_id).values_list("pk").first()
         waiting = (
             Run.objects.filter(workflow_id=run.workflow_id, status=Run.Status.QUEUED)
             .order_by("created_at")

@@ -11,6 +11,7 @@ import socket
 import threading
 from datetime import timedelta
 from decimal import Decimal
+from functools import lru_cache
 from typing import Any
 
 from django.conf import settings
@@ -56,15 +57,29 @@ def lock_run(run_id: Any) -> Run | None:
     return Run.objects.select_for_update().filter(pk=run_id).first()
 
 
+@lru_cache(maxsize=256)
+def _snapshot(version_id: int) -> dict[str, Any]:
+    from workflows.models import WorkflowVersion
+
+    return WorkflowVersion.objects.values_list("snapshot", flat=True).get(pk=version_id)
+
+
+def version_snapshot(run: Run) -> dict[str, Any]:
+    """The pinned version's snapshot. Versions are immutable and their ids never reused
+    (PostgreSQL sequences; SQLite AUTOINCREMENT), so each process reads and parses one once
+    instead of per step. Treat the result as read-only."""
+    return _snapshot(run.version_id)
+
+
 def node_of(run: Run, node_id: str) -> dict[str, Any]:
-    for node in run.version.snapshot["definition"]["nodes"]:
+    for node in version_snapshot(run)["definition"]["nodes"]:
         if node["id"] == node_id:
             return node
     raise KeyError(node_id)
 
 
 def retry_policy(run: Run, node: dict[str, Any]) -> dict[str, Any]:
-    policy = dict(run.version.snapshot.get("retry_policy") or {})
+    policy = dict(version_snapshot(run).get("retry_policy") or {})
     policy.update(node.get("retry") or {})
     return {
         "max_attempts": int(policy.get("max_attempts", 1)),
@@ -168,7 +183,7 @@ def step_start(*, step_id: int, attempt: int) -> RunStep | None:
         )
         if not moved:
             return None
-        started = RunStep.objects.select_related("run__version", "run__project").get(pk=step_id)
+        started = RunStep.objects.select_related("run").get(pk=step_id)
         event_append(
             run.pk,
             RunEvent.Type.STEP_STATUS,
@@ -372,7 +387,7 @@ class Checkpoint:
         self.step = step
         self.attempt = attempt
         self.deadline = timezone.now() + timedelta(seconds=timeout)
-        self.secrets = SecretBag(step.run.project)
+        self.secrets = SecretBag(step.run.project_id)
 
     def remaining(self) -> float:
         return max((self.deadline - timezone.now()).total_seconds(), 0.0)

@@ -251,3 +251,77 @@ class CountingServer:
         self._stop.set()
         self.server.shutdown()
         self.server.server_close()
+
+
+class BeatProcess:
+    """`celery beat` (django-celery-beat's DatabaseScheduler) in its own process against the
+    test database and a given broker. `output()` has its log (INFO: one "Sending due task"
+    line per entry it fires)."""
+
+    def __init__(self, broker_url: str, *, extra_env: dict[str, str] | None = None) -> None:
+        self.broker_url = broker_url
+        self.extra_env = extra_env or {}
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.log = Path(tempfile.mkstemp(prefix="sparkops-beat-", suffix=".log")[1])
+
+    def env(self) -> dict[str, str]:
+        env = {
+            key: value
+            for key, value in os.environ.items()
+            if key not in {"DATABASE_URL", "REDIS_URL", "CELERY_BROKER_URL"}
+        }
+        env.update(
+            {
+                "DATABASE_URL": database_url(),
+                "CELERY_BROKER_URL": self.broker_url,
+                "SPARKOPS_VAR_DIR": str(settings.VAR_DIR),
+                "SECRET_KEY": settings.SECRET_KEY,
+                "LOG_LEVEL": "INFO",
+            }
+        )
+        env.update(self.extra_env)
+        return env
+
+    def start(self) -> None:
+        celery = str(Path(sys.executable).parent / "celery")
+        with self.log.open("ab") as log:
+            self.proc = subprocess.Popen(
+                [
+                    celery,
+                    "-A",
+                    "sparkops",
+                    "beat",
+                    "-l",
+                    "INFO",
+                    "--pidfile=",
+                    "-S",
+                    "django_celery_beat.schedulers:DatabaseScheduler",
+                    "--max-interval",
+                    "1",
+                ],
+                cwd=settings.BASE_DIR,
+                env=self.env(),
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout=10)
+
+    def sent(self, task: str) -> int:
+        """How many times beat sent `task` so far."""
+        return sum(
+            1
+            for line in self.output(limit=None).splitlines()
+            if "Sending due task" in line and f"({task})" in line
+        )
+
+    def output(self, limit: int | None = 5000) -> str:
+        text = self.log.read_text(errors="replace")
+        return text if limit is None else text[-limit:]

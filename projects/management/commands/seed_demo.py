@@ -134,6 +134,19 @@ class Command(BaseCommand):
                 settings={"mode": "fixed", "reply": "A paid answer."},
             )
             created.append("agent priced")
+        if not Workflow.objects.filter(project=project, slug="paid-answer").exists():
+            workflows.workflow_create(
+                actor=user,
+                project=project,
+                name="Paid answer",
+                slug="paid-answer",
+                description="One call to a priced simulated model (about $0.009 a run).",
+                definition={
+                    "nodes": [{"id": "answer", "type": "agent", "agent": "priced", "prompt": "Hi"}],
+                    "output": {"answer": "{{ steps.answer.output.text }}"},
+                },
+            )
+            created.append("workflow paid-answer")
         if not Workflow.objects.filter(project=project, slug="research-and-summarize").exists():
             workflows.workflow_create(
                 actor=user,

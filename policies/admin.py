@@ -1,0 +1,381 @@
+"""Operator console for governance. Policies and budgets are saved through `policies.services`
+(the forms' `clean()` runs the same validation as the API, so errors show on the form);
+decisions, spend rows, usage and the audit log are read-only."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from django import forms
+from django.contrib import admin
+from django.db.models import QuerySet
+from django.forms.models import construct_instance
+from django.http import HttpRequest
+from django.utils.html import format_html
+
+from projects.models import Role
+from sparkops.console.scoping import ProjectScopedAdmin
+from sparkops.errors import SparkOpsError
+
+from . import services
+from .budgets import spent
+from .models import AuditEvent, Budget, BudgetSpend, Policy, PolicyDecision, UsageRecord
+
+
+def pretty(value: Any) -> str:
+    return format_html(
+        '<pre style="margin:0">{}</pre>',
+        json.dumps(value, indent=2, sort_keys=True, ensure_ascii=False),
+    )
+
+
+class PrettyJSONField(forms.JSONField):
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("widget", forms.Textarea(attrs={"rows": 12, "cols": 90}))
+        super().__init__(*args, **kwargs)
+
+    def prepare_value(self, value: Any) -> Any:
+        if isinstance(value, forms.fields.InvalidJSONInput):
+            return value
+        return json.dumps(value, indent=2, ensure_ascii=False)
+
+
+def _show_errors(form: forms.ModelForm, exc: SparkOpsError) -> None:
+    for key, problems in (exc.errors or {"__all__": [exc.detail]}).items():
+        field = key.split(".", 1)[0]
+        target = field if field in form.fields else None
+        prefix = f"{key}: " if target is not None and key != field else ""
+        for problem in problems if isinstance(problems, list) else [problems]:
+            form.add_error(target, f"{prefix}{problem}")
+
+
+class ServiceForm(forms.ModelForm):
+    """Validation is the services' (called from clean()); saving too (the admin's save_model)."""
+
+    def _post_clean(self) -> None:
+        opts = self._meta
+        self.instance = construct_instance(self, self.instance, opts.fields, opts.exclude)
+
+
+class PolicyAdminForm(ServiceForm):
+    rule = PrettyJSONField(help_text="A JSON object, validated for the kind (see the API docs).")
+
+    class Meta:
+        model = Policy
+        fields = ["project", "name", "description", "kind", "mode", "enabled", "priority", "rule"]
+
+    def clean(self) -> dict[str, Any]:
+        cleaned = super().clean()
+        if self.errors:
+            return cleaned
+        values = {name: cleaned.get(name) for name in services.POLICY_FIELDS}
+        values["description"] = values["description"] or ""
+        try:
+            services.policy_clean(values=values)
+        except SparkOpsError as exc:
+            _show_errors(self, exc)
+        self.service_values = values
+        return cleaned
+
+
+@admin.register(Policy)
+class PolicyAdmin(ProjectScopedAdmin, admin.ModelAdmin):
+    # Staff who are not superusers see their projects' policies and the global ones, and
+    # change them with the API's role (admin; global ones: any staff, as in the API).
+    write_role = Role.ADMIN
+    form = PolicyAdminForm
+    list_display = ["name", "scope", "kind", "mode", "enabled", "priority", "updated_at"]
+    list_filter = ["kind", "mode", "enabled", ("project", admin.RelatedOnlyFieldListFilter)]
+    list_select_related = ["project"]
+    search_fields = ["name", "description", "project__name", "project__slug"]
+    autocomplete_fields = ["project"]
+    readonly_fields = ["created_by", "created_at", "updated_at"]
+    fieldsets = [
+        (None, {"fields": ["project", "name", "description", "enabled"]}),
+        ("Rule", {"fields": ["kind", "mode", "priority", "rule"]}),
+        ("Audit", {"fields": ["created_by", "created_at", "updated_at"]}),
+    ]
+
+    @admin.display(description="Scope", ordering="project__name")
+    def scope(self, obj: Policy) -> str:
+        return str(obj.project) if obj.project_id else "global"
+
+    def get_readonly_fields(self, request: HttpRequest, obj: Any = None) -> list[str]:
+        fields = list(super().get_readonly_fields(request, obj))
+        return [*fields, "project"] if obj is not None else fields
+
+    def save_model(self, request: HttpRequest, obj: Policy, form: Any, change: bool) -> None:
+        values = dict(form.service_values)
+        if change:
+            saved = services.policy_update(
+                policy=Policy.objects.get(pk=obj.pk), actor=request.user, **values
+            )
+        else:
+            saved = services.policy_create(
+                actor=request.user, project=form.cleaned_data.get("project"), **values
+            )
+        obj.pk = saved.pk
+        obj._state.adding = False
+        obj._state.db = saved._state.db
+
+    def delete_model(self, request: HttpRequest, obj: Policy) -> None:
+        services.policy_delete(policy=obj, actor=request.user)
+
+    def delete_queryset(self, request: HttpRequest, queryset: QuerySet[Policy]) -> None:
+        for policy in queryset:
+            services.policy_delete(policy=policy, actor=request.user)
+
+
+class BudgetAdminForm(ServiceForm):
+    class Meta:
+        model = Budget
+        fields = [
+            "project",
+            "name",
+            "workflow",
+            "agent",
+            "period",
+            "limit_usd",
+            "soft_threshold",
+            "action",
+            "enabled",
+        ]
+
+    def clean(self) -> dict[str, Any]:
+        cleaned = super().clean()
+        if self.errors:
+            return cleaned
+        project = self.instance.project if self.instance.pk else cleaned.get("project")
+        if project is None:
+            return cleaned
+        values = {name: cleaned.get(name) for name in services.BUDGET_FIELDS}
+        try:
+            services.budget_clean(project=project, values=values)
+        except SparkOpsError as exc:
+            _show_errors(self, exc)
+        self.service_values = values
+        return cleaned
+
+
+class BudgetSpendInline(admin.TabularInline):
+    model = BudgetSpend
+    fields = ["period_start", "spend", "calls", "threshold_crossed_at", "limit_reached_at"]
+    readonly_fields = fields
+    extra = 0
+    max_num = 0
+    can_delete = False
+    ordering = ["-period_start"]
+
+    def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+
+@admin.register(Budget)
+class BudgetAdmin(ProjectScopedAdmin, admin.ModelAdmin):
+    write_role = Role.ADMIN
+    form = BudgetAdminForm
+    list_display = [
+        "name",
+        "project",
+        "workflow",
+        "agent",
+        "period",
+        "limit_usd",
+        "soft_threshold",
+        "action",
+        "enabled",
+        "current_spend",
+    ]
+    list_filter = ["period", "action", "enabled", ("project", admin.RelatedOnlyFieldListFilter)]
+    list_select_related = ["project", "workflow", "agent"]
+    search_fields = ["name", "project__name", "project__slug"]
+    autocomplete_fields = ["project", "workflow", "agent"]
+    readonly_fields = ["current_spend", "created_by", "created_at", "updated_at"]
+    inlines = [BudgetSpendInline]
+
+    @admin.display(description="Spent this period (USD)")
+    def current_spend(self, obj: Budget) -> str:
+        if obj.pk is None:
+            return "-"
+        return f"{spent(obj):.6f}"
+
+    def get_readonly_fields(self, request: HttpRequest, obj: Any = None) -> list[str]:
+        fields = list(super().get_readonly_fields(request, obj))
+        return [*fields, "project"] if obj is not None else fields
+
+    def save_model(self, request: HttpRequest, obj: Budget, form: Any, change: bool) -> None:
+        values = dict(form.service_values)
+        if change:
+            saved = services.budget_update(
+                budget=Budget.objects.get(pk=obj.pk), actor=request.user, **values
+            )
+        else:
+            saved = services.budget_create(
+                actor=request.user, project=form.cleaned_data["project"], **values
+            )
+        obj.pk = saved.pk
+        obj._state.adding = False
+        obj._state.db = saved._state.db
+
+    def save_related(self, request: HttpRequest, form: Any, formsets: Any, change: bool) -> None:
+        # The scope was set by the service; the only inline (spend rows) is read-only.
+        for formset in formsets:
+            self.save_formset(request, form, formset, change=change)
+
+    def delete_model(self, request: HttpRequest, obj: Budget) -> None:
+        services.budget_delete(budget=obj, actor=request.user)
+
+    def delete_queryset(self, request: HttpRequest, queryset: QuerySet[Budget]) -> None:
+        for budget in queryset:
+            services.budget_delete(budget=budget, actor=request.user)
+
+
+class ReadOnlyAdmin(ProjectScopedAdmin, admin.ModelAdmin):
+    """Records written by the platform: viewable, never added, changed or deleted by hand."""
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+
+@admin.register(PolicyDecision)
+class PolicyDecisionAdmin(ReadOnlyAdmin):
+    list_display = [
+        "created_at",
+        "source_name",
+        "kind",
+        "mode",
+        "point",
+        "outcome",
+        "project",
+        "run",
+    ]
+    list_filter = ["outcome", "point", "kind", "mode"]
+    list_select_related = ["project", "run"]
+    search_fields = ["source_name", "reason", "node_id", "project__name", "project__slug"]
+    date_hierarchy = "created_at"
+    fields = [
+        "created_at",
+        "project",
+        "policy",
+        "budget",
+        "source_name",
+        "kind",
+        "mode",
+        "run",
+        "workflow",
+        "node_id",
+        "attempt",
+        "point",
+        "outcome",
+        "reason",
+        "details_pretty",
+        "key",
+    ]
+    readonly_fields = fields
+
+    @admin.display(description="Details")
+    def details_pretty(self, obj: PolicyDecision) -> str:
+        return pretty(obj.details)
+
+
+@admin.register(BudgetSpend)
+class BudgetSpendAdmin(ReadOnlyAdmin):
+    scope_through = "budget"
+    project_path = "budget.project"
+    list_display = [
+        "budget",
+        "period_start",
+        "spend",
+        "calls",
+        "threshold_crossed_at",
+        "limit_reached_at",
+    ]
+    list_select_related = ["budget__project"]
+    list_filter = [("budget__project", admin.RelatedOnlyFieldListFilter)]
+    search_fields = ["budget__name", "budget__project__name"]
+    fields = [*list_display, "updated_at"]
+    readonly_fields = fields
+
+
+@admin.register(UsageRecord)
+class UsageRecordAdmin(ReadOnlyAdmin):
+    list_display = [
+        "created_at",
+        "project",
+        "workflow",
+        "agent",
+        "provider",
+        "model",
+        "input_tokens",
+        "output_tokens",
+        "cost",
+    ]
+    list_filter = ["provider", "price_unknown", ("project", admin.RelatedOnlyFieldListFilter)]
+    list_select_related = ["project", "workflow", "agent"]
+    search_fields = ["model", "node_id", "project__name", "project__slug"]
+    date_hierarchy = "created_at"
+    fields = [
+        "created_at",
+        "project",
+        "run",
+        "workflow",
+        "agent",
+        "node_id",
+        "attempt",
+        "provider",
+        "model",
+        "input_tokens",
+        "output_tokens",
+        "cost",
+        "price_unknown",
+    ]
+    readonly_fields = fields
+
+
+@admin.register(AuditEvent)
+class AuditEventAdmin(ReadOnlyAdmin):
+    """Append-only: no add, change or delete, even for superusers."""
+
+    list_display = [
+        "created_at",
+        "actor_email",
+        "action",
+        "object_type",
+        "object_repr",
+        "project_ref",
+        "ip",
+    ]
+    list_filter = ["action", "object_type"]
+    search_fields = ["actor_email", "action", "object_repr", "object_id"]
+    date_hierarchy = "created_at"
+    fields = [
+        "created_at",
+        "actor_id",
+        "actor_email",
+        "project_ref",
+        "action",
+        "object_type",
+        "object_id",
+        "object_repr",
+        "changes_pretty",
+        "ip",
+    ]
+    readonly_fields = fields
+
+    @admin.display(description="Project")
+    def project_ref(self, obj: AuditEvent) -> str:
+        return str(obj.project_id or "-")
+
+    @admin.display(description="Changes")
+    def changes_pretty(self, obj: AuditEvent) -> str:
+        return pretty(obj.changes)
