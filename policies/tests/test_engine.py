@@ -215,13 +215,26 @@ def test_tool_requires_approval(cast, mode):
     policy = make_policy(
         cast.project, cast.owner, "tool_requires_approval", {"tools": ["calculator"]}, mode=mode
     )
-    run = run_of(cast, tool_workflow(cast, "calculator", {"expression": "1+1"}))
-    if mode == "enforce":
-        decision = assert_denied(run, policy, error_type="approval_required", node="act")
-        assert decision.outcome == "require_approval"
-        assert "needs an approval" in decision.reason
-    else:
+    workflow = tool_workflow(cast, "calculator", {"expression": "1+1"})
+    if mode == "audit":
+        run = run_of(cast, workflow)
         assert_audited(run, policy, "audit_require_approval")
+        return
+    # Enforced: the tool step waits for an approval instead of running.
+    for approve, expected in ((True, "succeeded"), (False, "failed")):
+        run = services.run_create(workflow=workflow, input={}, actor=cast.owner)
+        run = wait_for_run(run.pk, ("waiting_approval",))
+        step = step_of(run, "act")
+        assert step.status == "waiting_approval"
+        assert step.input["policy"] is True and "needs an approval" in step.input["message"]
+        decision = PolicyDecision.objects.get(run=run, policy=policy)
+        assert decision.outcome == "require_approval"
+        services.step_decide(run=run, node_id="act", actor=cast.developer, approve=approve)
+        run = wait_for_run(run.pk)
+        assert run.status == expected, run.error
+        if approve:
+            assert step_of(run, "act").output == {"result": 2}
+            assert step_of(run, "act").attempt == 1
 
 
 def test_tool_requires_approval_in_an_agent_loop_fails_the_step(cast):

@@ -234,6 +234,9 @@ def run_advance_locked(run: Run) -> None:
                     )
                     changed = True
                 continue
+            if node.type == "tool" and _tool_needs_approval(run, node_id, step, events, set_status):
+                changed = True
+                continue
             ready.append(step)
         if ready:
             # One UPDATE for every ready step (a 500-node fan-out queues in one statement).
@@ -292,6 +295,24 @@ def run_advance_locked(run: Run) -> None:
     events_append(run.pk, events)
     for step_id, attempt in to_send:
         send_step(step_id, attempt)
+
+
+def _tool_needs_approval(run: Run, node_id: str, step: Any, events: list, set_status: Any) -> bool:
+    """An enforced `tool_requires_approval` policy naming this node's tool parks the step in
+    `waiting_approval` before it is queued; approving it queues it (runs.services.step_decide)."""
+    from . import policy_hooks
+
+    tool_name = str(node_of(run, node_id).get("tool"))
+    reason = policy_hooks.tool_needs_approval(run=run, node_id=node_id, tool_name=tool_name)
+    if not reason:
+        return False
+    message = {"message": reason, "policy": True}
+    if set_status(step, RunStep.Status.WAITING_APPROVAL, input=message):
+        events.append(_step_event(step, "waiting_approval"))
+        events.append(
+            {"type": RunEvent.Type.APPROVAL_REQUESTED, "node_id": node_id, "payload": message}
+        )
+    return True
 
 
 @dataclass

@@ -18,7 +18,7 @@ from sparkops.errors import Conflict, InvalidInput, NotFound, Unprocessable
 from workflows.definition import validate_input
 from workflows.models import Workflow, WorkflowVersion
 
-from .dispatch import send_advance, send_enqueue
+from .dispatch import send_advance, send_enqueue, send_step
 from .events import event_append, events_append
 from .steps import finish_run, lock_run
 
@@ -221,7 +221,15 @@ def step_decide(*, run: Run, node_id: str, actor: Any, approve: bool, comment: s
     step.decided_at = now
     step.decision_comment = comment
     step.finished_at = now
-    if approve:
+    if approve and step.type == "tool":
+        # A tool call held by a `tool_requires_approval` policy: approval lets it run
+        # (`decided_at` is what the policy check looks for).
+        step.status = RunStep.Status.QUEUED
+        step.attempt += 1
+        step.queued_at = now
+        step.finished_at = None
+        send_step(step.pk, step.attempt)
+    elif approve:
         step.status = RunStep.Status.SUCCEEDED
         step.output = decision
     else:
@@ -236,6 +244,8 @@ def step_decide(*, run: Run, node_id: str, actor: Any, approve: bool, comment: s
             "decided_at",
             "decision_comment",
             "finished_at",
+            "attempt",
+            "queued_at",
         ]
     )
     event_append(locked.pk, RunEvent.Type.APPROVAL_DECIDED, decision, node_id=node_id)
