@@ -209,21 +209,32 @@ def test_dashboard_page_shows_the_figures_and_its_query_count_is_flat(
     other = make_workflow(cast.other_project, cast.outsider, [transform("o", 1)], name="wf-o")
     make_run(wf, "succeeded", now - timedelta(minutes=5), duration_ms=1200, cost="0.30")
     make_run(other, "failed", now - timedelta(hours=3), duration_ms=900, cost="0.10")
+    from policies.budgets import period_start
+    from policies.models import Budget, BudgetSpend
+
+    budget = Budget.objects.create(
+        project=cast.project, name="cap", period="monthly", limit_usd="2.00", soft_threshold=80
+    )
+    BudgetSpend.objects.create(budget=budget, period_start=period_start(budget, now), spend="0.50")
     client = Client()
     client.force_login(superuser())
     html = dashboard_page(client)  # also fills the Celery status cache
     for marker in ('id="chart-hourly"', 'id="chart-daily"', 'id="chart-spend"', 'id="slowest"'):
         assert marker in html
-    assert "wf-now" in html and "Spend only: budgets are not available" in html
+    assert "wf-now" in html
+    # the budget bar: 0.50 of 2.00 is 25 %, threshold marker at 80 %
+    assert 'id="budget-bars"' in html and "width:25.0%" in html and "left:80%" in html
+    assert "$0.5000 / $2.00" in html
     assert 'data-key="succeeded" data-value="1"' in html
     # session, user, projects for the filter, hourly, daily, totals, p50, p95, spend per
-    # project, slowest, failing, waiting list, waiting count, stuck, the admin log
-    with django_assert_num_queries(15):
+    # project, budgets, their spend rows, slowest, failing, waiting list, waiting count, stuck,
+    # the admin log
+    with django_assert_num_queries(17):
         dashboard_page(client)
     for i in range(20):
         make_run(wf, "failed", now - timedelta(hours=i), duration_ms=i, cost="0.01")
         make_run(other, "waiting_approval", now - timedelta(minutes=i))
-    with django_assert_num_queries(15):
+    with django_assert_num_queries(17):
         dashboard_page(client)
     filtered = client.get("/admin/", {"project": str(cast.other_project.pk)}).content.decode()
     figures_part = filtered.split('id="workers"')[0]

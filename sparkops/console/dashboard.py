@@ -296,6 +296,40 @@ def celery_status(app: Any = None) -> dict[str, Any]:
 # --- the page --------------------------------------------------------------------------------
 
 
+def budget_bars(user: Any, project: Project | None = None, *, now: datetime) -> list[dict]:
+    """Enabled budgets of the visible projects with their spend in the current period: two
+    queries whatever the number of runs (budgets, then their spend rows)."""
+    from policies.budgets import period_start
+    from policies.models import Budget, BudgetSpend
+
+    budgets = Budget.objects.filter(project__in=visible_projects(user), enabled=True)
+    if project is not None:
+        budgets = budgets.filter(project=project)
+    budgets = list(budgets.select_related("project", "workflow", "agent").order_by("name")[:20])
+    starts = {budget.pk: period_start(budget, now) for budget in budgets}
+    spends = {
+        (row.budget_id, row.period_start): row.spend
+        for row in BudgetSpend.objects.filter(budget__in=budgets)
+    }
+    bars = []
+    for budget in budgets:
+        spend = spends.get((budget.pk, starts[budget.pk]), Decimal(0))
+        limit = budget.limit_usd or Decimal(0)
+        share = float(spend / limit * 100) if limit else 0.0
+        bars.append(
+            {
+                "budget": budget,
+                "spend": spend,
+                "limit": limit,
+                "share": min(share, 100.0),
+                "over": bool(limit) and spend >= limit,
+                "threshold": budget.soft_threshold,
+                "scope": budget.workflow or budget.agent or budget.project,
+            }
+        )
+    return bars
+
+
 def dashboard(user: Any, project: Project | None = None, *, now: datetime | None = None) -> dict:
     """Everything the dashboard template shows (see the module docstring for definitions)."""
     now = now or timezone.now()
@@ -313,6 +347,7 @@ def dashboard(user: Any, project: Project | None = None, *, now: datetime | None
         "p50_ms": percentiles[0.5],
         "p95_ms": percentiles[0.95],
         "spend_per_project": spend_per_project(runs, now=now),
+        "budgets": budget_bars(user, project, now=now),
         "slowest": slowest_workflows(runs, now=now),
         "failing": most_failing_workflows(runs, now=now),
         "waiting": waiting,
