@@ -145,8 +145,32 @@ def _each(
         modeladmin.message_user(request, f"{label} failed for {line}", messages.ERROR)
 
 
+class RecordColumns:
+    """Columns runs and steps share: tokens, cost, and their JSON records pretty-printed."""
+
+    @admin.display(description="tokens")
+    def tokens(self, obj: Any) -> int:
+        return obj.input_tokens + obj.output_tokens
+
+    @admin.display(description="cost", ordering="cost")
+    def cost_display(self, obj: Any) -> str:
+        return money(obj.cost)
+
+    @admin.display(description="input")
+    def input_pretty(self, obj: Any) -> str:
+        return pretty_json(obj.input)
+
+    @admin.display(description="output")
+    def output_pretty(self, obj: Any) -> str:
+        return pretty_json(obj.output)
+
+    @admin.display(description="error")
+    def error_pretty(self, obj: Any) -> str:
+        return pretty_json(obj.error)
+
+
 @admin.register(Run)
-class RunAdmin(ProjectScopedAdmin, admin.ModelAdmin):
+class RunAdmin(RecordColumns, ProjectScopedAdmin, admin.ModelAdmin):
     list_display = [
         "short_id",
         "workflow",
@@ -257,26 +281,6 @@ class RunAdmin(ProjectScopedAdmin, admin.ModelAdmin):
             return f"{humanize_ms(_between_ms(obj.started_at, None))} so far"
         return humanize_ms(obj.duration_ms)
 
-    @admin.display(description="tokens")
-    def tokens(self, obj: Run) -> int:
-        return obj.input_tokens + obj.output_tokens
-
-    @admin.display(description="cost", ordering="cost")
-    def cost_display(self, obj: Run) -> str:
-        return money(obj.cost)
-
-    @admin.display(description="input")
-    def input_pretty(self, obj: Run) -> str:
-        return pretty_json(obj.input)
-
-    @admin.display(description="output")
-    def output_pretty(self, obj: Run) -> str:
-        return pretty_json(obj.output)
-
-    @admin.display(description="error")
-    def error_pretty(self, obj: Run) -> str:
-        return pretty_json(obj.error)
-
     @admin.display(description="events")
     def events_table(self, obj: Run) -> str:
         events = list(obj.events.order_by("-seq")[:EVENTS_ON_RUN_PAGE])
@@ -372,7 +376,7 @@ class _StepWriter:
 
 
 @admin.register(RunStep)
-class RunStepAdmin(ProjectScopedAdmin, admin.ModelAdmin):
+class RunStepAdmin(RecordColumns, ProjectScopedAdmin, admin.ModelAdmin):
     project_path = "run.project"
     list_display = [
         "node_id",
@@ -441,26 +445,6 @@ class RunStepAdmin(ProjectScopedAdmin, admin.ModelAdmin):
     @admin.display(description="duration")
     def duration(self, obj: RunStep) -> str:
         return humanize_ms(_between_ms(obj.started_at, obj.finished_at))
-
-    @admin.display(description="tokens")
-    def tokens(self, obj: RunStep) -> int:
-        return obj.input_tokens + obj.output_tokens
-
-    @admin.display(description="cost", ordering="cost")
-    def cost_display(self, obj: RunStep) -> str:
-        return money(obj.cost)
-
-    @admin.display(description="input")
-    def input_pretty(self, obj: RunStep) -> str:
-        return pretty_json(obj.input)
-
-    @admin.display(description="output")
-    def output_pretty(self, obj: RunStep) -> str:
-        return pretty_json(obj.output)
-
-    @admin.display(description="error")
-    def error_pretty(self, obj: RunStep) -> str:
-        return pretty_json(obj.error)
 
     @admin.action(description="Approve selected waiting steps…")
     def approve(self, request: Any, queryset: Any) -> Any:
