@@ -11,6 +11,8 @@ Starts its own worker process (threads pool) and prints JSON:
     >= 0.4);
 (c) 100 concurrent runs of a 5-step workflow: runs/s and p50/p95 run latency;
 (d) database queries per step for 10- and 50-step chains (should be constant).
+The engine is measured twice: with its default (transforms and builtin tools run inline) and
+with every step queued (SPARKOPS_INLINE_STEPS=0, the path of HTTP tools and model calls).
 """
 
 from __future__ import annotations
@@ -52,8 +54,19 @@ def configure_environment(workdir: Path) -> None:
         os.environ["DATABASE_URL"] = f"sqlite:///{workdir / 'bench.sqlite3'}"
 
 
-def start_worker(workdir: Path, concurrency: int) -> subprocess.Popen[bytes]:
-    log = (workdir / "worker.log").open("wb")
+# The engine measured twice: with its default (transforms and builtin tools run inline, up to
+# 100 per planning transaction) and with every step queued (SPARKOPS_INLINE_STEPS=0), which
+# is the path of steps that cannot run inline: HTTP tools and model calls.
+MODES = {"inline": 100, "queued": 0}
+
+
+def start_worker(
+    workdir: Path, concurrency: int, name: str, inline: int | None = None
+) -> subprocess.Popen[bytes]:
+    env = os.environ.copy()
+    if inline is not None:
+        env["SPARKOPS_INLINE_STEPS"] = str(inline)
+    log = (workdir / f"worker-{name}.log").open("wb")
     return subprocess.Popen(
         [
             str(Path(sys.executable).parent / "celery"),
@@ -75,10 +88,15 @@ def start_worker(workdir: Path, concurrency: int) -> subprocess.Popen[bytes]:
             "WARNING",
         ],
         cwd=BASE_DIR,
-        env=os.environ.copy(),
+        env=env,
         stdout=log,
         stderr=subprocess.STDOUT,
     )
+
+
+def stop_worker(worker: subprocess.Popen[bytes]) -> None:
+    worker.terminate()
+    worker.wait(timeout=30)
 
 
 def wait(predicate, timeout: float = 600.0, interval: float = 0.01):  # type: ignore[no-untyped-def]
@@ -151,48 +169,54 @@ def main() -> None:
             run_ids
         )
 
-    # (d) queries per step, counted on the same code path the worker runs, in this process.
-    query_counts = {}
-    for n in (10, 50):
-        wf = workflow(f"queries-{n}", chain_nodes(n))
-        run = runs.run_create(workflow=wf, input={}, actor=user)
-        with CaptureQueriesContext(connection) as ctx:
-            runs.run_enqueue(run_id=run.pk)
-            for _ in range(n):
-                step = run.steps.filter(status="queued").first()
-                runs.step_execute(step_id=step.pk, attempt=step.attempt)
-        run.refresh_from_db()
-        assert run.status == "succeeded", run.error
-        query_counts[n] = round(len(ctx.captured_queries) / n, 2)
+    def wait_runs(run_ids: list, timeout: float = 600.0) -> None:
+        wait(lambda: finished(run_ids), timeout)
+
+    # (d) queries per step, counted on the same code path the worker runs, in this process:
+    # inline (transforms and builtin tools planned and run in one transaction) and queued
+    # (every step a message to the steps queue, as an HTTP tool or a model call is).
+    from django.test.utils import override_settings
+
+    query_counts: dict[str, float] = {}
+    for mode in MODES:
+        for n in (10, 50):
+            wf = workflow(f"queries-{mode}-{n}", chain_nodes(n))
+            run = runs.run_create(workflow=wf, input={}, actor=user)
+            with (
+                override_settings(SPARKOPS_INLINE_STEPS=MODES[mode]),
+                CaptureQueriesContext(connection) as ctx,
+            ):
+                runs.run_enqueue(run_id=run.pk)
+                for _ in range(2 * n):
+                    run.refresh_from_db()
+                    if run.is_finished:
+                        break
+                    step = run.steps.filter(status="queued").first()
+                    if step is None:
+                        runs.run_advance(run_id=run.pk)
+                    else:
+                        runs.step_execute(step_id=step.pk, attempt=step.attempt)
+            run.refresh_from_db()
+            assert run.status == "succeeded", run.error
+            query_counts[f"{mode}_chain_{n}"] = len(ctx.captured_queries)
     purge_queues()
 
-    worker = start_worker(workdir, args.concurrency)
     marker = workdir / "markers"
+    marker.mkdir()
+    # Raw Celery baselines, on a worker like the engine's.
+    worker = start_worker(workdir, args.concurrency, "raw")
     try:
-        # Warm up: the worker is consuming and connections are open.
-        warm = workflow("warmup", chain_nodes(3))
-        warm_run = runs.run_create(workflow=warm, input={}, actor=user)
-        wait(lambda: finished([warm_run.pk]), 120)
-
-        # (a) linear chain
-        marker.mkdir()
-        started = time.perf_counter()
         from celery import chain
 
+        noop.apply_async((str(marker), "warm"))
+        wait(lambda: (marker / "warm").exists(), 120)
+        started = time.perf_counter()
         chain(
             *[noop.si() for _ in range(args.chain - 1)], noop.si(str(marker), "chain-done")
         ).apply_async()
         wait(lambda: (marker / "chain-done").exists())
         raw_chain = time.perf_counter() - started
 
-        wf = workflow("chain", chain_nodes(args.chain))
-        started = time.perf_counter()
-        run = runs.run_create(workflow=wf, input={}, actor=user)
-        wait(lambda: finished([run.pk]))
-        engine_chain = time.perf_counter() - started
-        assert Run.objects.get(pk=run.pk).status == "succeeded"
-
-        # (b) fan-out
         fan_dir = workdir / "fan"
         fan_dir.mkdir()
         started = time.perf_counter()
@@ -200,76 +224,99 @@ def main() -> None:
             noop.apply_async((str(fan_dir), f"t{i}"))
         wait(lambda: len(os.listdir(fan_dir)) >= args.fanout)
         raw_fan = time.perf_counter() - started
-
-        wf = workflow(
-            "fanout",
-            [
-                {"id": f"n{i}", "type": "tool", "tool": "noop", "args": {"i": i}}
-                for i in range(args.fanout)
-            ],
-        )
-        started = time.perf_counter()
-        run = runs.run_create(workflow=wf, input={}, actor=user)
-        wait(lambda: finished([run.pk]))
-        engine_fan = time.perf_counter() - started
-        assert Run.objects.get(pk=run.pk).status == "succeeded"
-
-        # (c) concurrent runs of a 5-step workflow (a diamond plus a tail)
-        nodes = [
-            {"id": "a", "type": "tool", "tool": "noop", "args": {}},
-            {"id": "b", "type": "tool", "tool": "noop", "args": {}, "depends_on": ["a"]},
-            {"id": "c", "type": "tool", "tool": "noop", "args": {}, "depends_on": ["a"]},
-            {
-                "id": "d",
-                "type": "transform",
-                "output": "{{ steps.b.output }}",
-                "depends_on": ["b", "c"],
-            },
-            {"id": "e", "type": "tool", "tool": "noop", "args": {}, "depends_on": ["d"]},
-        ]
-        wf = workflow("five", nodes)
-        started = time.perf_counter()
-        ids = [runs.run_create(workflow=wf, input={}, actor=user).pk for _ in range(args.runs)]
-        wait(lambda: finished(ids))
-        elapsed = time.perf_counter() - started
-        latencies = sorted(
-            (r.finished_at - r.created_at).total_seconds() for r in Run.objects.filter(pk__in=ids)
-        )
-        statuses = set(Run.objects.filter(pk__in=ids).values_list("status", flat=True))
     finally:
-        worker.terminate()
-        worker.wait(timeout=30)
+        stop_worker(worker)
 
+    nodes = [
+        {"id": "a", "type": "tool", "tool": "noop", "args": {}},
+        {"id": "b", "type": "tool", "tool": "noop", "args": {}, "depends_on": ["a"]},
+        {"id": "c", "type": "tool", "tool": "noop", "args": {}, "depends_on": ["a"]},
+        {
+            "id": "d",
+            "type": "transform",
+            "output": "{{ steps.b.output }}",
+            "depends_on": ["b", "c"],
+        },
+        {"id": "e", "type": "tool", "tool": "noop", "args": {}, "depends_on": ["d"]},
+    ]
     raw_hop = raw_chain / args.chain
-    engine_step = engine_chain / args.chain
-    result = {
+    result: dict = {
         "database": connection.vendor,
         "broker": app.conf.broker_url.split("://")[0],
         "worker_concurrency": args.concurrency,
-        "linear_chain": {
-            "steps": args.chain,
-            "raw_celery_hop_ms": round(raw_hop * 1000, 2),
-            "engine_step_ms": round(engine_step * 1000, 2),
-            "ratio": round(engine_step / raw_hop, 2),
-            "target": "<= 3",
+        "raw_celery": {
+            "chain_hop_ms": round(raw_hop * 1000, 2),
+            "fan_out_tasks_per_s": round(args.fanout / raw_fan, 1),
         },
-        "fan_out": {
-            "nodes": args.fanout,
-            "raw_celery_tasks_per_s": round(args.fanout / raw_fan, 1),
-            "engine_steps_per_s": round(args.fanout / engine_fan, 1),
-            "ratio": round(raw_fan / engine_fan, 2),
-            "target": ">= 0.4",
-        },
-        "concurrent_runs": {
-            "runs": args.runs,
-            "steps_per_run": 5,
-            "statuses": sorted(statuses),
-            "runs_per_s": round(args.runs / elapsed, 2),
-            "p50_latency_s": round(statistics.median(latencies), 3),
-            "p95_latency_s": round(latencies[int(0.95 * (len(latencies) - 1))], 3),
-        },
-        "queries_per_step": {f"chain_{n}": q for n, q in query_counts.items()},
     }
+    for mode in MODES:
+        worker = start_worker(workdir, args.concurrency, mode, inline=MODES[mode])
+        try:
+            warm = workflow(f"warmup-{mode}", chain_nodes(3))
+            warm_run = runs.run_create(workflow=warm, input={}, actor=user)
+            wait_runs([warm_run.pk], 120)
+
+            # (a) linear chain
+            wf = workflow(f"chain-{mode}", chain_nodes(args.chain))
+            started = time.perf_counter()
+            run = runs.run_create(workflow=wf, input={}, actor=user)
+            wait_runs([run.pk])
+            engine_chain = time.perf_counter() - started
+            assert Run.objects.get(pk=run.pk).status == "succeeded"
+
+            # (b) fan-out
+            wf = workflow(
+                f"fanout-{mode}",
+                [
+                    {"id": f"n{i}", "type": "tool", "tool": "noop", "args": {"i": i}}
+                    for i in range(args.fanout)
+                ],
+            )
+            started = time.perf_counter()
+            run = runs.run_create(workflow=wf, input={}, actor=user)
+            wait_runs([run.pk])
+            engine_fan = time.perf_counter() - started
+            assert Run.objects.get(pk=run.pk).status == "succeeded"
+
+            # (c) concurrent runs of a 5-step workflow (a diamond plus a tail)
+            wf = workflow(f"five-{mode}", nodes)
+            started = time.perf_counter()
+            ids = [runs.run_create(workflow=wf, input={}, actor=user).pk for _ in range(args.runs)]
+            wait_runs(ids)
+            elapsed = time.perf_counter() - started
+            latencies = sorted(
+                (r.finished_at - r.created_at).total_seconds()
+                for r in Run.objects.filter(pk__in=ids)
+            )
+            statuses = set(Run.objects.filter(pk__in=ids).values_list("status", flat=True))
+        finally:
+            stop_worker(worker)
+
+        engine_step = engine_chain / args.chain
+        result[mode] = {
+            "inline_steps_per_transaction": MODES[mode],
+            "linear_chain": {
+                "steps": args.chain,
+                "engine_step_ms": round(engine_step * 1000, 2),
+                "ratio_to_raw_hop": round(engine_step / raw_hop, 2),
+                "target": "<= 3",
+            },
+            "fan_out": {
+                "nodes": args.fanout,
+                "engine_steps_per_s": round(args.fanout / engine_fan, 1),
+                "ratio_to_raw": round(raw_fan / engine_fan, 2),
+                "target": ">= 0.4",
+            },
+            "concurrent_runs": {
+                "runs": args.runs,
+                "steps_per_run": 5,
+                "statuses": sorted(statuses),
+                "runs_per_s": round(args.runs / elapsed, 2),
+                "p50_latency_s": round(statistics.median(latencies), 3),
+                "p95_latency_s": round(latencies[int(0.95 * (len(latencies) - 1))], 3),
+            },
+            "queries_per_step": {f"chain_{n}": query_counts[f"{mode}_chain_{n}"] for n in (10, 50)},
+        }
     print(json.dumps(result, indent=2))
     shutil.rmtree(workdir, ignore_errors=True)
 

@@ -11,9 +11,11 @@ Audit-mode policies record what they would have done and change nothing."""
 
 from __future__ import annotations
 
+import contextlib
 import contextvars
 import json
 import logging
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal
@@ -90,8 +92,35 @@ def _decide(policy: Policy, point: str, outcome: str, reason: str, **details: An
     return Decision(point, outcome, reason, policy=policy, details=details)
 
 
+_cache: contextvars.ContextVar[dict[str, list[Policy]] | None] = contextvars.ContextVar(
+    "sparkops_policy_cache", default=None
+)
+
+
+@contextlib.contextmanager
+def policies_cached() -> Iterator[None]:
+    """Inside the block each project's policies are read once. The planner opens one around
+    the steps it runs inline in one transaction (a policy edited meanwhile applies from the
+    next planning, as it would to a step a worker already started). Nested blocks share the
+    outermost one's reads."""
+    if _cache.get() is not None:
+        yield
+        return
+    token = _cache.set({})
+    try:
+        yield
+    finally:
+        _cache.reset(token)
+
+
 def policies_of(project_id: Any, kinds: tuple[str, ...]) -> list[Policy]:
-    return list(Policy.objects.applicable_to(project_id).filter(kind__in=kinds))
+    cache = _cache.get()
+    if cache is None:
+        return list(Policy.objects.applicable_to(project_id).filter(kind__in=kinds))
+    key = str(project_id)
+    if key not in cache:
+        cache[key] = list(Policy.objects.applicable_to(project_id))
+    return [policy for policy in cache[key] if policy.kind in kinds]
 
 
 def _label(policy: Policy) -> str:

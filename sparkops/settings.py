@@ -281,6 +281,18 @@ CELERY_TASK_ACKS_LATE = True
 CELERY_TASK_REJECT_ON_WORKER_LOST = True
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 CELERY_TASK_DEFAULT_QUEUE = "orchestration"
+# `orchestration`: planning, sweeping, schedules (short, CPU); `steps`: model and HTTP calls
+# (I/O-bound, for a threads or gevent pool). Routes, not the deprecated `queue` task option.
+CELERY_TASK_ROUTES = {
+    "runs.enqueue": {"queue": "orchestration"},
+    "runs.advance": {"queue": "orchestration"},
+    "runs.sweep": {"queue": "orchestration"},
+    "runs.step_execute": {"queue": "steps"},
+    "projects.webhook_deliver": {"queue": "steps"},
+    "projects.webhook_outbox": {"queue": "orchestration"},
+    "workflows.schedule_fire": {"queue": "orchestration"},
+    "bench.noop": {"queue": "steps"},
+}
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 CELERY_TASK_SERIALIZER = "json"
 CELERY_ACCEPT_CONTENT = ["json"]
@@ -339,6 +351,9 @@ SPARKOPS_QUEUED_GRACE = env.float("SPARKOPS_QUEUED_GRACE", default=60.0)
 # the database for the sweeper (a long ETA would outlive Redis' visibility timeout).
 SPARKOPS_RETRY_COUNTDOWN_MAX = env.float("SPARKOPS_RETRY_COUNTDOWN_MAX", default=60.0)
 SPARKOPS_STEP_TIMEOUT = env.int("SPARKOPS_STEP_TIMEOUT", default=600)
+# Transforms and builtin-tool steps run inline in the worker that plans them (no broker hop),
+# at most this many per planning transaction (0: every step goes through the steps queue).
+SPARKOPS_INLINE_STEPS = env.int("SPARKOPS_INLINE_STEPS", default=100)
 SPARKOPS_MAX_OUTPUT_BYTES = env.int("SPARKOPS_MAX_OUTPUT_BYTES", default=1024 * 1024)
 SPARKOPS_IDEMPOTENCY_TTL_HOURS = env.int("SPARKOPS_IDEMPOTENCY_TTL_HOURS", default=24)
 SPARKOPS_MAX_CHAIN_DEPTH = env.int("SPARKOPS_MAX_CHAIN_DEPTH", default=10)

@@ -11,7 +11,7 @@ from runs import observability
 from runs.models import RunEvent, RunStep
 from runs.services import policy_hooks
 from runs.services.engine import referenced, step_states, template_context
-from runs.services.steps import Checkpoint, StepError, step_event
+from runs.services.steps import Checkpoint, StepError
 from sparkops.errors import SparkOpsError
 from workflows.templating import TemplateError, render_value
 
@@ -34,9 +34,7 @@ def _render(value: Any, context: dict[str, Any], what: str) -> Any:
 
 
 def _record_input(step: RunStep, value: Any, checkpoint: Checkpoint) -> None:
-    RunStep.objects.filter(pk=step.pk, attempt=checkpoint.attempt).update(
-        input=checkpoint.secrets.redact(value)
-    )
+    checkpoint.record_input(value)
 
 
 def execute(*, step: RunStep, node: dict[str, Any], checkpoint: Checkpoint) -> Any:
@@ -63,7 +61,7 @@ def execute(*, step: RunStep, node: dict[str, Any], checkpoint: Checkpoint) -> A
 def _execute_tool(step: RunStep, node: dict[str, Any], checkpoint: Checkpoint) -> Any:
     from tools.models import Tool
 
-    tool = Tool.objects.usable_in(step.run.project).filter(name=node["tool"]).first()
+    tool = checkpoint.tool_named(node["tool"])
     if tool is None or tool.status != Tool.Status.ACTIVE:
         raise StepError("tool_unavailable", f"Tool '{node['tool']}' is missing or disabled.")
     args = node.get("args") or {}
@@ -111,11 +109,9 @@ def call_tool(
             timeout=max(min(checkpoint.remaining(), 300.0), 0.1),
         )
     except SparkOpsError as exc:
-        step_event(
-            step=step,
-            attempt=checkpoint.attempt,
-            type=RunEvent.Type.TOOL_CALL,
-            payload=checkpoint.secrets.redact(
+        checkpoint.event(
+            RunEvent.Type.TOOL_CALL,
+            checkpoint.secrets.redact(
                 {
                     "tool": tool.name,
                     "arguments": arguments,
@@ -129,11 +125,9 @@ def call_tool(
         raise StepError(exc.error_type, str(exc.detail), errors=exc.errors) from exc
     if result.ok:  # content rules, before the output is recorded or used
         result.output = policy_hooks.on_tool_result(step=step, tool=tool, output=result.output)
-    step_event(
-        step=step,
-        attempt=checkpoint.attempt,
-        type=RunEvent.Type.TOOL_CALL,
-        payload=checkpoint.secrets.redact(
+    checkpoint.event(
+        RunEvent.Type.TOOL_CALL,
+        checkpoint.secrets.redact(
             {
                 "tool": tool.name,
                 "arguments": arguments,

@@ -4,6 +4,7 @@ these; tests call them directly too."""
 
 from __future__ import annotations
 
+import json
 import logging
 from dataclasses import dataclass
 from datetime import timedelta
@@ -18,6 +19,7 @@ from projects.secrets import SecretBag
 from runs import observability
 from runs.engine import planner
 from runs.models import Run, RunEvent, RunStep
+from sparkops import logcontext, tracing
 from sparkops.errors import SparkOpsError
 from workflows.models import Workflow
 from workflows.templating import (
@@ -28,14 +30,18 @@ from workflows.templating import (
 )
 
 from .dispatch import send_advance, send_step
+from .events import collecting as events_collecting
 from .events import events_append
 from .steps import (
+    WORKER_NAME,
     Checkpoint,
+    InlineCheckpoint,
     StepError,
     StepSuperseded,
     finish_run,
     lock_run,
     node_of,
+    record_failure,
     step_fail,
     step_recover,
     step_start,
@@ -135,22 +141,45 @@ def run_enqueue(*, run_id: Any) -> None:
 
 
 def run_advance(*, run_id: Any) -> None:
-    with transaction.atomic():
+    # The scope ends after the commit: the steps it sends carry the trace context of the
+    # inline step that made them ready, and nothing of it stays on the worker thread.
+    with tracing.context_scope(), transaction.atomic():
         run = lock_run(run_id)
         if run is not None:
-            run_advance_locked(run)
+            run_advance_locked(run, inline=True)
 
 
 @observability.run_scope
-def run_advance_locked(run: Run) -> None:
+def run_advance_locked(
+    run: Run, *, inline: bool = False, events: list[dict[str, Any]] | None = None
+) -> None:
     """Plan the run once: admit it, skip what must be skipped, queue what is ready, and finish
-    it when nothing is left. Call with the run row locked (inside a transaction)."""
+    it when nothing is left. Call with the run row locked (inside a transaction).
+
+    With `inline` (workers only, never a web request), ready steps that are local and free of
+    side effects (transforms, builtin tools) run right here, in this transaction, instead of
+    taking a broker hop each: like Temporal's local activities. Up to
+    SPARKOPS_INLINE_STEPS of them per call; the rest wait for the next planning, sent at once.
+
+    `events` (the caller's, such as the step completion that led here) are written first, in
+    the same statement as the planner's."""
+    if not inline:
+        _advance(run, inline=False, events=list(events or []))
+        return
+    from . import policy_hooks
+
+    with policy_hooks.cached():
+        _advance(run, inline=True, events=list(events or []))
+
+
+def _advance(run: Run, *, inline: bool, events: list[dict[str, Any]]) -> None:
     if run.is_finished or run.cancel_requested:
+        events_append(run.pk, events)
         return
     now = timezone.now()
-    events: list[dict[str, Any]] = []
     if run.status in (Run.Status.PENDING, Run.Status.QUEUED):
         if not _admit(run):
+            events_append(run.pk, events)
             return
         snapshot = version_snapshot(run)
         run.status = Run.Status.RUNNING
@@ -172,6 +201,11 @@ def run_advance_locked(run: Run) -> None:
     }
     secrets = SecretBag(run.project_id)
     to_send: list[tuple[int, int]] = []
+    raw_nodes = {node["id"]: node for node in definition["nodes"]}
+    inline_left = settings.SPARKOPS_INLINE_STEPS if inline else 0
+    inline = inline_left > 0
+    tools: dict[str, Any] = {}
+    deferred = False
 
     def context_for(value: Any, *, condition: bool = False) -> dict[str, Any]:
         return template_context(
@@ -237,6 +271,14 @@ def run_advance_locked(run: Run) -> None:
             if node.type == "tool" and _tool_needs_approval(run, node_id, step, events, set_status):
                 changed = True
                 continue
+            if inline and _is_local(run, raw_nodes[node_id], tools):
+                if inline_left <= 0:
+                    deferred = True  # planned again right after this commit
+                    continue
+                inline_left -= 1
+                _execute_inline(run, step, raw_nodes[node_id], secrets, tools, events)
+                changed = True
+                continue
             ready.append(step)
         if ready:
             # One UPDATE for every ready step (a 500-node fan-out queues in one statement).
@@ -295,6 +337,8 @@ def run_advance_locked(run: Run) -> None:
     events_append(run.pk, events)
     for step_id, attempt in to_send:
         send_step(step_id, attempt)
+    if deferred:
+        send_advance(run.pk)
 
 
 def _tool_needs_approval(run: Run, node_id: str, step: Any, events: list, set_status: Any) -> bool:
@@ -313,6 +357,125 @@ def _tool_needs_approval(run: Run, node_id: str, step: Any, events: list, set_st
             {"type": RunEvent.Type.APPROVAL_REQUESTED, "node_id": node_id, "payload": message}
         )
     return True
+
+
+def _is_local(run: Run, node: dict[str, Any], tools: dict[str, Any]) -> bool:
+    """A step the planner may run inline: a transform, or a call of a builtin tool (pure
+    functions of their arguments: no network, no waiting)."""
+    if node["type"] == "transform":
+        return True
+    if node["type"] != "tool":
+        return False
+    name = str(node.get("tool"))
+    if name not in tools:
+        from tools.models import Tool
+
+        tools[name] = Tool.objects.usable_in(run.project_id).filter(name=name).first()
+    tool = tools[name]
+    return tool is not None and tool.kind == "builtin"
+
+
+def _execute_inline(
+    run: Run,
+    step: _StepRow,
+    node: dict[str, Any],
+    secrets: SecretBag,
+    tools: dict[str, Any],
+    events: list[dict[str, Any]],
+) -> None:
+    """Run one local step in the planner's transaction, as one attempt with the same events,
+    policy checks, redaction, size cap and retry rules as a step run by a worker; its row is
+    written once, with the outcome. The step's own writes sit in a savepoint, so an unexpected
+    error (a bug, a database error) fails only the step."""
+    from runs.engine import executors
+
+    now = timezone.now()
+    attempt = step.attempt + 1
+    model = RunStep(
+        pk=step.pk,
+        run=run,
+        node_id=step.node_id,
+        type=step.type,
+        status=RunStep.Status.RUNNING,
+        attempt=attempt,
+        queued_at=now,
+        started_at=now,
+    )
+    checkpoint = InlineCheckpoint(model, attempt, step_timeout(node), secrets, tools)
+    step.attempt = attempt
+    events.append(_step_event(step, "queued", inline=True))
+    events.append(_step_event(step, "running", worker=WORKER_NAME))
+    mark = len(events)
+    error: StepError | None = None
+    output: Any = None
+    savepoint = transaction.savepoint()
+    try:
+        with (
+            logcontext.scope(step_id=step.pk, attempt=attempt),
+            events_collecting(run.pk, events),
+            observability.step_span(model, attempt),
+        ):
+            output = secrets.redact(executors.execute(step=model, node=node, checkpoint=checkpoint))
+            error = _oversized(output)
+        events.extend(checkpoint.events)
+    except StepError as exc:  # an outcome: keep what the step wrote (its policy decisions)
+        transaction.savepoint_commit(savepoint)
+        error = _redacted(exc, checkpoint)
+        events.extend(checkpoint.events)
+    except Exception as exc:  # a bug or a database error: undo the step's writes, fail it
+        transaction.savepoint_rollback(savepoint)
+        del events[mark:]
+        logger.exception("step %s attempt %s crashed (inline)", step.pk, attempt)
+        error = _redacted(
+            StepError("internal_error", f"{exc.__class__.__name__}: {exc}"), checkpoint
+        )
+    else:
+        transaction.savepoint_commit(savepoint)
+    finished = timezone.now()
+    rows = RunStep.objects.filter(pk=step.pk, status=RunStep.Status.PENDING)
+    written = {
+        "queued_at": now,
+        "started_at": now,
+        "worker": WORKER_NAME,
+        "input": checkpoint.input,
+    }
+    if error is None:
+        rows.update(
+            status=RunStep.Status.SUCCEEDED,
+            output=output,
+            error=None,
+            finished_at=finished,
+            attempt=attempt,
+            **written,
+        )
+        step.status = RunStep.Status.SUCCEEDED
+        duration = int((finished - now).total_seconds() * 1000)
+        events.append(_step_event(step, "succeeded", duration_ms=duration))
+        return
+    step.status = record_failure(
+        run,
+        rows,
+        step_id=step.pk,
+        node_id=step.node_id,
+        attempt=attempt,
+        failures=1,
+        error=error,
+        events=events,
+        **written,
+    )
+    if step.status == RunStep.Status.QUEUED:
+        step.attempt += 1
+
+
+def _oversized(output: Any) -> StepError | None:
+    size = len(json.dumps(output, default=str))
+    if size <= settings.SPARKOPS_MAX_OUTPUT_BYTES:
+        return None
+    return StepError(
+        "output_too_large",
+        f"The step output is {size} bytes; the limit is "
+        f"{settings.SPARKOPS_MAX_OUTPUT_BYTES} (SPARKOPS_MAX_OUTPUT_BYTES).",
+    )
 
 
 @dataclass
@@ -343,25 +506,45 @@ def step_execute(*, step_id: int, attempt: int) -> None:
     step = step_start(step_id=step_id, attempt=attempt)
     if step is None:
         return
+    if step.type == "agent":
+        # An agent's loop can run for minutes: policies are read afresh at each call.
+        _execute(step, attempt)
+        return
+    from . import policy_hooks
+
+    with policy_hooks.cached():
+        _execute(step, attempt)
+
+
+def _execute(step: RunStep, attempt: int) -> None:
     from runs.engine import executors, heartbeat
 
     node = node_of(step.run, step.node_id)
-    checkpoint = Checkpoint(step, attempt, step_timeout(node))
+    checkpoint = Checkpoint(step, attempt, step_timeout(node), deferred_writes=step.type != "agent")
     try:
         with heartbeat.beating(step.pk, attempt), observability.step_span(step, attempt):
             output = executors.execute(step=step, node=node, checkpoint=checkpoint)
     except StepSuperseded:
-        logger.info("step %s attempt %s superseded; result discarded", step_id, attempt)
+        logger.info("step %s attempt %s superseded; result discarded", step.pk, attempt)
         return
     except StepError as exc:
-        step_fail(step=step, attempt=attempt, error=_redacted(exc, checkpoint))
+        step_fail(
+            step=step, attempt=attempt, error=_redacted(exc, checkpoint), checkpoint=checkpoint
+        )
         return
     except Exception as exc:  # a bug or an unexpected library error: fail clearly, don't retry
-        logger.exception("step %s attempt %s crashed", step_id, attempt)
+        logger.exception("step %s attempt %s crashed", step.pk, attempt)
         error = StepError("internal_error", f"{exc.__class__.__name__}: {exc}")
-        step_fail(step=step, attempt=attempt, error=_redacted(error, checkpoint))
+        step_fail(
+            step=step, attempt=attempt, error=_redacted(error, checkpoint), checkpoint=checkpoint
+        )
         return
-    step_succeed(step=step, attempt=attempt, output=checkpoint.secrets.redact(output))
+    step_succeed(
+        step=step,
+        attempt=attempt,
+        output=checkpoint.secrets.redact(output),
+        checkpoint=checkpoint,
+    )
 
 
 def _redacted(error: StepError, checkpoint: Checkpoint) -> StepError:
@@ -376,6 +559,11 @@ def _redacted(error: StepError, checkpoint: Checkpoint) -> StepError:
 def sweep() -> dict[str, int]:
     """Find and fix what messages and workers lost. Safe to run anywhere, any number of times:
     every fix goes through the same guarded transitions as normal execution."""
+    with tracing.context_scope():
+        return _sweep()
+
+
+def _sweep() -> dict[str, int]:
     now = timezone.now()
     grace = timedelta(seconds=settings.SPARKOPS_QUEUED_GRACE)
     counts = dict.fromkeys(
@@ -417,7 +605,7 @@ def sweep() -> dict[str, int]:
         with transaction.atomic():
             run = lock_run(run_id)
             if run is not None:
-                run_advance_locked(run)
+                run_advance_locked(run, inline=True)
         counts["advanced"] += 1
 
     # Queued steps whose message was lost, or whose retry waited in the database.

@@ -4,17 +4,41 @@ and a rolled-back transaction gives its numbers back, so `seq` is gap-free."""
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
+from contextvars import ContextVar
 from typing import Any
 
 from django.db import connection, transaction
 
 from runs.models import Run, RunEvent
 
+_collecting: ContextVar[tuple[str, list[dict[str, Any]]] | None] = ContextVar(
+    "sparkops_events_collecting", default=None
+)
+
+
+@contextlib.contextmanager
+def collecting(run_id: Any, into: list[dict[str, Any]]) -> Iterator[list[dict[str, Any]]]:
+    """Inside the block, events appended for `run_id` go to `into` (in order) instead of the
+    database; the caller writes them with its own, in one statement. The planner uses it for
+    the steps it runs inline."""
+    token = _collecting.set((str(run_id), into))
+    try:
+        yield into
+    finally:
+        _collecting.reset(token)
+
 
 def events_append(run_id: Any, events: list[dict[str, Any]]) -> list[RunEvent]:
     """Append `events` (dicts with type, payload and optionally node_id, attempt) in order.
-    Callers are inside the engine's transaction; outside one, this makes its own."""
+    Callers are inside the engine's transaction; outside one, this makes its own. Returns the
+    rows written (none when collected, see `collecting`)."""
     if not events:
+        return []
+    collector = _collecting.get()
+    if collector is not None and collector[0] == str(run_id):
+        collector[1].extend(events)
         return []
     with transaction.atomic(savepoint=False):
         return _append(run_id, events)
@@ -64,7 +88,8 @@ def event_append(
     *,
     node_id: str = "",
     attempt: int | None = None,
-) -> RunEvent:
-    return events_append(
+) -> RunEvent | None:
+    written = events_append(
         run_id, [{"type": type, "payload": payload, "node_id": node_id, "attempt": attempt}]
-    )[0]
+    )
+    return written[0] if written else None

@@ -4,7 +4,15 @@ PolicyDecision and a `policy.decision` run event); an enforced denial raises."""
 
 from __future__ import annotations
 
+from contextlib import AbstractContextManager
 from typing import Any
+
+
+def cached() -> AbstractContextManager[None]:
+    """Read each project's policies once inside the block (see `policies_cached`)."""
+    from policies import enforcement
+
+    return enforcement.policies_cached()
 
 
 def before_run_start(*, workflow: Any, input: dict[str, Any], actor: Any) -> None:

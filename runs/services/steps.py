@@ -9,6 +9,7 @@ import logging
 import random
 import socket
 import threading
+import time
 from datetime import timedelta
 from decimal import Decimal
 from functools import lru_cache
@@ -194,8 +195,11 @@ def step_start(*, step_id: int, attempt: int) -> RunStep | None:
     return started
 
 
-def step_succeed(*, step: RunStep, attempt: int, output: Any) -> bool:
-    """running → succeeded, once; then plan the run. Returns False for a discarded result."""
+def step_succeed(
+    *, step: RunStep, attempt: int, output: Any, checkpoint: Checkpoint | None = None
+) -> bool:
+    """running → succeeded, once, with what the checkpoint deferred; then plan the run.
+    Returns False for a discarded result."""
     import json
 
     size = len(json.dumps(output, default=str))
@@ -203,6 +207,7 @@ def step_succeed(*, step: RunStep, attempt: int, output: Any) -> bool:
         return step_fail(
             step=step,
             attempt=attempt,
+            checkpoint=checkpoint,
             error=StepError(
                 "output_too_large",
                 f"The step output is {size} bytes; the limit is "
@@ -211,6 +216,7 @@ def step_succeed(*, step: RunStep, attempt: int, output: Any) -> bool:
         )
     from .engine import run_advance_locked
 
+    fields, events = checkpoint.deferred() if checkpoint is not None else ({}, [])
     with transaction.atomic():
         run = lock_run(step.run_id)
         if run is None:
@@ -218,26 +224,55 @@ def step_succeed(*, step: RunStep, attempt: int, output: Any) -> bool:
         now = timezone.now()
         moved = RunStep.objects.filter(
             pk=step.pk, attempt=attempt, status=RunStep.Status.RUNNING
-        ).update(status=RunStep.Status.SUCCEEDED, output=output, error=None, finished_at=now)
+        ).update(
+            status=RunStep.Status.SUCCEEDED,
+            output=output,
+            error=None,
+            finished_at=now,
+            **fields,
+        )
         if not moved:
             return False  # already finished, cancelled or superseded: idempotent no-op
         duration = int((now - (step.started_at or now)).total_seconds() * 1000)
-        event_append(
-            run.pk,
-            RunEvent.Type.STEP_STATUS,
-            {"status": "succeeded", "duration_ms": duration},
-            node_id=step.node_id,
-            attempt=attempt,
-        )
-        run_advance_locked(run)
+        events = [
+            *events,
+            {
+                "type": RunEvent.Type.STEP_STATUS,
+                "node_id": step.node_id,
+                "attempt": attempt,
+                "payload": {"status": "succeeded", "duration_ms": duration},
+            },
+        ]
+        # A step with no successors changes the plan only when it was the last one in
+        # flight (the run may now finish, or wait for an approval); otherwise the last of
+        # the others plans. A 500-node fan-out plans once, not 500 times.
+        if has_successors(run, step.node_id) or not (
+            RunStep.objects.filter(
+                run_id=run.pk, status__in=[RunStep.Status.QUEUED, RunStep.Status.RUNNING]
+            ).exists()
+        ):
+            run_advance_locked(run, inline=True, events=events)
+        else:
+            events_append(run.pk, events)
     return True
 
 
-def step_fail(*, step: RunStep, attempt: int, error: StepError) -> bool:
+def has_successors(run: Run, node_id: str) -> bool:
+    return any(
+        node_id in (node.get("depends_on") or ())
+        for node in version_snapshot(run)["definition"]["nodes"]
+    )
+
+
+def step_fail(
+    *, step: RunStep, attempt: int, error: StepError, checkpoint: Checkpoint | None = None
+) -> bool:
     """A failed attempt: re-queue with backoff if the error is retryable and attempts remain,
-    else running → failed and plan the run (which fails it unless continue_on_failure)."""
+    else running → failed and plan the run (which fails it unless continue_on_failure). What
+    the checkpoint deferred (input, call events) is written with it."""
     from .engine import run_advance_locked
 
+    fields, deferred_events = checkpoint.deferred() if checkpoint is not None else ({}, [])
     with transaction.atomic():
         run = lock_run(step.run_id)
         if run is None:
@@ -249,26 +284,62 @@ def step_fail(*, step: RunStep, attempt: int, error: StepError) -> bool:
             or current.status != RunStep.Status.RUNNING
         ):
             return False
-        now = timezone.now()
-        node = node_of(run, step.node_id)
-        policy = retry_policy(run, node)
-        failures = current.failures + 1
-        error_dict = error.as_dict()
-        if error.retryable and failures < policy["max_attempts"] and not run.cancel_requested:
-            delay = backoff_delay(policy, failures)
-            RunStep.objects.filter(pk=step.pk, attempt=attempt).update(
-                status=RunStep.Status.QUEUED,
-                attempt=attempt + 1,
-                failures=failures,
-                error=error_dict,
-                queued_at=now,
-                next_attempt_at=now + timedelta(seconds=delay),
-                heartbeat_at=None,
-            )
-            event_append(
-                run.pk,
-                RunEvent.Type.STEP_STATUS,
-                {
+        events: list[dict[str, Any]] = list(deferred_events)
+        status = record_failure(
+            run,
+            RunStep.objects.filter(pk=step.pk, attempt=attempt),
+            step_id=step.pk,
+            node_id=step.node_id,
+            attempt=attempt,
+            failures=current.failures + 1,
+            error=error,
+            events=events,
+            **fields,
+        )
+        if status == RunStep.Status.FAILED:
+            run_advance_locked(run, inline=True, events=events)
+        else:
+            events_append(run.pk, events)
+    return True
+
+
+def record_failure(
+    run: Run,
+    rows: Any,
+    *,
+    step_id: int,
+    node_id: str,
+    attempt: int,
+    failures: int,
+    error: StepError,
+    events: list[dict[str, Any]],
+    **fields: Any,
+) -> str:
+    """Write a failed attempt to `rows` (the step's row, filtered on its expected state), with
+    `fields` besides: queued again with backoff when the error is retryable and attempts remain,
+    else failed. Appends the step's event to `events`; returns the new status. Call with the
+    run locked."""
+    now = timezone.now()
+    policy = retry_policy(run, node_of(run, node_id))
+    error_dict = error.as_dict()
+    if error.retryable and failures < policy["max_attempts"] and not run.cancel_requested:
+        delay = backoff_delay(policy, failures)
+        rows.update(
+            status=RunStep.Status.QUEUED,
+            attempt=attempt + 1,
+            failures=failures,
+            error=error_dict,
+            queued_at=now,
+            next_attempt_at=now + timedelta(seconds=delay),
+            heartbeat_at=None,
+            **fields,
+        )
+        events.append(
+            {
+                "type": RunEvent.Type.STEP_STATUS,
+                "node_id": node_id,
+                "attempt": attempt,
+                "payload": {
                     "status": "queued",
                     "retry": True,
                     "error": error_dict,
@@ -276,26 +347,30 @@ def step_fail(*, step: RunStep, attempt: int, error: StepError) -> bool:
                     "max_attempts": policy["max_attempts"],
                     "delay_seconds": round(delay, 3),
                 },
-                node_id=step.node_id,
-                attempt=attempt,
-            )
-            # Short waits ride a countdown; long ones wait in the database for the sweeper
-            # (an ETA longer than Redis' visibility timeout would be delivered twice).
-            if delay <= settings.SPARKOPS_RETRY_COUNTDOWN_MAX:
-                send_step(step.pk, attempt + 1, countdown=delay)
-            return True
-        RunStep.objects.filter(pk=step.pk, attempt=attempt).update(
-            status=RunStep.Status.FAILED, failures=failures, error=error_dict, finished_at=now
+            }
         )
-        event_append(
-            run.pk,
-            RunEvent.Type.STEP_STATUS,
-            {"status": "failed", "error": error_dict, "failures": failures},
-            node_id=step.node_id,
-            attempt=attempt,
-        )
-        run_advance_locked(run)
-    return True
+        # Short waits ride a countdown; long ones wait in the database for the sweeper
+        # (an ETA longer than Redis' visibility timeout would be delivered twice).
+        if delay <= settings.SPARKOPS_RETRY_COUNTDOWN_MAX:
+            send_step(step_id, attempt + 1, countdown=delay)
+        return RunStep.Status.QUEUED
+    rows.update(
+        status=RunStep.Status.FAILED,
+        attempt=attempt,
+        failures=failures,
+        error=error_dict,
+        finished_at=now,
+        **fields,
+    )
+    events.append(
+        {
+            "type": RunEvent.Type.STEP_STATUS,
+            "node_id": node_id,
+            "attempt": attempt,
+            "payload": {"status": "failed", "error": error_dict, "failures": failures},
+        }
+    )
+    return RunStep.Status.FAILED
 
 
 def step_recover(*, step_id: int, attempt: int, reason: str) -> bool:
@@ -381,25 +456,95 @@ def step_event(*, step: RunStep, attempt: int, type: str, payload: dict[str, Any
 
 class Checkpoint:
     """Called between model and tool calls: stops a step that was cancelled, superseded or is
-    past its timeout, and refreshes its heartbeat."""
+    past its timeout, and refreshes its heartbeat. Executors also record the step's rendered
+    input and its call events through it: written at once for an agent step (its loop can be
+    long, and watched live), or with the step's result, in the transaction that records it,
+    for a tool or transform step (`deferred_writes`: one commit instead of three)."""
 
-    def __init__(self, step: RunStep, attempt: int, timeout: float) -> None:
+    # A check this soon after the last one (the step has just started, or just checked) adds
+    # nothing: skip the round trip. Long calls (models, HTTP) always check after returning.
+    FRESH_SECONDS = 0.05
+
+    def __init__(
+        self, step: RunStep, attempt: int, timeout: float, *, deferred_writes: bool = False
+    ) -> None:
         self.step = step
         self.attempt = attempt
         self.deadline = timezone.now() + timedelta(seconds=timeout)
         self.secrets = SecretBag(step.run.project_id)
+        self.deferred_writes = deferred_writes
+        self.input: Any = None
+        self.has_input = False
+        self.events: list[dict[str, Any]] = []
+        self._verified = time.monotonic()
 
     def remaining(self) -> float:
         return max((self.deadline - timezone.now()).total_seconds(), 0.0)
 
     def __call__(self) -> None:
-        moved = RunStep.objects.filter(
-            pk=self.step.pk,
-            attempt=self.attempt,
-            status=RunStep.Status.RUNNING,
-            run__cancel_requested=False,
-        ).update(heartbeat_at=timezone.now())
-        if not moved:
-            raise StepSuperseded()
+        if time.monotonic() - self._verified >= self.FRESH_SECONDS:
+            moved = RunStep.objects.filter(
+                pk=self.step.pk,
+                attempt=self.attempt,
+                status=RunStep.Status.RUNNING,
+                run__cancel_requested=False,
+            ).update(heartbeat_at=timezone.now())
+            if not moved:
+                raise StepSuperseded()
+            self._verified = time.monotonic()
+        self._check_timeout()
+
+    def _check_timeout(self) -> None:
         if self.remaining() <= 0:
             raise StepError("timeout", "The step ran past its timeout.", retryable=True)
+
+    def record_input(self, value: Any) -> None:
+        value = self.secrets.redact(value)
+        if self.deferred_writes:
+            self.input, self.has_input = value, True
+            return
+        RunStep.objects.filter(pk=self.step.pk, attempt=self.attempt).update(input=value)
+
+    def event(self, type: str, payload: dict[str, Any]) -> None:
+        if self.deferred_writes:
+            self.events.append(
+                {
+                    "type": type,
+                    "payload": payload,
+                    "node_id": self.step.node_id,
+                    "attempt": self.attempt,
+                }
+            )
+            return
+        step_event(step=self.step, attempt=self.attempt, type=type, payload=payload)
+
+    def deferred(self) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+        """The step fields and events kept for the write of the step's result."""
+        return ({"input": self.input} if self.has_input else {}), self.events
+
+    def tool_named(self, name: str) -> Any:
+        from tools.models import Tool
+
+        return Tool.objects.usable_in(self.step.run.project_id).filter(name=name).first()
+
+
+class InlineCheckpoint(Checkpoint):
+    """For a step the planner runs inline (runs.services.engine): the run row is locked and
+    nothing of the attempt is committed yet, so no worker can supersede it and a cancel waits
+    for the lock; only the timeout is checked. Writes are deferred, and the planner's secrets
+    and tool lookups are shared by every step it runs."""
+
+    def __init__(
+        self, step: RunStep, attempt: int, timeout: float, secrets: SecretBag, tools: dict
+    ) -> None:
+        super().__init__(step, attempt, timeout, deferred_writes=True)
+        self.secrets = secrets
+        self.tools = tools
+
+    def __call__(self) -> None:
+        self._check_timeout()
+
+    def tool_named(self, name: str) -> Any:
+        if name not in self.tools:
+            self.tools[name] = super().tool_named(name)
+        return self.tools[name]
