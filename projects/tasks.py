@@ -5,7 +5,7 @@ from __future__ import annotations
 from celery import shared_task
 
 
-@shared_task(name="projects.webhook_deliver", queue="steps", acks_late=True, ignore_result=True)
+@shared_task(name="projects.webhook_deliver", acks_late=True, ignore_result=True)
 def webhook_deliver(delivery_id: int) -> None:
     """One delivery attempt (a no-op if the row is not due or another sender holds it)."""
     from projects import webhooks
@@ -13,9 +13,7 @@ def webhook_deliver(delivery_id: int) -> None:
     webhooks.delivery_attempt(delivery_id=delivery_id)
 
 
-@shared_task(
-    name="projects.webhook_outbox", queue="orchestration", acks_late=True, ignore_result=True
-)
+@shared_task(name="projects.webhook_outbox", acks_late=True, ignore_result=True)
 def webhook_outbox() -> dict[str, int]:
     """Beat: re-send due retries and deliveries whose task was lost."""
     from projects import webhooks
