@@ -32,6 +32,7 @@ from .events import events_append
 from .steps import (
     Checkpoint,
     StepError,
+    StepPaused,
     StepSuperseded,
     finish_run,
     lock_run,
@@ -350,6 +351,8 @@ def step_execute(*, step_id: int, attempt: int) -> None:
     try:
         with heartbeat.beating(step.pk, attempt), observability.step_span(step, attempt):
             output = executors.execute(step=step, node=node, checkpoint=checkpoint)
+    except StepPaused:  # waiting for an approval, its loop saved (steps.step_pause)
+        return
     except StepSuperseded:
         logger.info("step %s attempt %s superseded; result discarded", step_id, attempt)
         return

@@ -12,7 +12,7 @@ import threading
 from datetime import timedelta
 from decimal import Decimal
 from functools import lru_cache
-from typing import Any
+from typing import Any, NoReturn
 
 from django.conf import settings
 from django.db import transaction
@@ -51,6 +51,11 @@ class StepError(Exception):
 class StepSuperseded(Exception):
     """The attempt is no longer current (cancelled, timed out, recovered elsewhere): stop and
     write nothing."""
+
+
+class StepPaused(Exception):
+    """The attempt parked its step in `waiting_approval` (`step_pause`) and wrote all there is
+    to write: stop, and release the worker."""
 
 
 def lock_run(run_id: Any) -> Run | None:
@@ -218,7 +223,9 @@ def step_succeed(*, step: RunStep, attempt: int, output: Any) -> bool:
         now = timezone.now()
         moved = RunStep.objects.filter(
             pk=step.pk, attempt=attempt, status=RunStep.Status.RUNNING
-        ).update(status=RunStep.Status.SUCCEEDED, output=output, error=None, finished_at=now)
+        ).update(
+            status=RunStep.Status.SUCCEEDED, output=output, error=None, finished_at=now, state=None
+        )
         if not moved:
             return False  # already finished, cancelled or superseded: idempotent no-op
         duration = int((now - (step.started_at or now)).total_seconds() * 1000)
@@ -296,6 +303,46 @@ def step_fail(*, step: RunStep, attempt: int, error: StepError) -> bool:
         )
         run_advance_locked(run)
     return True
+
+
+def step_pause(
+    *, step: RunStep, attempt: int, state: dict[str, Any], request: dict[str, Any]
+) -> NoReturn:
+    """running → waiting_approval, once, for a call inside the attempt that waits for a
+    person's approval: `state` (what resuming needs, secrets redacted) is saved on the step and
+    `request` is the `approval.requested` payload; then plan the run (it waits for approval
+    once nothing else is in flight). Always raises: StepPaused, or StepSuperseded for an
+    attempt that is no longer current. Approving re-queues the step (lifecycle.step_decide)."""
+    from .engine import run_advance_locked
+
+    with transaction.atomic():
+        run = lock_run(step.run_id)
+        if run is None or run.is_finished or run.cancel_requested:
+            raise StepSuperseded()
+        moved = RunStep.objects.filter(
+            pk=step.pk, attempt=attempt, status=RunStep.Status.RUNNING
+        ).update(status=RunStep.Status.WAITING_APPROVAL, state=state, heartbeat_at=None)
+        if not moved:
+            raise StepSuperseded()
+        events_append(
+            run.pk,
+            [
+                {
+                    "type": RunEvent.Type.STEP_STATUS,
+                    "node_id": step.node_id,
+                    "attempt": attempt,
+                    "payload": {"status": "waiting_approval"},
+                },
+                {
+                    "type": RunEvent.Type.APPROVAL_REQUESTED,
+                    "node_id": step.node_id,
+                    "attempt": attempt,
+                    "payload": request,
+                },
+            ],
+        )
+        run_advance_locked(run)
+    raise StepPaused()
 
 
 def step_recover(*, step_id: int, attempt: int, reason: str) -> bool:
