@@ -6,8 +6,11 @@ are. The `check_*` functions are what the engine calls (through runs.services.po
 they record every decision that is not a plain allow (a `PolicyDecision` row and a
 `policy.decision` run event), apply redactions and clamps, and refuse what an enforced policy
 denies: a run start with a 409 (policy) or 402 (budget) naming it, a step with a
-non-retryable `StepError` (`policy_denied`, `budget_exceeded`, `approval_required`).
-Audit-mode policies record what they would have done and change nothing."""
+non-retryable `StepError` (`policy_denied`, `budget_exceeded`). A tool call an enforced
+`tool_requires_approval` policy names waits for a person instead: a tool step is parked by the
+planner (`pause_for_approval`), a call a model makes in an agent loop pauses the step where it
+is (`check_tool_call` raises ToolApprovalRequired). Audit-mode policies record what they would
+have done and change nothing."""
 
 from __future__ import annotations
 
@@ -297,8 +300,7 @@ def evaluate_tool_call(
                     policy,
                     Point.TOOL_CALL,
                     Outcome.REQUIRE_APPROVAL,
-                    f"Tool '{tool_name}' needs an approval under {_label(policy)}; this call "
-                    "was not approved, so it is refused (put an approval step before it).",
+                    f"Tool '{tool_name}' needs an approval under {_label(policy)}.",
                     tool=tool_name,
                 )
             )
@@ -746,12 +748,37 @@ def check_model_output(*, step: Any, agent: Any, content: str | None) -> str | N
     return cleaned
 
 
-def check_tool_call(*, step: Any, tool: Any, arguments: Any) -> Any:
+def check_tool_call(
+    *, step: Any, tool: Any, arguments: Any, call_approved: bool | None = None
+) -> Any:
     """Allow/deny lists and approvals, then content rules over the arguments; returns the
-    arguments to use (redacted where a policy says so)."""
+    arguments to use (redacted where a policy says so).
+
+    `call_approved` is given for a call a model made in an agent loop: whether a person
+    approved that very call (approval is per call, not per step). Held, it raises
+    ToolApprovalRequired once its decision is recorded, and the loop pauses. A tool step's own
+    call is approved by the decision on the step (the planner held it before it ran)."""
+    from runs.services.policy_hooks import ToolApprovalRequired
+
     project_id = step.run.project_id
-    approved = step.decided_at is not None and step.status != "failed"
+    if call_approved is None:
+        approved = step.decided_at is not None and step.status != "failed"
+    else:
+        approved = call_approved
     decisions = evaluate_tool_call(project_id=project_id, tool_name=tool.name, approved=approved)
+    held = next((d for d in decisions if d.blocking), None)
+    if held is not None and held.outcome == Outcome.REQUIRE_APPROVAL and call_approved is not None:
+        # Content rules first: arguments they refuse fail the step now, not after an approval,
+        # and the person approves the arguments the tool will get, redacted as they say (the
+        # loop saves and resumes with those, so the redaction is recorded here, once).
+        arguments, found = scan_value(
+            project_id=project_id, target="tool_arguments", point=Point.TOOL_CALL, value=arguments
+        )
+        _settle(found, step)
+        record(decisions, step=step)
+        raise ToolApprovalRequired(
+            held.reason, arguments=arguments, policy=_policy_dict(held.policy)
+        )
     if not any(d.blocking for d in decisions):
         arguments, found = scan_value(
             project_id=project_id,

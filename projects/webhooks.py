@@ -338,8 +338,11 @@ def run_events_record(*, run_id: Any, events: list[Any]) -> list[WebhookDelivery
         status = (event.payload or {}).get("status") or run.status
         data = _run_data(run, status if kind.startswith("run.") else run.status)
         if kind == "approval.requested":
+            payload = event.payload or {}
             data["step"] = event.node_id
-            data["message"] = (event.payload or {}).get("message", "")
+            data["message"] = payload.get("message", "")
+            if "tool" in payload:  # a tool call a model made, held by a policy
+                data["call"] = {key: payload.get(key) for key in ("tool", "arguments", "iteration")}
         deliveries += event_emit(
             project_id=run.project_id,
             event_type=kind,

@@ -418,6 +418,7 @@ class RunStepAdmin(RecordColumns, ProjectScopedAdmin, admin.ModelAdmin):
         "decided_by",
         "decided_at",
         "decision_comment",
+        "state_pretty",
     ]
     readonly_fields = fields
     actions = ["approve", "reject"]
@@ -445,6 +446,10 @@ class RunStepAdmin(RecordColumns, ProjectScopedAdmin, admin.ModelAdmin):
     @admin.display(description="duration")
     def duration(self, obj: RunStep) -> str:
         return humanize_ms(_between_ms(obj.started_at, obj.finished_at))
+
+    @admin.display(description="saved agent loop")
+    def state_pretty(self, obj: RunStep) -> str:
+        return pretty_json(obj.state) if obj.state is not None else "—"
 
     @admin.action(description="Approve selected waiting steps…")
     def approve(self, request: Any, queryset: Any) -> Any:

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import json
 import uuid
 from typing import Any
 
@@ -153,6 +154,15 @@ class RunStep(models.Model):
     )
     decided_at = models.DateTimeField(null=True, blank=True)
     decision_comment = models.TextField(blank=True)
+    # An agent step paused for the approval of a tool call its model made: what resuming the
+    # tool-calling loop needs (runs.engine.agent). A retry resumes from it too. Cleared when
+    # the step succeeds or the call is rejected; a failed or cancelled step keeps it for the
+    # post-mortem (admin only: the API leaves it out, it can be large).
+    state = models.JSONField(
+        null=True,
+        blank=True,
+        help_text="Saved agent loop, secrets redacted: messages, iteration, the pending call.",
+    )
 
     objects = RunStepQuerySet.as_manager()
 
@@ -169,6 +179,17 @@ class RunStep(models.Model):
     @property
     def is_finished(self) -> bool:
         return self.status in self.FINISHED_STATUSES
+
+    @property
+    def approval_message(self) -> str:
+        """What a person waiting on this step is asked (the operator console shows it): the
+        message of an approval or held tool step, or the held call an agent's model made."""
+        pending = (self.state or {}).get("pending")
+        if pending:
+            arguments = json.dumps(pending.get("arguments"), default=str, ensure_ascii=False)
+            return f"{pending.get('message', '')} Call: {pending['tool']} {arguments}".strip()
+        message = self.input.get("message") if isinstance(self.input, dict) else None
+        return str(message or "")
 
 
 class RunEventQuerySet(models.QuerySet["RunEvent"]):

@@ -90,7 +90,7 @@ def step_scope(func: F) -> F:
 def step_span(step: Any, attempt: int) -> Iterator[Any]:
     """Around the execution of one step attempt: the step span (child of the run span), log
     context, the attempt's duration and queue wait."""
-    from runs.services.steps import StepError, StepSuperseded
+    from runs.services.steps import StepError, StepPaused, StepSuperseded
 
     run = step.run
     logcontext.bind(
@@ -125,6 +125,9 @@ def step_span(step: Any, attempt: int) -> Iterator[Any]:
         ) as span:
             try:
                 yield span
+            except StepPaused:
+                outcome = "paused"
+                raise
             except StepSuperseded:
                 outcome = "superseded"
                 tracing.set_attributes(span, {"sparkops.step.superseded": True})

@@ -241,6 +241,42 @@ def test_attempts_from_events_retry_approval_skip_and_reuse():
     assert lost2.open and lost2.status == "running" and lost2.finished_at is None
 
 
+def test_an_agent_step_paused_for_a_tool_call_then_approved():
+    events = [
+        ev(1, "think", "queued", 1),
+        ev(2, "think", "running", 1),
+        ev(2.5, "think", type="llm.call", attempt=1, input_tokens=10, output_tokens=5, cost="0.01"),
+        ev(3, "think", "waiting_approval", 1),
+        ev(8, "think", type="approval.decided", approved=True, by="ops@x", comment=""),
+        ev(8, "think", "queued", 2),
+        ev(9, "think", "running", 2),
+        ev(9.5, "think", type="llm.call", attempt=2, input_tokens=7, output_tokens=3, cost="0.02"),
+        ev(10, "think", "succeeded", 2),
+    ]
+    first, approval, second = step_attempts(events)
+    assert (first.kind, first.attempt, first.status, first.finished_at) == (
+        "task",
+        1,
+        "waiting_approval",
+        at(3),
+    )
+    assert not first.open and first.input_tokens == 10
+    assert (approval.kind, approval.status, approval.started_at, approval.finished_at) == (
+        "approval",
+        "succeeded",
+        at(3),
+        at(8),
+    )
+    assert approval.note == "approved by ops@x"
+    assert (second.attempt, second.status, second.queued_at, second.finished_at) == (
+        2,
+        "succeeded",
+        at(8),
+        at(10),
+    )
+    assert second.input_tokens == 7
+
+
 def test_bars_stay_within_the_axis_and_are_never_invisible():
     events = [
         ev(-5, "early", "queued", 1),  # before the axis starts

@@ -237,17 +237,32 @@ def test_tool_requires_approval(cast, mode):
             assert step_of(run, "act").attempt == 1
 
 
-def test_tool_requires_approval_in_an_agent_loop_fails_the_step(cast):
+def test_tool_requires_approval_in_an_agent_loop_pauses_the_step(cast):
+    """More (real SDKs, reject, per-call approval): runs/tests/test_engine_agent_approval.py."""
     calc = builtin_tool(cast.project, cast.owner, "calculator", "calculator")
     make_agent(
         cast,
         tools=[calc],
         mode="script",
-        turns=[{"tool_calls": [{"name": "calculator", "arguments": {"expression": "1"}}]}],
+        turns=[
+            {"tool_calls": [{"name": "calculator", "arguments": {"expression": "6*7"}}]},
+            {"content": "It is {last_tool_result}"},
+        ],
     )
     policy = make_policy(cast.project, cast.owner, "tool_requires_approval", {"tools": ["calc*"]})
-    run = run_of(cast, agent_workflow(cast))
-    assert_denied(run, policy, error_type="approval_required")
+    run = services.run_create(
+        workflow=agent_workflow(cast), input={"topic": "otters"}, actor=cast.owner
+    )
+    run = wait_for_run(run.pk, ("waiting_approval",))
+    assert step_of(run).status == "waiting_approval"
+    (decision,) = decisions_of(run)
+    assert (decision.policy_id, decision.outcome) == (policy.pk, "require_approval")
+    assert not RunEvent.objects.filter(run=run, type="tool.call").exists()
+    services.step_decide(run=run, node_id="think", actor=cast.developer, approve=True)
+    run = wait_for_run(run.pk)
+    assert run.status == "succeeded", run.error
+    assert run.output == {"answer": 'It is {"result": 42}'}
+    assert RunEvent.objects.filter(run=run, type="llm.call").count() == 2
 
 
 # --- content: blocked patterns and PII ---------------------------------------------------------

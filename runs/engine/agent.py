@@ -3,20 +3,35 @@
 system prompt + rendered prompt → model → for each tool call: validate the arguments against
 the tool's JSON Schema (an invalid call is reported back to the model, not crashed on),
 execute, feed the result back → until a final answer or `max_iterations`. Each model call is
-charged and logged once (runs.services.steps.usage_record); each tool call is logged."""
+charged and logged once (runs.services.steps.usage_record); each tool call is logged.
+
+A call that an enforced `tool_requires_approval` policy holds pauses the step: the loop is
+saved on it (`RunStep.state`: the conversation, the iteration, the calls of the iteration still
+to make, the approved calls) and the worker is released. Approving re-queues the step; the
+next attempt resumes from the saved loop without asking the model again, with that one call
+approved (runs.services.step_decide). Approval is per call: the same tool asked for later
+pauses again."""
 
 from __future__ import annotations
 
 import json
+from dataclasses import asdict
 from typing import Any
 
 from agents.models import Agent
 from agents.pricing import price_for
-from agents.providers import ChatMessage, ChatRequest, ProviderError, ToolSpec, get_provider
+from agents.providers import (
+    ChatMessage,
+    ChatRequest,
+    ProviderError,
+    ToolCall,
+    ToolSpec,
+    get_provider,
+)
 from runs import observability
 from runs.models import RunEvent, RunStep
 from runs.services import policy_hooks
-from runs.services.steps import Checkpoint, StepError, usage_record
+from runs.services.steps import Checkpoint, StepError, step_pause, usage_record
 from sparkops.errors import SparkOpsError
 
 from .executors import _record_input, _render, call_tool
@@ -57,12 +72,27 @@ def run_agent(
         }
     messages = [ChatMessage(role="system", content=system)] if system else []
     messages.append(ChatMessage(role="user", content=prompt))
+    head = len(messages)
     specs = [
         ToolSpec(t.name, t.description, t.parameters or {"type": "object"}) for t in tools.values()
     ]
+    # Resuming after an approval: the prompt is rendered afresh above (secrets are redacted in
+    # the saved copy); the rest of the conversation and the iteration's calls come back saved.
+    start = 1
+    todo: list[ToolCall] = []  # calls of the iteration still to make
+    approved: list[str] = []  # keys of the calls a person approved
+    saved = step.state
+    if saved:
+        messages += [_message(m) for m in saved["messages"][saved["head"] :]]
+        start = saved["iteration"]
+        todo = [ToolCall(**call) for call in saved["calls"]]
+        approved = list(saved.get("approved") or [])
 
-    for iteration in range(1, agent.max_iterations + 1):
+    for iteration in range(start, agent.max_iterations + 1):
         checkpoint()
+        if todo:  # the calls of a paused iteration: its model call is answered and charged
+            _call_tools(step, checkpoint, tools, messages, head, iteration, todo, approved)
+            continue
         # The provider reads this at each call: never wait past the step's own timeout.
         config.timeout = max(min(call_timeout, checkpoint.remaining()), 0.1)
         request = ChatRequest(
@@ -114,25 +144,98 @@ def run_agent(
         messages.append(
             ChatMessage(role="assistant", content=response.content, tool_calls=response.tool_calls)
         )
-        for call in response.tool_calls:
-            messages.append(
-                ChatMessage(
-                    role="tool",
-                    tool_call_id=call.id,
-                    name=call.name,
-                    content=_tool_result(step, checkpoint, tools, call, iteration),
-                )
-            )
+        todo = list(response.tool_calls)
+        _call_tools(step, checkpoint, tools, messages, head, iteration, todo, approved)
     raise StepError(
         "max_iterations",
         f"The agent did not give a final answer within {agent.max_iterations} iterations.",
     )
 
 
+def _call_tools(
+    step: RunStep,
+    checkpoint: Checkpoint,
+    tools: dict[str, Any],
+    messages: list[ChatMessage],
+    head: int,
+    iteration: int,
+    todo: list[ToolCall],
+    approved: list[str],
+) -> None:
+    """Make the calls of one iteration in order, feeding each result back (`todo` empties as
+    they are made). A call that needs an approval pauses the step here: StepPaused."""
+    while todo:
+        call = todo[0]
+        key = f"{iteration}:{call.id}"
+        try:
+            content = _tool_result(step, checkpoint, tools, call, iteration, key in approved)
+        except policy_hooks.ToolApprovalRequired as held:
+            if held.arguments != call.arguments:
+                # Saved and shown is what the tool gets once approved (content rules applied);
+                # the assistant message holds the same call object.
+                call.arguments = held.arguments
+                call.raw_arguments = json.dumps(held.arguments, default=str)
+            arguments = checkpoint.secrets.redact(held.arguments)
+            state = {
+                "head": head,
+                "messages": [_saved_message(m) for m in messages],
+                "iteration": iteration,
+                "calls": [asdict(c) for c in todo],
+                "pending": {
+                    "key": key,
+                    "id": call.id,
+                    "tool": call.name,
+                    "arguments": arguments,
+                    "message": held.reason,
+                },
+                "approved": approved,
+            }
+            step_pause(
+                step=step,
+                attempt=checkpoint.attempt,
+                state=checkpoint.secrets.redact(state),
+                request={
+                    "tool": call.name,
+                    "arguments": arguments,
+                    "iteration": iteration,
+                    "call": call.id,
+                    "message": held.reason,
+                    "policy": True,
+                },
+            )
+        messages.append(
+            ChatMessage(role="tool", tool_call_id=call.id, name=call.name, content=content)
+        )
+        todo.pop(0)
+
+
+def _saved_message(message: ChatMessage) -> dict[str, Any]:
+    saved = asdict(message)
+    # Tool results already scanned before a model call keep their mark: not scanned twice.
+    saved["checked"] = bool(getattr(message, "_policy_checked", False))
+    return saved
+
+
+def _message(saved: dict[str, Any]) -> ChatMessage:
+    fields = dict(saved)
+    checked = fields.pop("checked", False)
+    fields["tool_calls"] = [ToolCall(**call) for call in fields.get("tool_calls") or []]
+    message = ChatMessage(**fields)
+    if checked:
+        message._policy_checked = True  # type: ignore[attr-defined]
+    return message
+
+
 def _tool_result(
-    step: RunStep, checkpoint: Checkpoint, tools: dict[str, Any], call: Any, iteration: int
+    step: RunStep,
+    checkpoint: Checkpoint,
+    tools: dict[str, Any],
+    call: Any,
+    iteration: int,
+    approved: bool,
 ) -> str:
-    """The tool message fed back to the model; errors are reported to the model, not raised."""
+    """The tool message fed back to the model; errors are reported to the model, not raised.
+    A policy refusal fails the step; a call held for approval raises ToolApprovalRequired."""
     tool = tools.get(call.name)
     if tool is None:
         return json.dumps({"error": f"Unknown tool '{call.name}'. Available: {sorted(tools)}"})
@@ -141,7 +244,9 @@ def _tool_result(
             {"error": "The arguments are not a JSON object.", "raw": call.raw_arguments}
         )
     # Outside the try: a policy refusal fails the step instead of being told to the model.
-    arguments = policy_hooks.before_tool_call(step=step, tool=tool, arguments=call.arguments)
+    arguments = policy_hooks.before_tool_call(
+        step=step, tool=tool, arguments=call.arguments, call_approved=approved
+    )
     try:
         result = call_tool(
             step=step,

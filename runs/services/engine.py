@@ -37,6 +37,7 @@ from .steps import (
     Checkpoint,
     InlineCheckpoint,
     StepError,
+    StepPaused,
     StepSuperseded,
     finish_run,
     lock_run,
@@ -524,6 +525,8 @@ def _execute(step: RunStep, attempt: int) -> None:
     try:
         with heartbeat.beating(step.pk, attempt), observability.step_span(step, attempt):
             output = executors.execute(step=step, node=node, checkpoint=checkpoint)
+    except StepPaused:  # waiting for an approval, its loop saved (steps.step_pause)
+        return
     except StepSuperseded:
         logger.info("step %s attempt %s superseded; result discarded", step.pk, attempt)
         return

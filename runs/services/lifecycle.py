@@ -203,8 +203,10 @@ def run_retry(*, run: Run, actor: Any, from_failure: bool = False) -> Run:
 
 @transaction.atomic
 def step_decide(*, run: Run, node_id: str, actor: Any, approve: bool, comment: str = "") -> RunStep:
-    """Approve or reject a waiting approval step. Rejecting fails the node (and so the run,
-    unless the node says continue_on_failure)."""
+    """Approve or reject a step waiting for approval: an approval step, a tool step or an agent
+    step whose tool call a `tool_requires_approval` policy holds. Approving a held call queues
+    the step again to make it; rejecting fails the node (and so the run, unless the node says
+    continue_on_failure)."""
     from .engine import run_advance_locked
 
     locked = lock_run(run.pk)
@@ -221,9 +223,13 @@ def step_decide(*, run: Run, node_id: str, actor: Any, approve: bool, comment: s
     step.decided_at = now
     step.decision_comment = comment
     step.finished_at = now
-    if approve and step.type == "tool":
-        # A tool call held by a `tool_requires_approval` policy: approval lets it run
-        # (`decided_at` is what the policy check looks for).
+    if approve and step.type in ("tool", "agent"):
+        # A tool call held by a `tool_requires_approval` policy: approval lets it run. For a
+        # tool step `decided_at` is what the policy check looks for; an agent step resumes its
+        # saved loop with exactly the held call approved (runs.engine.agent).
+        if step.state:
+            key = step.state["pending"]["key"]
+            step.state = {**step.state, "approved": [*step.state.get("approved", []), key]}
         step.status = RunStep.Status.QUEUED
         step.attempt += 1
         step.queued_at = now
@@ -235,9 +241,11 @@ def step_decide(*, run: Run, node_id: str, actor: Any, approve: bool, comment: s
     else:
         step.status = RunStep.Status.FAILED
         step.error = {"type": "rejected", "message": f"Rejected by {actor}: {comment}".strip()}
+        step.state = None
     step.save(
         update_fields=[
             "status",
+            "state",
             "output",
             "error",
             "decided_by",
@@ -254,6 +262,7 @@ def step_decide(*, run: Run, node_id: str, actor: Any, approve: bool, comment: s
         RunEvent.Type.STEP_STATUS,
         {"status": step.status, **({"error": step.error} if not approve else {})},
         node_id=node_id,
+        attempt=step.attempt if step.status == RunStep.Status.QUEUED else None,
     )
     if locked.status == Run.Status.WAITING_APPROVAL:
         locked.status = Run.Status.RUNNING

@@ -15,6 +15,19 @@ def cached() -> AbstractContextManager[None]:
     return enforcement.policies_cached()
 
 
+class ToolApprovalRequired(Exception):
+    """An enforced `tool_requires_approval` policy holds a tool call a model made in an agent
+    loop (the decision is recorded): the loop saves its state and pauses the step for a
+    person's decision (runs.engine.agent) instead of failing it. `arguments` are the call's,
+    after content rules: what the tool gets once approved."""
+
+    def __init__(self, reason: str, *, arguments: Any, policy: dict[str, Any] | None) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.arguments = arguments
+        self.policy = policy
+
+
 def before_run_start(*, workflow: Any, input: dict[str, Any], actor: Any) -> None:
     """Raise a SparkOpsError to refuse a run before it is created: 409 `policy_denied` naming
     the policy (max concurrent runs, allowed hours), 402 `budget_exceeded` naming the budget."""
@@ -47,12 +60,20 @@ def on_model_output(*, step: Any, agent: Any, content: str | None) -> str | None
     return enforcement.check_model_output(step=step, agent=agent, content=content)
 
 
-def before_tool_call(*, step: Any, tool: Any, arguments: Any) -> Any:
+def before_tool_call(
+    *, step: Any, tool: Any, arguments: Any, call_approved: bool | None = None
+) -> Any:
     """Tool allow/deny lists and approvals, then content rules over the arguments. Returns the
-    arguments to record and use; raises StepError `policy_denied` / `approval_required`."""
+    arguments to record and use; raises StepError `policy_denied`. `call_approved` is given for
+    a call a model made in an agent loop (whether a person approved that very call): an
+    unapproved call a policy holds raises ToolApprovalRequired. A tool step's own call is
+    approved by a decision on the step; the planner holds it before it runs
+    (`tool_needs_approval`), so `approval_required` is left only as a safety net."""
     from policies import enforcement
 
-    return enforcement.check_tool_call(step=step, tool=tool, arguments=arguments)
+    return enforcement.check_tool_call(
+        step=step, tool=tool, arguments=arguments, call_approved=call_approved
+    )
 
 
 def on_tool_result(*, step: Any, tool: Any, output: Any) -> Any:
@@ -66,8 +87,8 @@ def on_tool_result(*, step: Any, tool: Any, output: Any) -> Any:
 def tool_needs_approval(*, run: Any, node_id: str, tool_name: str) -> str | None:
     """For the planner (call with the run locked, when a tool node is ready): the reason the
     node must wait for an approval before it is queued, recorded as a decision; None to queue
-    it. Not wired yet: without it an enforced `tool_requires_approval` refuses the unapproved
-    call at execution time (`approval_required`)."""
+    it. (Calls a model makes inside an agent step are held at execution time instead:
+    `before_tool_call` with `call_approved`.)"""
     from policies import enforcement
 
     return enforcement.pause_for_approval(run=run, node_id=node_id, tool_name=tool_name)

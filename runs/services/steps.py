@@ -13,7 +13,7 @@ import time
 from datetime import timedelta
 from decimal import Decimal
 from functools import lru_cache
-from typing import Any
+from typing import Any, NoReturn
 
 from django.conf import settings
 from django.db import transaction
@@ -52,6 +52,11 @@ class StepError(Exception):
 class StepSuperseded(Exception):
     """The attempt is no longer current (cancelled, timed out, recovered elsewhere): stop and
     write nothing."""
+
+
+class StepPaused(Exception):
+    """The attempt parked its step in `waiting_approval` (`step_pause`) and wrote all there is
+    to write: stop, and release the worker."""
 
 
 def lock_run(run_id: Any) -> Run | None:
@@ -121,7 +126,7 @@ def finish_run(
     )
     if unfinished:
         RunStep.objects.filter(run=run).exclude(status__in=RunStep.FINISHED_STATUSES).update(
-            status=RunStep.Status.CANCELLED, finished_at=now
+            status=RunStep.Status.CANCELLED, finished_at=now, state=None
         )
         events += [
             {
@@ -229,6 +234,7 @@ def step_succeed(
             output=output,
             error=None,
             finished_at=now,
+            state=None,
             **fields,
         )
         if not moved:
@@ -324,6 +330,7 @@ def record_failure(
     error_dict = error.as_dict()
     if error.retryable and failures < policy["max_attempts"] and not run.cancel_requested:
         delay = backoff_delay(policy, failures)
+        fields.pop("queued_at", None)  # queued again now: the sweeper's lost-message clock
         rows.update(
             status=RunStep.Status.QUEUED,
             attempt=attempt + 1,
@@ -360,6 +367,7 @@ def record_failure(
         failures=failures,
         error=error_dict,
         finished_at=now,
+        state=None,
         **fields,
     )
     events.append(
@@ -371,6 +379,46 @@ def record_failure(
         }
     )
     return RunStep.Status.FAILED
+
+
+def step_pause(
+    *, step: RunStep, attempt: int, state: dict[str, Any], request: dict[str, Any]
+) -> NoReturn:
+    """running → waiting_approval, once, for a call inside the attempt that waits for a
+    person's approval: `state` (what resuming needs, secrets redacted) is saved on the step and
+    `request` is the `approval.requested` payload; then plan the run (it waits for approval
+    once nothing else is in flight). Always raises: StepPaused, or StepSuperseded for an
+    attempt that is no longer current. Approving re-queues the step (lifecycle.step_decide)."""
+    from .engine import run_advance_locked
+
+    with transaction.atomic():
+        run = lock_run(step.run_id)
+        if run is None or run.is_finished or run.cancel_requested:
+            raise StepSuperseded()
+        moved = RunStep.objects.filter(
+            pk=step.pk, attempt=attempt, status=RunStep.Status.RUNNING
+        ).update(status=RunStep.Status.WAITING_APPROVAL, state=state, heartbeat_at=None)
+        if not moved:
+            raise StepSuperseded()
+        run_advance_locked(
+            run,
+            inline=True,
+            events=[
+                {
+                    "type": RunEvent.Type.STEP_STATUS,
+                    "node_id": step.node_id,
+                    "attempt": attempt,
+                    "payload": {"status": "waiting_approval"},
+                },
+                {
+                    "type": RunEvent.Type.APPROVAL_REQUESTED,
+                    "node_id": step.node_id,
+                    "attempt": attempt,
+                    "payload": request,
+                },
+            ],
+        )
+    raise StepPaused()
 
 
 def step_recover(*, step_id: int, attempt: int, reason: str) -> bool:

@@ -318,7 +318,9 @@ def step_attempts(events: Iterable[Any]) -> list[Attempt]:
         bar = current.get(node_id)
         if status == "queued":
             again = payload.get("retry") or payload.get("recovered")
-            if bar is not None:
+            if bar is not None and bar.kind == "approval":
+                close(bar, at, "succeeded")  # a held tool call approved: the step runs (again)
+            elif bar is not None:
                 close(bar, at, "failed" if payload.get("retry") else "lost", _error_text(payload))
                 if payload.get("recovered"):
                     bar.error = str(payload.get("reason") or "worker lost")
@@ -339,6 +341,10 @@ def step_attempts(events: Iterable[Any]) -> list[Attempt]:
                 bars.append(bar)
             bar.status, bar.started_at = "running", at
         elif status == "waiting_approval":
+            if bar is not None and bar.kind == "task":
+                # An agent step paused at a tool call its model made: the attempt ends here.
+                close(bar, at, "waiting_approval")
+                bar.note = "paused for the approval of a tool call"
             bar = Attempt(node_id, None, "approval", "waiting_approval", started_at=at, open=True)
             current[node_id] = bar
             bars.append(bar)
