@@ -315,7 +315,14 @@ def main() -> None:
                 "p50_latency_s": round(statistics.median(latencies), 3),
                 "p95_latency_s": round(latencies[int(0.95 * (len(latencies) - 1))], 3),
             },
-            "queries_per_step": {f"chain_{n}": query_counts[f"{mode}_chain_{n}"] for n in (10, 50)},
+            # Per step of each chain (fixed per-run queries included), and per added step:
+            # the second must not grow with the chain.
+            "queries_per_step": {
+                **{f"chain_{n}": round(query_counts[f"{mode}_chain_{n}"] / n, 2) for n in (10, 50)},
+                "per_added_step": round(
+                    (query_counts[f"{mode}_chain_50"] - query_counts[f"{mode}_chain_10"]) / 40, 2
+                ),
+            },
         }
     print(json.dumps(result, indent=2))
     shutil.rmtree(workdir, ignore_errors=True)

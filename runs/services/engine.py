@@ -76,7 +76,10 @@ def step_states(run_id: Any, node_ids: Any = None) -> dict[str, dict[str, Any]]:
     name the steps they read, so a step of a 500-node run loads what it needs, not 500 rows."""
     rows = RunStep.objects.filter(run_id=run_id)
     if node_ids is not None:
-        rows = rows.filter(node_id__in=list(node_ids))
+        node_ids = list(node_ids)
+        if not node_ids:
+            return {}
+        rows = rows.filter(node_id__in=node_ids)
     return {
         row["node_id"]: {"output": row["output"], "status": row["status"], "error": row["error"]}
         for row in rows.values("node_id", "output", "status", "error")
