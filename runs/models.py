@@ -156,8 +156,8 @@ class RunStep(models.Model):
     decision_comment = models.TextField(blank=True)
     # An agent step paused for the approval of a tool call its model made: what resuming the
     # tool-calling loop needs (runs.engine.agent). A retry resumes from it too. Cleared when
-    # the step succeeds or the call is rejected; a failed or cancelled step keeps it for the
-    # post-mortem (admin only: the API leaves it out, it can be large).
+    # the step ends (succeeded, failed for good, rejected or cancelled). Admin only: the API
+    # leaves it out, it can be large.
     state = models.JSONField(
         null=True,
         blank=True,

@@ -34,7 +34,7 @@ from runs.services import policy_hooks
 from runs.services.steps import Checkpoint, StepError, step_pause, usage_record
 from sparkops.errors import SparkOpsError
 
-from .executors import _record_input, _render, call_tool
+from .executors import _render, call_tool
 
 TOOL_RESULT_LIMIT = 20_000
 
@@ -56,7 +56,7 @@ def run_agent(
         system = _render(node["system_prompt"], context, "the system prompt")
     prompt = policy_hooks.on_prompt(step=step, agent=agent, text=prompt)
     system = policy_hooks.on_prompt(step=step, agent=agent, text=system) if system else system
-    _record_input(step, {"prompt": prompt, "system_prompt": system}, checkpoint)
+    checkpoint.record_input({"prompt": prompt, "system_prompt": system})
 
     try:
         config = agent_provider_config(agent=agent, secrets=checkpoint.secrets)

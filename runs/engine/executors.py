@@ -33,16 +33,12 @@ def _render(value: Any, context: dict[str, Any], what: str) -> Any:
         raise StepError("template_error", f"Cannot render {what}: {exc.detail}") from exc
 
 
-def _record_input(step: RunStep, value: Any, checkpoint: Checkpoint) -> None:
-    checkpoint.record_input(value)
-
-
 def execute(*, step: RunStep, node: dict[str, Any], checkpoint: Checkpoint) -> Any:
     checkpoint()
     if step.type == "transform":
         context = _context(step, checkpoint, node.get("output"))
         output = _render(node.get("output"), context, "the transform output")
-        _record_input(step, node.get("output"), checkpoint)
+        checkpoint.record_input(node.get("output"))
         return output
     if step.type == "tool":
         return _execute_tool(step, node, checkpoint)
@@ -67,7 +63,7 @@ def _execute_tool(step: RunStep, node: dict[str, Any], checkpoint: Checkpoint) -
     args = node.get("args") or {}
     arguments = _render(args, _context(step, checkpoint, args), "the tool arguments")
     arguments = policy_hooks.before_tool_call(step=step, tool=tool, arguments=arguments)
-    _record_input(step, arguments, checkpoint)
+    checkpoint.record_input(arguments)
     result = call_tool(
         step=step,
         checkpoint=checkpoint,

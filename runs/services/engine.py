@@ -4,7 +4,7 @@ these; tests call them directly too."""
 
 from __future__ import annotations
 
-import json
+import contextlib
 import logging
 from dataclasses import dataclass
 from datetime import timedelta
@@ -39,9 +39,11 @@ from .steps import (
     StepError,
     StepPaused,
     StepSuperseded,
+    find_tool,
     finish_run,
     lock_run,
     node_of,
+    oversized,
     record_failure,
     step_fail,
     step_recover,
@@ -167,13 +169,10 @@ def run_advance_locked(
 
     `events` (the caller's, such as the step completion that led here) are written first, in
     the same statement as the planner's."""
-    if not inline:
-        _advance(run, inline=False, events=list(events or []))
-        return
     from . import policy_hooks
 
-    with policy_hooks.cached():
-        _advance(run, inline=True, events=list(events or []))
+    with policy_hooks.cached() if inline else contextlib.nullcontext():
+        _advance(run, inline=inline, events=list(events or []))
 
 
 def _advance(run: Run, *, inline: bool, events: list[dict[str, Any]]) -> None:
@@ -370,12 +369,7 @@ def _is_local(run: Run, node: dict[str, Any], tools: dict[str, Any]) -> bool:
         return True
     if node["type"] != "tool":
         return False
-    name = str(node.get("tool"))
-    if name not in tools:
-        from tools.models import Tool
-
-        tools[name] = Tool.objects.usable_in(run.project_id).filter(name=name).first()
-    tool = tools[name]
+    tool = find_tool(run.project_id, str(node.get("tool")), tools)
     return tool is not None and tool.kind == "builtin"
 
 
@@ -420,7 +414,7 @@ def _execute_inline(
             observability.step_span(model, attempt),
         ):
             output = secrets.redact(executors.execute(step=model, node=node, checkpoint=checkpoint))
-            error = _oversized(output)
+            error = oversized(output)
         events.extend(checkpoint.events)
     except StepError as exc:  # an outcome: keep what the step wrote (its policy decisions)
         transaction.savepoint_commit(savepoint)
@@ -469,17 +463,6 @@ def _execute_inline(
     )
     if step.status == RunStep.Status.QUEUED:
         step.attempt += 1
-
-
-def _oversized(output: Any) -> StepError | None:
-    size = len(json.dumps(output, default=str))
-    if size <= settings.SPARKOPS_MAX_OUTPUT_BYTES:
-        return None
-    return StepError(
-        "output_too_large",
-        f"The step output is {size} bytes; the limit is "
-        f"{settings.SPARKOPS_MAX_OUTPUT_BYTES} (SPARKOPS_MAX_OUTPUT_BYTES).",
-    )
 
 
 @dataclass

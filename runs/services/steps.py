@@ -205,20 +205,9 @@ def step_succeed(
 ) -> bool:
     """running → succeeded, once, with what the checkpoint deferred; then plan the run.
     Returns False for a discarded result."""
-    import json
-
-    size = len(json.dumps(output, default=str))
-    if size > settings.SPARKOPS_MAX_OUTPUT_BYTES:
-        return step_fail(
-            step=step,
-            attempt=attempt,
-            checkpoint=checkpoint,
-            error=StepError(
-                "output_too_large",
-                f"The step output is {size} bytes; the limit is "
-                f"{settings.SPARKOPS_MAX_OUTPUT_BYTES} (SPARKOPS_MAX_OUTPUT_BYTES).",
-            ),
-        )
+    too_large = oversized(output)
+    if too_large is not None:
+        return step_fail(step=step, attempt=attempt, checkpoint=checkpoint, error=too_large)
     from .engine import run_advance_locked
 
     fields, events = checkpoint.deferred() if checkpoint is not None else ({}, [])
@@ -261,6 +250,20 @@ def step_succeed(
         else:
             events_append(run.pk, events)
     return True
+
+
+def oversized(output: Any) -> StepError | None:
+    """The error for a step output over SPARKOPS_MAX_OUTPUT_BYTES (never retried), or None."""
+    import json
+
+    size = len(json.dumps(output, default=str))
+    if size <= settings.SPARKOPS_MAX_OUTPUT_BYTES:
+        return None
+    return StepError(
+        "output_too_large",
+        f"The step output is {size} bytes; the limit is "
+        f"{settings.SPARKOPS_MAX_OUTPUT_BYTES} (SPARKOPS_MAX_OUTPUT_BYTES).",
+    )
 
 
 def has_successors(run: Run, node_id: str) -> bool:
@@ -571,9 +574,7 @@ class Checkpoint:
         return ({"input": self.input} if self.has_input else {}), self.events
 
     def tool_named(self, name: str) -> Any:
-        from tools.models import Tool
-
-        return Tool.objects.usable_in(self.step.run.project_id).filter(name=name).first()
+        return find_tool(self.step.run.project_id, name)
 
 
 class InlineCheckpoint(Checkpoint):
@@ -593,6 +594,17 @@ class InlineCheckpoint(Checkpoint):
         self._check_timeout()
 
     def tool_named(self, name: str) -> Any:
-        if name not in self.tools:
-            self.tools[name] = super().tool_named(name)
-        return self.tools[name]
+        return find_tool(self.step.run.project_id, name, self.tools)
+
+
+def find_tool(project_id: Any, name: str, cache: dict[str, Any] | None = None) -> Any:
+    """The tool a node or a model names, as the project sees it (its own or a global one);
+    None when there is none. With `cache`, each name is read once."""
+    from tools.models import Tool
+
+    if cache is not None and name in cache:
+        return cache[name]
+    tool = Tool.objects.usable_in(project_id).filter(name=name).first()
+    if cache is not None:
+        cache[name] = tool
+    return tool
