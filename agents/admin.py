@@ -1,6 +1,5 @@
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from django import forms
@@ -8,34 +7,13 @@ from django.contrib import admin, messages
 from django.db.models import QuerySet
 from django.forms.models import construct_instance
 from django.http import HttpRequest
-from django.utils.html import format_html
 
+from sparkops.adminkit import PrettyJSONField, json_block
 from sparkops.console.scoping import ProjectScopedAdmin
 from sparkops.errors import SparkOpsError
 
 from . import services
 from .models import Agent, AgentVersion
-
-
-def pretty_json(value: Any) -> str:
-    return json.dumps(value, indent=2, sort_keys=True, ensure_ascii=False)
-
-
-class PrettyJSONField(forms.JSONField):
-    """Shows stored JSON indented, so an operator can read and edit it."""
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        kwargs.setdefault("widget", forms.Textarea(attrs={"rows": 10, "cols": 80}))
-        super().__init__(*args, **kwargs)
-
-    def prepare_value(self, value: Any) -> Any:
-        if isinstance(value, forms.fields.InvalidJSONInput):
-            return value
-        return pretty_json(value)
-
-
-def json_block(value: Any) -> str:
-    return format_html('<pre style="margin:0">{}</pre>', pretty_json(value))
 
 
 class AgentAdminForm(forms.ModelForm):

@@ -8,6 +8,7 @@ from __future__ import annotations
 import math
 import re
 import secrets
+from collections.abc import Callable
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -173,6 +174,20 @@ def _resolve_tools(project: Project, value: Any) -> tuple[list[Tool], list[str]]
     return [found[pk] for pk in ids], []
 
 
+_STRING_FIELDS = (
+    "name",
+    "slug",
+    "description",
+    "model",
+    "base_url",
+    "credentials_secret",
+    "system_prompt",
+)
+_PROSE_FIELDS = ("description", "system_prompt")
+
+Add = Callable[[str, str], None]
+
+
 def agent_clean(
     *, project: Project, values: dict[str, Any], agent: Agent | None = None
 ) -> dict[str, Any]:
@@ -192,103 +207,18 @@ def agent_clean(
     def changed(field: str) -> bool:
         return agent is None or getattr(agent, field) != clean.get(field)
 
-    for field in (
-        "name",
-        "slug",
-        "description",
-        "model",
-        "base_url",
-        "credentials_secret",
-        "system_prompt",
-    ):
-        value = clean.get(field)
-        if value is None:
-            value = ""
-        if not isinstance(value, str):
-            add(field, "Must be a string.")
-            value = ""
-        # Identifiers and URLs lose stray whitespace; prose keeps it.
-        clean[field] = value if field in ("description", "system_prompt") else value.strip()
-
-    if not clean["name"]:
-        add("name", "This field is required.")
-    elif len(clean["name"]) > 200:
-        add("name", "At most 200 characters.")
-    if clean["slug"]:
-        try:
-            validate_slug(clean["slug"])
-        except Exception:
-            add("slug", "Use only letters, numbers, underscores or hyphens.")
-        if len(clean["slug"]) > 100:
-            add("slug", "At most 100 characters.")
-    elif agent is not None:
-        add("slug", "This field may not be blank.")
-
-    provider = clean.get("provider")
-    if provider not in Agent.Provider.values:
-        add("provider", f"Must be one of: {', '.join(Agent.Provider.values)}.")
-    if not clean["model"]:
-        add("model", "This field is required.")
-    elif len(clean["model"]) > 200:
-        add("model", "At most 200 characters.")
-
-    base_url = clean["base_url"]
-    if base_url:
-        problem = _check_base_url(base_url)
-        if problem:
-            add("base_url", problem)
-        elif len(base_url) > 500:
-            add("base_url", "At most 500 characters.")
-        elif provider == Agent.Provider.SIMULATED:
-            add("base_url", "The simulated provider makes no network call; leave this empty.")
-    elif provider == Agent.Provider.OPENAI_COMPATIBLE:
-        add("base_url", "An OpenAI-compatible agent needs the server's base URL (e.g. …/v1).")
-
-    secret = clean["credentials_secret"]
-    if secret:
-        if not re.match(Secret.NAME_RE, secret):
-            add("credentials_secret", "Not a valid secret name.")
-        elif changed("credentials_secret") and not (
-            Secret.objects.filter(project=project, name=secret).exists()
-        ):
-            add("credentials_secret", f"No secret named '{secret}' in this project.")
-
-    temperature = clean.get("temperature")
-    if temperature is not None:
-        high = 1.0 if provider == Agent.Provider.ANTHROPIC else 2.0
-        if not _is_number(temperature) or not 0 <= temperature <= high:
-            add("temperature", f"Must be a number from 0 to {high:g}.")
-        else:
-            clean["temperature"] = float(temperature)
-    max_tokens = clean.get("max_tokens")
-    if max_tokens is not None and (not _is_int(max_tokens) or not 1 <= max_tokens <= MAX_TOKENS):
-        add("max_tokens", f"Must be a whole number from 1 to {MAX_TOKENS}.")
-    max_iterations = clean.get("max_iterations")
-    if not _is_int(max_iterations) or not 1 <= max_iterations <= MAX_ITERATIONS:
-        add("max_iterations", f"Must be a whole number from 1 to {MAX_ITERATIONS}.")
-
-    response_format = clean.get("response_format")
-    if response_format is not None:
-        if not isinstance(response_format, dict):
-            add("response_format", "Must be null (text) or a JSON Schema object.")
-        else:
-            try:
-                Draft202012Validator.check_schema(response_format)
-            except SchemaError as exc:
-                where = "/".join(str(part) for part in exc.path)
-                add(
-                    "response_format",
-                    f"Not a valid JSON Schema{f' at {where}' if where else ''}: {exc.message}",
-                )
-
+    _clean_strings(clean, add)
+    _check_identity(clean, add, editing=agent is not None)
+    _check_model(clean, add)
+    _check_credentials(project, clean, add, changed=changed("credentials_secret"))
+    _check_numbers(clean, add)
+    _check_response_format(clean.get("response_format"), add)
     if clean.get("settings") is None:
         clean["settings"] = {}
-    for problem in _check_settings(str(provider), clean["model"], clean["settings"]):
+    for problem in _check_settings(str(clean.get("provider")), clean["model"], clean["settings"]):
         add("settings", problem)
-
     if clean.get("status") not in Agent.Status.values:
         add("status", f"Must be one of: {', '.join(Agent.Status.values)}.")
-
     if "tools" in clean:
         tools, problems = _resolve_tools(project, clean["tools"] or [])
         for problem in problems:
@@ -307,6 +237,97 @@ def agent_clean(
                 errors={"slug": ["Taken."]},
             )
     return clean
+
+
+def _clean_strings(clean: dict[str, Any], add: Add) -> None:
+    for field in _STRING_FIELDS:
+        value = clean.get(field)
+        if value is None:
+            value = ""
+        if not isinstance(value, str):
+            add(field, "Must be a string.")
+            value = ""
+        # Identifiers and URLs lose stray whitespace; prose keeps it.
+        clean[field] = value if field in _PROSE_FIELDS else value.strip()
+
+
+def _check_identity(clean: dict[str, Any], add: Add, *, editing: bool) -> None:
+    if not clean["name"]:
+        add("name", "This field is required.")
+    elif len(clean["name"]) > 200:
+        add("name", "At most 200 characters.")
+    if clean["slug"]:
+        try:
+            validate_slug(clean["slug"])
+        except Exception:
+            add("slug", "Use only letters, numbers, underscores or hyphens.")
+        if len(clean["slug"]) > 100:
+            add("slug", "At most 100 characters.")
+    elif editing:
+        add("slug", "This field may not be blank.")
+
+
+def _check_model(clean: dict[str, Any], add: Add) -> None:
+    provider = clean.get("provider")
+    if provider not in Agent.Provider.values:
+        add("provider", f"Must be one of: {', '.join(Agent.Provider.values)}.")
+    if not clean["model"]:
+        add("model", "This field is required.")
+    elif len(clean["model"]) > 200:
+        add("model", "At most 200 characters.")
+    base_url = clean["base_url"]
+    if base_url:
+        problem = _check_base_url(base_url)
+        if problem:
+            add("base_url", problem)
+        elif len(base_url) > 500:
+            add("base_url", "At most 500 characters.")
+        elif provider == Agent.Provider.SIMULATED:
+            add("base_url", "The simulated provider makes no network call; leave this empty.")
+    elif provider == Agent.Provider.OPENAI_COMPATIBLE:
+        add("base_url", "An OpenAI-compatible agent needs the server's base URL (e.g. …/v1).")
+
+
+def _check_credentials(project: Project, clean: dict[str, Any], add: Add, *, changed: bool) -> None:
+    secret = clean["credentials_secret"]
+    if not secret:
+        return
+    if not re.match(Secret.NAME_RE, secret):
+        add("credentials_secret", "Not a valid secret name.")
+    elif changed and not Secret.objects.filter(project=project, name=secret).exists():
+        add("credentials_secret", f"No secret named '{secret}' in this project.")
+
+
+def _check_numbers(clean: dict[str, Any], add: Add) -> None:
+    temperature = clean.get("temperature")
+    if temperature is not None:
+        high = 1.0 if clean.get("provider") == Agent.Provider.ANTHROPIC else 2.0
+        if not _is_number(temperature) or not 0 <= temperature <= high:
+            add("temperature", f"Must be a number from 0 to {high:g}.")
+        else:
+            clean["temperature"] = float(temperature)
+    max_tokens = clean.get("max_tokens")
+    if max_tokens is not None and (not _is_int(max_tokens) or not 1 <= max_tokens <= MAX_TOKENS):
+        add("max_tokens", f"Must be a whole number from 1 to {MAX_TOKENS}.")
+    max_iterations = clean.get("max_iterations")
+    if not _is_int(max_iterations) or not 1 <= max_iterations <= MAX_ITERATIONS:
+        add("max_iterations", f"Must be a whole number from 1 to {MAX_ITERATIONS}.")
+
+
+def _check_response_format(response_format: Any, add: Add) -> None:
+    if response_format is None:
+        return
+    if not isinstance(response_format, dict):
+        add("response_format", "Must be null (text) or a JSON Schema object.")
+        return
+    try:
+        Draft202012Validator.check_schema(response_format)
+    except SchemaError as exc:
+        where = "/".join(str(part) for part in exc.path)
+        add(
+            "response_format",
+            f"Not a valid JSON Schema{f' at {where}' if where else ''}: {exc.message}",
+        )
 
 
 def _unique_slug(project: Project, name: str) -> str:

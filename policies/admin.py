@@ -15,6 +15,7 @@ from django.http import HttpRequest
 from django.utils.html import format_html
 
 from projects.models import Role
+from sparkops.adminkit import PrettyJSONField, add_service_errors
 from sparkops.console.scoping import ProjectScopedAdmin
 from sparkops.errors import SparkOpsError
 
@@ -28,26 +29,6 @@ def pretty(value: Any) -> str:
         '<pre style="margin:0">{}</pre>',
         json.dumps(value, indent=2, sort_keys=True, ensure_ascii=False),
     )
-
-
-class PrettyJSONField(forms.JSONField):
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        kwargs.setdefault("widget", forms.Textarea(attrs={"rows": 12, "cols": 90}))
-        super().__init__(*args, **kwargs)
-
-    def prepare_value(self, value: Any) -> Any:
-        if isinstance(value, forms.fields.InvalidJSONInput):
-            return value
-        return json.dumps(value, indent=2, ensure_ascii=False)
-
-
-def _show_errors(form: forms.ModelForm, exc: SparkOpsError) -> None:
-    for key, problems in (exc.errors or {"__all__": [exc.detail]}).items():
-        field = key.split(".", 1)[0]
-        target = field if field in form.fields else None
-        prefix = f"{key}: " if target is not None and key != field else ""
-        for problem in problems if isinstance(problems, list) else [problems]:
-            form.add_error(target, f"{prefix}{problem}")
 
 
 class ServiceForm(forms.ModelForm):
@@ -74,7 +55,7 @@ class PolicyAdminForm(ServiceForm):
         try:
             services.policy_clean(values=values)
         except SparkOpsError as exc:
-            _show_errors(self, exc)
+            add_service_errors(self, exc)
         self.service_values = values
         return cleaned
 
@@ -153,7 +134,7 @@ class BudgetAdminForm(ServiceForm):
         try:
             services.budget_clean(project=project, values=values)
         except SparkOpsError as exc:
-            _show_errors(self, exc)
+            add_service_errors(self, exc)
         self.service_values = values
         return cleaned
 

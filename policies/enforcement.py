@@ -1,16 +1,12 @@
 """Policy and budget evaluation at the engine's fixed points (DESIGN.md §7).
 
-`evaluate_*` functions are pure decisions over a project's enabled policies (its own and the
-global ones, lower priority numbers first) and budgets; the dry-run endpoint calls them as they
-are. The `check_*` functions are what the engine calls (through runs.services.policy_hooks):
-they record every decision that is not a plain allow (a `PolicyDecision` row and a
-`policy.decision` run event), apply redactions and clamps, and refuse what an enforced policy
-denies: a run start with a 409 (policy) or 402 (budget) naming it, a step with a
-non-retryable `StepError` (`policy_denied`, `budget_exceeded`). A tool call an enforced
-`tool_requires_approval` policy names waits for a person instead: a tool step is parked by the
-planner (`pause_for_approval`), a call a model makes in an agent loop pauses the step where it
-is (`check_tool_call` raises ToolApprovalRequired). Audit-mode policies record what they would
-have done and change nothing."""
+This module decides; it knows nothing of runs. `evaluate_*` and `scan_*` are pure decisions
+over a project's enabled policies (its own and the global ones, lower priority numbers first)
+and budgets; `decide_run_start` adds the budget check and the refusal a run start gets (409
+naming the policy, 402 naming the budget); `decision_rows` turns decisions into the
+`PolicyDecision` rows a caller writes. The dry-run endpoint calls `evaluate`. The engine
+(`runs.services.policy_hooks`) turns decisions into step errors, approval pauses and run
+events. Audit-mode policies record what they would have done and change nothing."""
 
 from __future__ import annotations
 
@@ -18,16 +14,17 @@ import contextlib
 import contextvars
 import json
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
-from django.db import connection, transaction
 from django.utils import timezone
 
-from sparkops.errors import Conflict, SparkOpsError
+from agents.models import Agent
+from projects.models import Project
+from sparkops.errors import SparkOpsError
 
 from . import rules
 from .budgets import budget_check, project_zone
@@ -135,16 +132,20 @@ def _label(policy: Policy) -> str:
 
 
 def evaluate_run_start(
-    *, project: Any, at: datetime | None = None, policies: list[Policy] | None = None
+    *,
+    project: Any,
+    active_runs: Callable[[], int],
+    at: datetime | None = None,
+    policies: list[Policy] | None = None,
 ) -> list[Decision]:
-    from runs.models import Run
-
+    """`active_runs` counts the project's runs that have not finished (asked only when a
+    `max_concurrent_runs` policy applies)."""
     at = at or timezone.now()
     decisions = []
     for policy in policies if policies is not None else policies_of(project.pk, RUN_START_KINDS):
         rule = policy.rule
         if policy.kind == K.MAX_CONCURRENT_RUNS:
-            active = Run.objects.filter(project=project, status__in=Run.ACTIVE_STATUSES).count()
+            active = active_runs()
             if active >= rule["max_runs"]:
                 decisions.append(
                     _decide(
@@ -411,22 +412,10 @@ def scan_value(
     return walk(value), list(merged.values())
 
 
-# --- recording -------------------------------------------------------------------------------
-
-# Decisions of a refused run start: the refusal rolls back the transaction that wrote them,
-# so they are kept here and written again (idempotently, by `key`) once it has ended — by the
-# request middleware, after each Celery task, or `flush_refused()`.
-_refused: contextvars.ContextVar[list[PolicyDecision] | None] = contextvars.ContextVar(
-    "policies_refused", default=None
-)
-# Audit-mode decisions of a run start that went ahead: linked to the run (and logged as its
-# events) as soon as the run's first event is written, in the same transaction.
-_awaiting_run: contextvars.ContextVar[list[PolicyDecision] | None] = contextvars.ContextVar(
-    "policies_awaiting_run", default=None
-)
+# --- what a caller records ---------------------------------------------------------------
 
 
-def _rows(
+def decision_rows(
     decisions: list[Decision],
     *,
     project_id: Any,
@@ -456,122 +445,7 @@ def _rows(
     ]
 
 
-def _event(row: PolicyDecision) -> dict[str, Any]:
-    from runs.models import RunEvent
-
-    return {
-        "type": RunEvent.Type.POLICY,
-        "node_id": row.node_id,
-        "attempt": row.attempt,
-        "payload": {
-            "source": "budget" if row.budget_id else "policy",
-            "policy": row.policy_id,
-            "budget": row.budget_id,
-            "name": row.source_name,
-            "kind": row.kind,
-            "mode": row.mode,
-            "point": row.point,
-            "outcome": row.outcome,
-            "reason": row.reason,
-            "details": row.details,
-        },
-    }
-
-
-def record(
-    decisions: list[Decision], *, step: Any = None, run: Any = None, node_id: str = ""
-) -> list[PolicyDecision]:
-    """Write the decisions and their run events (one transaction)."""
-    if not decisions:
-        return []
-    from runs.services.events import events_append
-
-    run = run if run is not None else step.run
-    rows = _rows(
-        decisions,
-        project_id=run.project_id,
-        run_id=run.pk,
-        workflow_id=run.workflow_id,
-        node_id=step.node_id if step is not None else node_id,
-        attempt=step.attempt if step is not None else None,
-    )
-    with transaction.atomic():
-        PolicyDecision.objects.bulk_create(rows)
-        events_append(run.pk, [_event(row) for row in rows])
-    for row in rows:
-        logger.info(
-            "policy decision",
-            extra={
-                "run_id": str(run.pk),
-                "step": row.node_id,
-                "project_id": str(row.project_id),
-                "policy": row.source_name,
-                "outcome": row.outcome,
-                "point": row.point,
-            },
-        )
-    return rows
-
-
-def flush_refused() -> int:
-    """Write again the decisions of refused run starts (a no-op for those that survived)."""
-    pending = _refused.get()
-    if not pending or (connection.in_atomic_block and connection.needs_rollback):
-        return 0
-    _refused.set(None)
-    fresh = [
-        PolicyDecision(
-            **{
-                f.attname: getattr(row, f.attname)
-                for f in PolicyDecision._meta.concrete_fields
-                if f.attname != "id"
-            }
-        )
-        for row in pending
-    ]
-    PolicyDecision.objects.bulk_create(fresh, ignore_conflicts=True)
-    return len(fresh)
-
-
-def clear_pending() -> None:
-    """Forget what a finished request or task left behind (after `flush_refused`)."""
-    _refused.set(None)
-    _awaiting_run.set(None)
-
-
-def link_run_start_decisions(run_id: Any, events: list[Any]) -> None:
-    """`events_appended` receiver side: a new run's first event links the audit-mode decisions
-    of its run start to it and logs them as its events."""
-    pending = _awaiting_run.get()
-    if not pending or not events or events[0].seq != 1:
-        return
-    _awaiting_run.set(None)
-    from runs.models import Run
-    from runs.services.events import events_append
-
-    run = Run.objects.filter(pk=run_id).values("project_id", "workflow_id").first()
-    if run is None:
-        return
-    # Rows of a run start whose transaction rolled back after all are gone: skip them.
-    alive = set(
-        PolicyDecision.objects.filter(
-            pk__in=[row.pk for row in pending if row.workflow_id == run["workflow_id"]],
-            run__isnull=True,
-        ).values_list("pk", flat=True)
-    )
-    mine = [row for row in pending if row.pk in alive]
-    if not mine:
-        return
-    PolicyDecision.objects.filter(pk__in=[row.pk for row in mine]).update(run_id=run_id)
-    events_append(run_id, [_event(row) for row in mine])
-
-
-# --- what the engine calls -------------------------------------------------------------------
-
-
-def _agent_ids_of(workflow: Any) -> list[int]:
-    from agents.models import Agent
-
+def agent_ids_of(workflow: Any) -> list[int]:
     definition = workflow.definition if isinstance(workflow.definition, dict) else {}
     slugs = {
         str(node.get("agent"))
@@ -587,234 +461,56 @@ def _agent_ids_of(workflow: Any) -> list[int]:
     )
 
 
-def _budget_dict(budget: Budget) -> dict[str, Any]:
+def budget_dict(budget: Budget) -> dict[str, Any]:
     return {"id": budget.pk, "name": budget.name, "limit_usd": str(budget.limit_usd)}
 
 
-def _policy_dict(policy: Policy | None) -> dict[str, Any] | None:
+def policy_dict(policy: Policy | None) -> dict[str, Any] | None:
     if policy is None:
         return None
     return {"id": policy.pk, "name": policy.name, "kind": policy.kind}
 
 
-def check_run_start(*, workflow: Any, input: dict[str, Any], actor: Any) -> None:
-    """Refuse the run (409 naming the policy, 402 naming the budget) or let it start. Runs
-    inside run_create's transaction, before the run row is written."""
-    from projects.models import Project
+class RunStartRefused(SparkOpsError):
+    """A run start an enforced policy (409 `policy_denied`) or an exhausted `block` budget
+    (402 `budget_exceeded`) refuses. Its decisions are on record: raise it past the
+    transaction that wrote them, not through it."""
 
-    _awaiting_run.set(None)
+
+def decide_run_start(
+    *, workflow: Any, active_runs: Callable[[], int]
+) -> tuple[list[Decision], RunStartRefused | None]:
+    """The decisions of a run start (max concurrent runs, allowed hours, then `block` budgets)
+    and the refusal it gets, if any: 409 `policy_denied` naming the policy, 402
+    `budget_exceeded` naming the budget. Call inside the transaction that creates the run."""
     project = workflow.project
     policies = policies_of(project.pk, RUN_START_KINDS)
     if any(p.kind == K.MAX_CONCURRENT_RUNS and p.mode == Policy.Mode.ENFORCE for p in policies):
         # Serialise run starts of the project, so two cannot both pass the count.
         Project.objects.select_for_update().filter(pk=project.pk).values_list("pk").first()
-    decisions = evaluate_run_start(project=project, policies=policies)
-    refusal: SparkOpsError | None = None
+    decisions = evaluate_run_start(project=project, active_runs=active_runs, policies=policies)
     blocking = next((d for d in decisions if d.blocking), None)
     if blocking is not None:
-        refusal = Conflict(
+        refusal = RunStartRefused(
             blocking.reason,
+            status_code=409,
             error_type="policy_denied",
-            extra={"policy": _policy_dict(blocking.policy)},
+            extra={"policy": policy_dict(blocking.policy)},
         )
-    else:
-        exhausted = budget_check(
-            project=project, workflow_id=workflow.pk, agent_ids=_agent_ids_of(workflow)
-        )
-        if exhausted is not None:
-            decisions.append(
-                Decision(
-                    Point.RUN_START,
-                    Outcome.DENY,
-                    f"Run refused: {exhausted.message}",
-                    budget=exhausted.budget,
-                    details={"spent": str(exhausted.spent)},
-                )
-            )
-            refusal = SparkOpsError(
-                f"Run refused: {exhausted.message}",
-                status_code=402,
-                error_type="budget_exceeded",
-                extra={"budget": _budget_dict(exhausted.budget)},
-            )
-    if not decisions:
-        return
-    rows = _rows(decisions, project_id=project.pk, workflow_id=workflow.pk)
-    PolicyDecision.objects.bulk_create(rows)
-    if refusal is not None:
-        _refused.set([*(_refused.get() or []), *rows])
-        logger.info(
-            "run start refused",
-            extra={
-                "project_id": str(project.pk),
-                "workflow": workflow.pk,
-                "reason": refusal.detail,
-            },
-        )
-        raise refusal
-    _awaiting_run.set(rows)
-
-
-def _refuse(decision: Decision) -> None:
-    from runs.services.steps import StepError
-
-    if decision.budget is not None:
-        raise StepError("budget_exceeded", decision.reason, budget=_budget_dict(decision.budget))
-    error_type = (
-        "approval_required" if decision.outcome == Outcome.REQUIRE_APPROVAL else ("policy_denied")
+        return decisions, refusal
+    exhausted = budget_check(
+        project=project, workflow_id=workflow.pk, agent_ids=agent_ids_of(workflow)
     )
-    raise StepError(error_type, decision.reason, policy=_policy_dict(decision.policy))
-
-
-def _settle(decisions: list[Decision], step: Any) -> None:
-    record(decisions, step=step)
-    blocking = next((d for d in decisions if d.blocking), None)
-    if blocking is not None:
-        _refuse(blocking)
-
-
-def check_prompt(*, step: Any, agent: Any, text: str) -> str:
-    cleaned, decisions = scan_text(
-        project_id=step.run.project_id, target="prompt", point=Point.PROMPT, text=text
+    if exhausted is None:
+        return decisions, None
+    decisions.append(budget_decision(Point.RUN_START, exhausted, prefix="Run refused: "))
+    refusal = RunStartRefused(
+        f"Run refused: {exhausted.message}",
+        status_code=402,
+        error_type="budget_exceeded",
+        extra={"budget": budget_dict(exhausted.budget)},
     )
-    _settle(decisions, step)
-    return cleaned
-
-
-def check_model_call(*, step: Any, agent: Any, request: Any) -> None:
-    """Allowed models, tokens per call, cost per run and `block` budgets; tool results that
-    came back since the last call are scanned as prompt (in place)."""
-    from runs.models import Run
-
-    run = step.run
-    content_policies = None
-    decisions: list[Decision] = []
-    for message in request.messages:
-        if message.role != "tool" or getattr(message, "_policy_checked", False):
-            continue
-        if content_policies is None:
-            content_policies = policies_of(run.project_id, CONTENT_KINDS)
-        message.content, found = scan_text(
-            project_id=run.project_id,
-            target="prompt",
-            point=Point.PROMPT,
-            text=message.content or "",
-            policies=content_policies,
-        )
-        message._policy_checked = True
-        decisions += found
-        if any(d.blocking for d in found):
-            _settle(decisions, step)
-    policies = policies_of(run.project_id, MODEL_CALL_KINDS)
-    run_cost = None
-    if any(p.kind == K.MAX_COST_PER_RUN for p in policies):
-        run_cost = Run.objects.filter(pk=run.pk).values_list("cost", flat=True).first()
-    prompt = "".join(m.content or "" for m in request.messages)
-    found, max_tokens = evaluate_model_call(
-        project_id=run.project_id,
-        provider=agent.provider,
-        model=request.model,
-        max_tokens=request.max_tokens,
-        input_text=prompt,
-        run_cost=run_cost,
-        policies=policies,
-    )
-    decisions += found
-    request.max_tokens = max_tokens
-    if not any(d.blocking for d in decisions):
-        exhausted = budget_check(
-            project=run.project, workflow_id=run.workflow_id, agent_ids=[agent.pk]
-        )
-        if exhausted is not None:
-            decisions.append(
-                Decision(
-                    Point.MODEL_CALL,
-                    Outcome.DENY,
-                    f"Model call refused: {exhausted.message}",
-                    budget=exhausted.budget,
-                    details={"spent": str(exhausted.spent)},
-                )
-            )
-    _settle(decisions, step)
-
-
-def check_model_output(*, step: Any, agent: Any, content: str | None) -> str | None:
-    if not content:
-        return content
-    cleaned, decisions = scan_text(
-        project_id=step.run.project_id, target="output", point=Point.MODEL_OUTPUT, text=content
-    )
-    _settle(decisions, step)
-    return cleaned
-
-
-def check_tool_call(
-    *, step: Any, tool: Any, arguments: Any, call_approved: bool | None = None
-) -> Any:
-    """Allow/deny lists and approvals, then content rules over the arguments; returns the
-    arguments to use (redacted where a policy says so).
-
-    `call_approved` is given for a call a model made in an agent loop: whether a person
-    approved that very call (approval is per call, not per step). Held, it raises
-    ToolApprovalRequired once its decision is recorded, and the loop pauses. A tool step's own
-    call is approved by the decision on the step (the planner held it before it ran)."""
-    from runs.services.policy_hooks import ToolApprovalRequired
-
-    project_id = step.run.project_id
-    if call_approved is None:
-        approved = step.decided_at is not None and step.status != "failed"
-    else:
-        approved = call_approved
-    decisions = evaluate_tool_call(project_id=project_id, tool_name=tool.name, approved=approved)
-    held = next((d for d in decisions if d.blocking), None)
-    if held is not None and held.outcome == Outcome.REQUIRE_APPROVAL and call_approved is not None:
-        # Content rules first: arguments they refuse fail the step now, not after an approval,
-        # and the person approves the arguments the tool will get, redacted as they say (the
-        # loop saves and resumes with those, so the redaction is recorded here, once).
-        arguments, found = scan_value(
-            project_id=project_id, target="tool_arguments", point=Point.TOOL_CALL, value=arguments
-        )
-        _settle(found, step)
-        record(decisions, step=step)
-        raise ToolApprovalRequired(
-            held.reason, arguments=arguments, policy=_policy_dict(held.policy)
-        )
-    if not any(d.blocking for d in decisions):
-        arguments, found = scan_value(
-            project_id=project_id,
-            target="tool_arguments",
-            point=Point.TOOL_CALL,
-            value=arguments,
-        )
-        decisions += found
-    _settle(decisions, step)
-    return arguments
-
-
-def check_tool_result(*, step: Any, tool: Any, output: Any) -> Any:
-    """Content rules over a tool's output, before it is recorded (step output, tool.call
-    event) or fed back to a model."""
-    output, decisions = scan_value(
-        project_id=step.run.project_id, target="tool_output", point=Point.TOOL_CALL, value=output
-    )
-    _settle(decisions, step)
-    return output
-
-
-def pause_for_approval(*, run: Any, node_id: str, tool_name: str) -> str | None:
-    """For the planner, when a tool node is ready: the reason it must wait for an approval
-    before it is queued (an enforced `tool_requires_approval` policy names the tool), recorded
-    as a `require_approval` decision; None to queue it. Approving the step must then queue it
-    (with `decided_at` set, `check_tool_call` lets the approved call through)."""
-    found = [
-        d
-        for d in evaluate_tool_call(project_id=run.project_id, tool_name=tool_name)
-        if d.outcome == Outcome.REQUIRE_APPROVAL
-    ]
-    if not found:
-        return None
-    record(found[:1], run=run, node_id=node_id)
-    return found[0].reason
+    return decisions, refusal
 
 
 # --- dry run ---------------------------------------------------------------------------------
@@ -834,14 +530,15 @@ def evaluate(
     workflow: Any = None,
     agent: Any = None,
     at: datetime | None = None,
+    active_runs: Callable[[], int] = lambda: 0,
 ) -> dict[str, Any]:
     """What the project's policies (and `block` budgets) would decide for a sample input at
-    `point`. Records nothing."""
+    `point` (`active_runs` counts the project's unfinished runs). Records nothing."""
     decisions: list[Decision] = []
     result: dict[str, Any] = {}
     if point == Point.RUN_START:
-        decisions = evaluate_run_start(project=project, at=at)
-        agent_ids = _agent_ids_of(workflow) if workflow is not None else None
+        decisions = evaluate_run_start(project=project, active_runs=active_runs, at=at)
+        agent_ids = agent_ids_of(workflow) if workflow is not None else None
         exhausted = budget_check(
             project=project,
             workflow_id=workflow.pk if workflow is not None else None,
@@ -849,7 +546,7 @@ def evaluate(
             at=at,
         )
         if exhausted is not None:
-            decisions.append(_budget_decision(point, exhausted))
+            decisions.append(budget_decision(point, exhausted))
     elif point == Point.MODEL_CALL:
         decisions, result["max_tokens"] = evaluate_model_call(
             project_id=project.pk,
@@ -866,7 +563,7 @@ def evaluate(
             at=at,
         )
         if exhausted is not None:
-            decisions.append(_budget_decision(point, exhausted))
+            decisions.append(budget_decision(point, exhausted))
     elif point == Point.TOOL_CALL:
         decisions = evaluate_tool_call(project_id=project.pk, tool_name=tool)
         if arguments is not None:
@@ -884,11 +581,12 @@ def evaluate(
     return result
 
 
-def _budget_decision(point: str, exhausted: Any) -> Decision:
+def budget_decision(point: str, exhausted: Any, *, prefix: str = "") -> Decision:
+    """The decision of an exhausted `block` budget (`budget_check`'s answer)."""
     return Decision(
         point,
         Outcome.DENY,
-        exhausted.message,
+        f"{prefix}{exhausted.message}",
         budget=exhausted.budget,
         details={"spent": str(exhausted.spent)},
     )

@@ -1,5 +1,4 @@
-"""Per-request governance context: the client's IP for the audit log, and the decisions of run
-starts the request refused (written once the refusing transaction has rolled back)."""
+"""Per-request audit context: the client's IP, for the audit log."""
 
 from __future__ import annotations
 
@@ -10,7 +9,6 @@ from typing import Any
 from django.conf import settings
 from django.http import HttpRequest, HttpResponse
 
-from . import enforcement
 from .audit import client_ip
 
 
@@ -36,10 +34,7 @@ class GovernanceMiddleware:
 
     def __call__(self, request: HttpRequest) -> Any:
         token = client_ip.set(request_ip(request))
-        enforcement.clear_pending()  # nothing left over from outside a request is ours
         try:
             return self.get_response(request)
         finally:
-            enforcement.flush_refused()
-            enforcement.clear_pending()
             client_ip.reset(token)

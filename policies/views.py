@@ -120,7 +120,10 @@ class PolicyViewSet(ProjectScopedViewSet):
                 data[name] = model.objects.filter(project=project, pk=pk).first()
                 if data[name] is None:
                     raise NotFound(f"No {name} {pk} in this project.")
-        result = enforcement.evaluate(project=project, **data)
+        # The project's unfinished runs, through the reverse relation runs declare.
+        result = enforcement.evaluate(
+            project=project, active_runs=project.runs.active().count, **data
+        )
         return Response(EvaluateResultSerializer(result).data)
 
 

@@ -15,6 +15,7 @@ from django.urls import path, reverse
 from django.utils import timezone
 from django.utils.html import format_html, format_html_join
 
+from sparkops.adminkit import json_block
 from sparkops.console import views as console
 from sparkops.console.dashboard import stuck_filter
 from sparkops.console.palette import STATUS_COLORS
@@ -32,13 +33,6 @@ def status_badge(status: str) -> str:
         'border-radius:8px;font-size:11px;white-space:nowrap">{}</span>',
         STATUS_COLORS.get(status, "#6b7280"),
         status.replace("_", " "),
-    )
-
-
-def pretty_json(value: Any) -> str:
-    return format_html(
-        '<pre style="white-space:pre-wrap;max-width:900px;margin:0">{}</pre>',
-        json.dumps(value, indent=2, default=str, ensure_ascii=False),
     )
 
 
@@ -158,15 +152,15 @@ class RecordColumns:
 
     @admin.display(description="input")
     def input_pretty(self, obj: Any) -> str:
-        return pretty_json(obj.input)
+        return json_block(obj.input)
 
     @admin.display(description="output")
     def output_pretty(self, obj: Any) -> str:
-        return pretty_json(obj.output)
+        return json_block(obj.output)
 
     @admin.display(description="error")
     def error_pretty(self, obj: Any) -> str:
-        return pretty_json(obj.error)
+        return json_block(obj.error)
 
 
 @admin.register(Run)
@@ -296,7 +290,7 @@ class RunAdmin(RecordColumns, ProjectScopedAdmin, admin.ModelAdmin):
                     e.attempt or "",
                     f"{e.created_at:%H:%M:%S.%f}"[:-3],
                     json.dumps(e.payload, default=str, ensure_ascii=False)[:90],
-                    pretty_json(e.payload),
+                    json_block(e.payload),
                 )
                 for e in events
             ),
@@ -449,7 +443,7 @@ class RunStepAdmin(RecordColumns, ProjectScopedAdmin, admin.ModelAdmin):
 
     @admin.display(description="saved agent loop")
     def state_pretty(self, obj: RunStep) -> str:
-        return pretty_json(obj.state) if obj.state is not None else "—"
+        return json_block(obj.state) if obj.state is not None else "—"
 
     @admin.action(description="Approve selected waiting steps…")
     def approve(self, request: Any, queryset: Any) -> Any:
@@ -503,7 +497,7 @@ class RunEventAdmin(ProjectScopedAdmin, admin.ModelAdmin):
 
     @admin.display(description="payload")
     def payload_pretty(self, obj: RunEvent) -> str:
-        return pretty_json(obj.payload)
+        return json_block(obj.payload)
 
 
 @admin.register(IdempotencyKey)
@@ -530,4 +524,4 @@ class IdempotencyKeyAdmin(ProjectScopedAdmin, admin.ModelAdmin):
 
     @admin.display(description="response")
     def response_pretty(self, obj: IdempotencyKey) -> str:
-        return pretty_json(obj.response)
+        return json_block(obj.response)

@@ -11,5 +11,6 @@ run_finished = Signal()
 # Events were appended to a run's log. kwargs: run_id, events (list of RunEvent, in seq order)
 events_appended = Signal()
 
-# A model call was charged. kwargs: run, step, cost (Decimal), input_tokens, output_tokens
+# A model call was charged (budgets already are, by the same transaction; metrics listen).
+# kwargs: run, step, cost (Decimal), input_tokens, output_tokens
 usage_charged = Signal()

@@ -10,6 +10,7 @@ from django.db.models import QuerySet
 from django.http import HttpRequest
 from django.utils.html import format_html
 
+from sparkops.adminkit import PrettyJSONField
 from sparkops.console.scoping import ProjectScopedAdmin
 from sparkops.errors import SparkOpsError
 
@@ -20,22 +21,9 @@ from .schema import clean_tool
 EDITABLE = services.VERSIONED_FIELDS
 
 
-class PrettyJSONField(forms.JSONField):
-    """Shown indented; parse errors are form errors, like any other field's."""
-
-    def __init__(self, **kwargs: Any) -> None:
-        attrs = {"rows": 14, "cols": 90, "style": "font-family: monospace"}
-        kwargs.setdefault("widget", forms.Textarea(attrs=attrs))
-        super().__init__(**kwargs)
-
-    def prepare_value(self, value: Any) -> Any:
-        if isinstance(value, forms.fields.InvalidJSONInput):
-            return value
-        return json.dumps(value, indent=2, ensure_ascii=False, sort_keys=False)
-
-
 class ToolAdminForm(forms.ModelForm):
     parameters = PrettyJSONField(
+        rows=14,
         required=False,
         help_text="JSON Schema of the arguments; empty for none (or the built-in's own schema).",
     )

@@ -14,6 +14,7 @@ from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
 from django.urls import path, reverse
 from django.utils.html import format_html, format_html_join
 
+from sparkops.adminkit import PrettyJSONField, add_service_errors
 from sparkops.console import views as console
 from sparkops.console.palette import status_color
 from sparkops.console.scoping import ProjectScopedAdmin
@@ -22,19 +23,6 @@ from sparkops.errors import Conflict, InvalidInput, SparkOpsError
 from . import services
 from .definition import graph
 from .models import Workflow, WorkflowVersion
-
-
-class PrettyJSONField(forms.JSONField):
-    """A JSON textarea that shows the value indented."""
-
-    def __init__(self, **kwargs: Any) -> None:
-        kwargs.setdefault("widget", forms.Textarea(attrs={"rows": 20, "cols": 100}))
-        super().__init__(**kwargs)
-
-    def prepare_value(self, value: Any) -> Any:
-        if isinstance(value, forms.fields.InvalidJSONInput):
-            return value
-        return json.dumps(value, indent=2, ensure_ascii=False, cls=self.encoder)
 
 
 def _pretty(value: Any) -> str:
@@ -54,7 +42,7 @@ _ERROR_FIELDS = {
 
 
 class WorkflowForm(forms.ModelForm):
-    definition = PrettyJSONField()
+    definition = PrettyJSONField(rows=20)
     retry_policy = PrettyJSONField(required=False, widget=forms.Textarea(attrs={"rows": 6}))
     triggers = PrettyJSONField(required=False, widget=forms.Textarea(attrs={"rows": 6}))
 
@@ -92,7 +80,7 @@ class WorkflowForm(forms.ModelForm):
         try:
             cleaned.update(services.workflow_clean(project=project, fields=fields))
         except SparkOpsError as exc:
-            self._add_service_errors(exc)
+            add_service_errors(self, exc, fields=_ERROR_FIELDS)
         if not cleaned.get("slug") and self.instance.pk:
             cleaned["slug"] = self.instance.slug
         slug = cleaned.get("slug")
@@ -104,19 +92,6 @@ class WorkflowForm(forms.ModelForm):
         ):
             self.add_error("slug", "A workflow with this slug already exists in the project.")
         return cleaned
-
-    def _add_service_errors(self, exc: SparkOpsError) -> None:
-        if not exc.errors:
-            self.add_error(None, exc.detail)
-            return
-        for key, messages_ in exc.errors.items():
-            field = key.split(".")[0].split("[")[0]
-            for message in messages_ if isinstance(messages_, list) else [messages_]:
-                if field in _ERROR_FIELDS and field in self.fields:
-                    text = message if key == field else f"{key}: {message}"
-                    self.add_error(field, text)
-                else:
-                    self.add_error(None, f"{key}: {message}")
 
 
 class WorkflowVersionInline(admin.TabularInline):

@@ -143,6 +143,15 @@ def _location(root: str, path: Any) -> str:
     return root + "".join(f"[{part}]" if isinstance(part, int) else f".{part}" for part in path)
 
 
+_BOUND_MESSAGES = {
+    "minimum": "Must be at least {}.",
+    "maximum": "Must be at most {}.",
+    "exclusiveMinimum": "Must be greater than {}.",
+    "minItems": "Must contain at least {} item(s).",
+    "uniqueItems": "Must not contain duplicates.",
+}
+
+
 def _schema_messages(error: ValidationError, root: str) -> Iterator[tuple[str, str]]:
     """(location, message) for a jsonschema error, in words a workflow author understands.
     Missing and unknown fields are reported at the field itself."""
@@ -174,16 +183,8 @@ def _schema_messages(error: ValidationError, root: str) -> Iterator[tuple[str, s
                 "with a letter or '_', at most 64 characters."
             ),
         )
-    elif error.validator == "minimum":
-        yield where, f"Must be at least {value}."
-    elif error.validator == "maximum":
-        yield where, f"Must be at most {value}."
-    elif error.validator == "exclusiveMinimum":
-        yield where, f"Must be greater than {value}."
-    elif error.validator == "minItems":
-        yield where, f"Must contain at least {value} item(s)."
-    elif error.validator == "uniqueItems":
-        yield where, "Must not contain duplicates."
+    elif error.validator in _BOUND_MESSAGES:
+        yield where, _BOUND_MESSAGES[error.validator].format(value)
     else:
         message = error.message
         yield where, message if len(message) <= 300 else message[:297] + "..."

@@ -163,15 +163,14 @@ def _fire(trigger: EventTrigger, run: Any) -> EventTriggerFire | None:
             "not started (a trigger cycle?)."
         )
     else:
-        try:
-            with transaction.atomic():
-                started = run_create(
-                    workflow=trigger.target_workflow,
-                    input=_input_for(trigger, run),
-                    actor=None,
-                    trigger=Run.Trigger.EVENT,
-                    chain_depth=depth,
-                )
+        try:  # run_create is a savepoint of its own: a refusal leaves its decisions recorded
+            started = run_create(
+                workflow=trigger.target_workflow,
+                input=_input_for(trigger, run),
+                actor=None,
+                trigger=Run.Trigger.EVENT,
+                chain_depth=depth,
+            )
         except SparkOpsError as exc:
             fire.reason = _error_text(exc)
         else:

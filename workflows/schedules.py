@@ -392,14 +392,14 @@ def _error_text(exc: SparkOpsError) -> str:
 
 
 def _start(fire: ScheduleFire, schedule: Schedule, *, actor: Any, trigger: str) -> None:
-    """Create the fire's run (in a savepoint: a refusal is recorded, not raised)."""
+    """Create the fire's run (run_create is a savepoint of its own: a refusal is recorded on
+    the fire, not raised, and a policy refusal's decisions stay on record with it)."""
     from runs.services import run_create
 
     try:
-        with transaction.atomic():
-            run = run_create(
-                workflow=schedule.workflow, input=schedule.input, actor=actor, trigger=trigger
-            )
+        run = run_create(
+            workflow=schedule.workflow, input=schedule.input, actor=actor, trigger=trigger
+        )
     except SparkOpsError as exc:
         fire.status = ScheduleFire.Status.FAILED
         fire.reason = _error_text(exc)

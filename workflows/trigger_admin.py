@@ -19,13 +19,13 @@ from django_celery_beat.admin import PeriodicTaskAdmin as BeatPeriodicTaskAdmin
 from django_celery_beat.models import PeriodicTask
 
 from projects.models import Membership, Project, Role
+from sparkops.adminkit import PrettyJSONField, add_service_errors
 from sparkops.console.scoping import ProjectScopedAdmin
 from sparkops.errors import SparkOpsError
 
 from . import event_triggers as event_trigger_services
 from . import schedules as schedule_services
 from . import webhooks as webhook_services
-from .admin import PrettyJSONField
 from .models import (
     EventTrigger,
     EventTriggerFire,
@@ -57,19 +57,6 @@ def _adopt(obj: Any, saved: Any) -> None:
         setattr(obj, field.attname, getattr(saved, field.attname))
     obj._state.adding = False
     obj._state.db = saved._state.db
-
-
-def _errors_to_form(form: forms.ModelForm, exc: SparkOpsError) -> None:
-    if not exc.errors:
-        form.add_error(None, exc.detail)
-        return
-    for key, messages_ in exc.errors.items():
-        field = key.split(".")[0].split("[")[0]
-        for message in messages_ if isinstance(messages_, list) else [messages_]:
-            if field in form.fields:
-                form.add_error(field, message if key == field else f"{key}: {message}")
-            else:
-                form.add_error(None, f"{key}: {message}")
 
 
 def _run_link(run_id: Any) -> str:
@@ -110,7 +97,7 @@ class ScheduleForm(forms.ModelForm):
         try:
             cleaned.update(schedule_services.schedule_clean(workflow=workflow, fields=fields))
         except SparkOpsError as exc:
-            _errors_to_form(self, exc)
+            add_service_errors(self, exc)
         return cleaned
 
 
@@ -351,7 +338,7 @@ class WebhookTriggerForm(forms.ModelForm):
         except SparkOpsError as exc:
             if exc.errors and "secret" in exc.errors:
                 exc.errors["new_secret"] = exc.errors.pop("secret")
-            _errors_to_form(self, exc)
+            add_service_errors(self, exc)
         return cleaned
 
 
@@ -485,7 +472,7 @@ class EventTriggerForm(forms.ModelForm):
         try:
             cleaned.update(event_trigger_services.event_trigger_clean(fields))
         except SparkOpsError as exc:
-            _errors_to_form(self, exc)
+            add_service_errors(self, exc)
         return cleaned
 
 

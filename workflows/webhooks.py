@@ -311,9 +311,11 @@ class _Taken(Exception):
 
 
 def _create_run(trigger: WebhookTrigger, input: dict[str, Any], delivery_id: str | None) -> Any:
+    from policies.enforcement import RunStartRefused
     from runs.models import Run
     from runs.services import run_create
 
+    refusal = None
     with transaction.atomic():
         try:
             run = run_create(
@@ -322,13 +324,20 @@ def _create_run(trigger: WebhookTrigger, input: dict[str, Any], delivery_id: str
         except InvalidInput as exc:
             # The request was fine; its content does not fit the workflow.
             raise Unprocessable(exc.detail, errors=exc.errors) from None
-        if delivery_id:
-            try:
-                with transaction.atomic():
-                    WebhookReceipt.objects.create(trigger=trigger, delivery_id=delivery_id, run=run)
-            except IntegrityError:
-                raise _Taken() from None
-        WebhookTrigger.objects.filter(pk=trigger.pk).update(last_delivery_at=timezone.now())
+        except RunStartRefused as refused:
+            refusal = refused  # commit its decisions, then answer with it
+        else:
+            if delivery_id:
+                try:
+                    with transaction.atomic():
+                        WebhookReceipt.objects.create(
+                            trigger=trigger, delivery_id=delivery_id, run=run
+                        )
+                except IntegrityError:
+                    raise _Taken() from None
+            WebhookTrigger.objects.filter(pk=trigger.pk).update(last_delivery_at=timezone.now())
+    if refusal is not None:
+        raise refusal
     return run
 
 

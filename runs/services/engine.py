@@ -176,46 +176,65 @@ def run_advance_locked(
 
 
 def _advance(run: Run, *, inline: bool, events: list[dict[str, Any]]) -> None:
-    if run.is_finished or run.cancel_requested:
+    if run.is_finished or run.cancel_requested or not _start(run, events):
         events_append(run.pk, events)
         return
+    planning = _Planning(run, inline=inline, events=events)
+    planning.settle(planning.run_until_stable())
+
+
+def _start(run: Run, events: list[dict[str, Any]]) -> bool:
+    """A pending or queued run is admitted (its concurrency limit allowing) and set running
+    with its deadline; False while it must keep waiting."""
+    if run.status not in (Run.Status.PENDING, Run.Status.QUEUED):
+        return True
+    if not _admit(run):
+        return False
     now = timezone.now()
-    if run.status in (Run.Status.PENDING, Run.Status.QUEUED):
-        if not _admit(run):
-            events_append(run.pk, events)
-            return
-        snapshot = version_snapshot(run)
-        run.status = Run.Status.RUNNING
-        run.started_at = run.started_at or now
-        run.queued_at = run.queued_at or now
-        run.deadline = now + timedelta(seconds=int(snapshot.get("timeout_seconds") or 3600))
-        run.save(update_fields=["status", "started_at", "queued_at", "deadline"])
-        events.append({"type": RunEvent.Type.RUN_STATUS, "payload": {"status": "running"}})
+    snapshot = version_snapshot(run)
+    run.status = Run.Status.RUNNING
+    run.started_at = run.started_at or now
+    run.queued_at = run.queued_at or now
+    run.deadline = now + timedelta(seconds=int(snapshot.get("timeout_seconds") or 3600))
+    run.save(update_fields=["status", "started_at", "queued_at", "deadline"])
+    events.append({"type": RunEvent.Type.RUN_STATUS, "payload": {"status": "running"}})
+    return True
 
-    definition = version_snapshot(run)["definition"]
-    nodes = planner.nodes_of(definition)
-    by_id = {node.id: node for node in nodes}
-    # Light rows for planning; outputs are loaded only for the steps a template reads.
-    steps = {
-        row[1]: _StepRow(*row)
-        for row in RunStep.objects.filter(run=run).values_list(
-            "id", "node_id", "type", "status", "attempt"
-        )
-    }
-    secrets = SecretBag(run.project_id)
-    to_send: list[tuple[int, int]] = []
-    raw_nodes = {node["id"]: node for node in definition["nodes"]}
-    inline_left = settings.SPARKOPS_INLINE_STEPS if inline else 0
-    inline = inline_left > 0
-    tools: dict[str, Any] = {}
-    deferred = False
 
-    def context_for(value: Any, *, condition: bool = False) -> dict[str, Any]:
-        return template_context(
-            run, step_states(run.pk, referenced(value, condition=condition)), secrets
-        )
+class _Planning:
+    """One planning of a running run (its row locked): skip, wait, run inline or queue each
+    node the planner finds ready, again until nothing changes (`run_until_stable`); then
+    `settle` finishes the run or moves it between running and waiting_approval, writes the
+    events and sends the queued steps."""
 
-    def set_status(step: _StepRow, status: str, **fields: Any) -> bool:
+    def __init__(self, run: Run, *, inline: bool, events: list[dict[str, Any]]) -> None:
+        self.run = run
+        self.events = events
+        self.now = timezone.now()
+        self.definition = version_snapshot(run)["definition"]
+        self.nodes = planner.nodes_of(self.definition)
+        self.by_id = {node.id: node for node in self.nodes}
+        self.raw_nodes = {node["id"]: node for node in self.definition["nodes"]}
+        # Light rows for planning; outputs are loaded only for the steps a template reads.
+        self.steps = {
+            row[1]: _StepRow(*row)
+            for row in RunStep.objects.filter(run=run).values_list(
+                "id", "node_id", "type", "status", "attempt"
+            )
+        }
+        self.secrets = SecretBag(run.project_id)
+        self.tools: dict[str, Any] = {}
+        self.to_send: list[tuple[int, int]] = []
+        self.inline_left = settings.SPARKOPS_INLINE_STEPS if inline else 0
+        self.inline = self.inline_left > 0
+        self.deferred = False  # local steps past the inline limit: plan again after commit
+        self.changed = False
+
+    def context_for(self, value: Any, *, condition: bool = False) -> dict[str, Any]:
+        wanted = referenced(value, condition=condition)
+        return template_context(self.run, step_states(self.run.pk, wanted), self.secrets)
+
+    def set_status(self, step: _StepRow, status: str, **fields: Any) -> bool:
         moved = RunStep.objects.filter(pk=step.pk, status=step.status).update(
             status=status, **fields
         )
@@ -223,83 +242,107 @@ def _advance(run: Run, *, inline: bool, events: list[dict[str, Any]]) -> None:
             step.status = status
             for name, value in fields.items():
                 setattr(step, name, value)
+            self.changed = True
         return bool(moved)
 
-    changed = True
-    result = planner.plan(nodes, {n: s.status for n, s in steps.items()})
-    while changed and not result.fatal:
-        changed = False
-        ready: list[_StepRow] = []
-        for node_id in result.skip:
-            step = steps[node_id]
-            if set_status(step, RunStep.Status.SKIPPED, finished_at=now):
-                events.append(
-                    _step_event(step, "skipped", reason="every upstream step was skipped")
-                )
-                changed = True
-        for node_id in result.ready:
-            node, step = by_id[node_id], steps[node_id]
-            if node.when:
-                try:
-                    go = evaluate_condition(node.when, context_for(node.when, condition=True))
-                except (TemplateError, SparkOpsError) as exc:
-                    error = {"type": "when_error", "message": str(exc.detail)}
-                    if set_status(step, RunStep.Status.FAILED, error=error, finished_at=now):
-                        events.append(_step_event(step, "failed", error=error))
-                        changed = True
-                    continue
-                if not go:
-                    if set_status(step, RunStep.Status.SKIPPED, finished_at=now):
-                        events.append(_step_event(step, "skipped", reason="`when` is false"))
-                        changed = True
-                    continue
-            if node.type == "approval":
-                raw = node_of(run, node_id).get("message") or "Approve to continue."
-                try:
-                    message = render_value(raw, context_for(raw))
-                except (TemplateError, SparkOpsError):
-                    message = raw
-                message = secrets.redact(message)
-                if set_status(step, RunStep.Status.WAITING_APPROVAL, input={"message": message}):
-                    events.append(_step_event(step, "waiting_approval"))
-                    events.append(
-                        {
-                            "type": RunEvent.Type.APPROVAL_REQUESTED,
-                            "node_id": node_id,
-                            "payload": {"message": message},
-                        }
-                    )
-                    changed = True
-                continue
-            if node.type == "tool" and _tool_needs_approval(run, node_id, step, events, set_status):
-                changed = True
-                continue
-            if inline and _is_local(run, raw_nodes[node_id], tools):
-                if inline_left <= 0:
-                    deferred = True  # planned again right after this commit
-                    continue
-                inline_left -= 1
-                _execute_inline(run, step, raw_nodes[node_id], secrets, tools, events)
-                changed = True
-                continue
-            ready.append(step)
-        if ready:
-            # One UPDATE for every ready step (a 500-node fan-out queues in one statement).
-            # Pending steps change only under the run lock we hold, so all of them move.
-            RunStep.objects.filter(
-                pk__in=[step.pk for step in ready], status=RunStep.Status.PENDING
-            ).update(status=RunStep.Status.QUEUED, attempt=F("attempt") + 1, queued_at=now)
-            for step in ready:
-                step.status = RunStep.Status.QUEUED
-                step.attempt += 1
-                events.append(_step_event(step, "queued"))
-                to_send.append((step.pk, step.attempt))
-            changed = True
-        result = planner.plan(nodes, {n: s.status for n, s in steps.items()})
+    def plan(self) -> planner.Plan:
+        return planner.plan(self.nodes, {n: s.status for n, s in self.steps.items()})
 
-    if result.fatal:
-        failed = result.fatal[0]
-        step_error = RunStep.objects.filter(run=run, node_id=failed).values_list(
+    def run_until_stable(self) -> planner.Plan:
+        result = self.plan()
+        self.changed = True
+        while self.changed and not result.fatal:
+            self.changed = False
+            for node_id in result.skip:
+                step = self.steps[node_id]
+                if self.set_status(step, RunStep.Status.SKIPPED, finished_at=self.now):
+                    reason = "every upstream step was skipped"
+                    self.events.append(_step_event(step, "skipped", reason=reason))
+            ready = [step for node_id in result.ready if (step := self._consider(node_id))]
+            if ready:
+                self._queue(ready)
+            result = self.plan()
+        return result
+
+    def _consider(self, node_id: str) -> _StepRow | None:
+        """Settle a ready node where it stands (skipped or failed by its `when`, parked for an
+        approval, run inline, deferred) and return its step only when it is to be queued."""
+        node, step = self.by_id[node_id], self.steps[node_id]
+        if node.when and not self._when_holds(node.when, step):
+            return None
+        if node.type == "approval":
+            self._request_approval(node_id, step)
+            return None
+        if node.type == "tool" and _tool_needs_approval(
+            self.run, node_id, step, self.events, self.set_status
+        ):
+            self.changed = True
+            return None
+        raw = self.raw_nodes[node_id]
+        if not (self.inline and _is_local(self.run, raw, self.tools)):
+            return step
+        if self.inline_left <= 0:
+            self.deferred = True
+            return None
+        self.inline_left -= 1
+        _execute_inline(self.run, step, raw, self.secrets, self.tools, self.events)
+        self.changed = True
+        return None
+
+    def _when_holds(self, when: str, step: _StepRow) -> bool:
+        """Whether the node's `when` holds; when it does not (or cannot be evaluated) the step
+        is skipped (or failed) here."""
+        try:
+            go = evaluate_condition(when, self.context_for(when, condition=True))
+        except (TemplateError, SparkOpsError) as exc:
+            error = {"type": "when_error", "message": str(exc.detail)}
+            if self.set_status(step, RunStep.Status.FAILED, error=error, finished_at=self.now):
+                self.events.append(_step_event(step, "failed", error=error))
+            return False
+        if not go and self.set_status(step, RunStep.Status.SKIPPED, finished_at=self.now):
+            self.events.append(_step_event(step, "skipped", reason="`when` is false"))
+        return bool(go)
+
+    def _request_approval(self, node_id: str, step: _StepRow) -> None:
+        raw = node_of(self.run, node_id).get("message") or "Approve to continue."
+        try:
+            message = render_value(raw, self.context_for(raw))
+        except (TemplateError, SparkOpsError):
+            message = raw
+        message = self.secrets.redact(message)
+        if self.set_status(step, RunStep.Status.WAITING_APPROVAL, input={"message": message}):
+            self.events.append(_step_event(step, "waiting_approval"))
+            self.events.append(
+                {
+                    "type": RunEvent.Type.APPROVAL_REQUESTED,
+                    "node_id": node_id,
+                    "payload": {"message": message},
+                }
+            )
+
+    def _queue(self, ready: list[_StepRow]) -> None:
+        # One UPDATE for every ready step (a 500-node fan-out queues in one statement).
+        # Pending steps change only under the run lock we hold, so all of them move.
+        RunStep.objects.filter(
+            pk__in=[step.pk for step in ready], status=RunStep.Status.PENDING
+        ).update(status=RunStep.Status.QUEUED, attempt=F("attempt") + 1, queued_at=self.now)
+        for step in ready:
+            step.status = RunStep.Status.QUEUED
+            step.attempt += 1
+            self.events.append(_step_event(step, "queued"))
+            self.to_send.append((step.pk, step.attempt))
+        self.changed = True
+
+    def settle(self, result: planner.Plan) -> None:
+        if result.fatal:
+            self._fail(result.fatal[0])
+        elif result.run_status == planner.SUCCEEDED:
+            self._succeed()
+        else:
+            self._carry_on(result.run_status)
+
+    def _fail(self, failed: str) -> None:
+        step_error = RunStep.objects.filter(run=self.run, node_id=failed).values_list(
             "error", flat=True
         )[0]
         error = {
@@ -308,40 +351,42 @@ def _advance(run: Run, *, inline: bool, events: list[dict[str, Any]]) -> None:
             "step": failed,
             "step_error": step_error,
         }
-        events_append(run.pk, events)
-        finish_run(run, Run.Status.FAILED, error=error)
-        return
-    if result.run_status == planner.SUCCEEDED:
-        events_append(run.pk, events)
+        events_append(self.run.pk, self.events)
+        finish_run(self.run, Run.Status.FAILED, error=error)
+
+    def _succeed(self) -> None:
+        events_append(self.run.pk, self.events)
+        template = self.definition.get("output")
         try:
-            output = render_value(definition.get("output"), context_for(definition.get("output")))
+            output = render_value(template, self.context_for(template))
         except (TemplateError, SparkOpsError) as exc:
-            finish_run(
-                run, Run.Status.FAILED, error={"type": "output_error", "message": str(exc.detail)}
-            )
+            error = {"type": "output_error", "message": str(exc.detail)}
+            finish_run(self.run, Run.Status.FAILED, error=error)
             return
         if output is None:
             output = {
                 node_id: state["output"]
-                for node_id, state in step_states(run.pk).items()
+                for node_id, state in step_states(self.run.pk).items()
                 if state["status"] == RunStep.Status.SUCCEEDED
             }
-        finish_run(run, Run.Status.SUCCEEDED, output=secrets.redact(output))
-        return
-    wanted = (
-        Run.Status.WAITING_APPROVAL
-        if result.run_status == planner.WAITING_APPROVAL
-        else Run.Status.RUNNING
-    )
-    if run.status != wanted:
-        run.status = wanted
-        run.save(update_fields=["status"])
-        events.append({"type": RunEvent.Type.RUN_STATUS, "payload": {"status": wanted}})
-    events_append(run.pk, events)
-    for step_id, attempt in to_send:
-        send_step(step_id, attempt)
-    if deferred:
-        send_advance(run.pk)
+        finish_run(self.run, Run.Status.SUCCEEDED, output=self.secrets.redact(output))
+
+    def _carry_on(self, run_status: str) -> None:
+        run = self.run
+        wanted = (
+            Run.Status.WAITING_APPROVAL
+            if run_status == planner.WAITING_APPROVAL
+            else Run.Status.RUNNING
+        )
+        if run.status != wanted:
+            run.status = wanted
+            run.save(update_fields=["status"])
+            self.events.append({"type": RunEvent.Type.RUN_STATUS, "payload": {"status": wanted}})
+        events_append(run.pk, self.events)
+        for step_id, attempt in self.to_send:
+            send_step(step_id, attempt)
+        if self.deferred:
+            send_advance(run.pk)
 
 
 def _tool_needs_approval(run: Run, node_id: str, step: Any, events: list, set_status: Any) -> bool:

@@ -4,9 +4,6 @@ through `transaction.on_commit`."""
 
 from __future__ import annotations
 
-from decimal import Decimal
-from typing import Any
-
 from runs import signals
 from runs.models import Run
 from workflows.models import Workflow
@@ -31,17 +28,3 @@ def run_finished(run: Run) -> None:
         if waiting:
             send_advance(waiting)
     signals.run_finished.send(sender=Run, run=run)
-
-
-def usage_charged(
-    *, run: Run, step: Any, cost: Decimal, input_tokens: int = 0, output_tokens: int = 0
-) -> None:
-    """A model call was charged to `run` (budgets listen)."""
-    signals.usage_charged.send(
-        sender=Run,
-        run=run,
-        step=step,
-        cost=cost,
-        input_tokens=input_tokens,
-        output_tokens=output_tokens,
-    )

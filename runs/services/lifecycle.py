@@ -13,18 +13,33 @@ from django.conf import settings
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
+from policies.enforcement import RunStartRefused
 from runs.models import IdempotencyKey, Run, RunEvent, RunStep
 from sparkops.errors import Conflict, InvalidInput, NotFound, Unprocessable
 from workflows.definition import validate_input
 from workflows.models import Workflow, WorkflowVersion
 
+from . import policy_hooks
 from .dispatch import send_advance, send_enqueue, send_step
 from .events import event_append, events_append
 from .steps import finish_run, lock_run
 
 
-@transaction.atomic
-def run_create(
+def run_create(*, workflow: Workflow, **create: Any) -> Run:
+    """The database first: the run and one step row per node are committed, then the first task
+    is sent after commit. If that send is lost, the sweeper sends it.
+
+    A run start that policies or budgets refuse raises `RunStartRefused` once its decisions are
+    written (in the caller's transaction, or committed when there is none): a caller that wraps
+    this in a transaction of its own lets the refusal out of it (see run_create_idempotent)."""
+    with transaction.atomic():
+        run, refusal = _run_create(workflow=workflow, **create)
+    if refusal is not None:
+        raise refusal
+    return run
+
+
+def _run_create(
     *,
     workflow: Workflow,
     input: dict[str, Any] | None,
@@ -34,9 +49,7 @@ def run_create(
     parent_run: Run | None = None,
     reuse_succeeded: bool = False,
     chain_depth: int = 0,
-) -> Run:
-    """The database first: the run and one step row per node are committed, then the first task
-    is sent after commit. If that send is lost, the sweeper sends it."""
+) -> tuple[Run | None, RunStartRefused | None]:
     if workflow.status in (Workflow.Status.PAUSED, Workflow.Status.ARCHIVED):
         raise Conflict(f"The workflow is {workflow.status}; activate it to start runs.")
     version = version or workflow.current_version
@@ -45,9 +58,9 @@ def run_create(
     if not isinstance(input, dict):
         raise InvalidInput("Invalid run input.", errors={"input": ["Must be a JSON object."]})
     validate_input(definition.get("input_schema"), input)
-    from . import policy_hooks
-
-    policy_hooks.before_run_start(workflow=workflow, input=input, actor=actor)
+    decisions, refusal = policy_hooks.before_run_start(workflow=workflow)
+    if refusal is not None:
+        return None, refusal
     run = Run.objects.create(
         project_id=workflow.project_id,
         workflow=workflow,
@@ -102,8 +115,9 @@ def run_create(
         for node_id, step in reused.items()
     ]
     events_append(run.pk, events)
+    policy_hooks.link_run_start(run, decisions)
     send_enqueue(run.pk)
-    return run
+    return run, None
 
 
 def request_hash(payload: Any) -> str:
@@ -112,6 +126,16 @@ def request_hash(payload: Any) -> str:
 
 class _KeyTaken(Exception):
     pass
+
+
+def _key_record(scope: dict[str, Any], digest: str, run: Run, body: Any) -> None:
+    try:
+        with transaction.atomic():
+            IdempotencyKey.objects.create(
+                **scope, request_hash=digest, run=run, response=body, status_code=201
+            )
+    except IntegrityError:
+        raise _KeyTaken() from None
 
 
 def run_create_idempotent(
@@ -141,25 +165,22 @@ def run_create_idempotent(
                 )
             run = Run.objects.get(pk=existing.run_id)
             return run, existing.response if existing.response is not None else render(run), True
+        refusal = None
         try:
             with transaction.atomic():
                 IdempotencyKey.objects.filter(**scope, created_at__lt=cutoff).delete()
-                run = run_create(workflow=workflow, actor=actor, **create)
-                body_out = render(run)
                 try:
-                    with transaction.atomic():
-                        IdempotencyKey.objects.create(
-                            **scope,
-                            request_hash=digest,
-                            run=run,
-                            response=body_out,
-                            status_code=201,
-                        )
-                except IntegrityError:
-                    raise _KeyTaken() from None
-            return run, body_out, False
+                    run = run_create(workflow=workflow, actor=actor, **create)
+                except RunStartRefused as refused:
+                    refusal = refused  # commit its decisions; a refusal keeps no key
+                else:
+                    body_out = render(run)
+                    _key_record(scope, digest, run, body_out)
         except _KeyTaken:
             continue  # another request holds the key: replay it on the next pass
+        if refusal is not None:
+            raise refusal
+        return run, body_out, False
     raise Conflict("A request with this Idempotency-Key is in progress; retry shortly.")
 
 

@@ -20,8 +20,11 @@ from django.db import transaction
 from django.db.models import F
 from django.utils import timezone
 
+from agents.models import Agent
+from policies.budgets import usage_charge
 from projects.secrets import SecretBag
 from runs.models import Run, RunEvent, RunStep
+from runs.signals import usage_charged
 
 from .dispatch import send_step
 from .events import event_append, events_append
@@ -468,8 +471,9 @@ def usage_record(
     cost: Decimal,
     event: dict[str, Any],
 ) -> None:
-    """Charge one model call to the step and the run and log it, exactly once: the charge is
-    gated by the attempt fence, so a superseded attempt charges nothing and stops."""
+    """Charge one model call to the step, the run and the budgets covering it, and log it,
+    exactly once: the charge is gated by the attempt fence, so a superseded attempt charges
+    nothing and stops. Crossing a budget's threshold or limit is a `policy.decision` event."""
     with transaction.atomic():
         run = lock_run(step.run_id)
         if run is None:
@@ -490,15 +494,55 @@ def usage_record(
             cost=F("cost") + cost,
         )
         events_append(run.pk, [{**event, "node_id": step.node_id, "attempt": attempt}])
-        from . import hooks
-
-        hooks.usage_charged(
+        call = event.get("payload") or {}
+        crossings = usage_charge(
+            run=run,
+            step=step,
+            cost=Decimal(cost or 0),
+            input_tokens=input_tokens,
+            output_tokens=output_tokens,
+            agent_id=_agent_id(run, step),
+            provider=str(call.get("provider") or ""),
+            model=str(call.get("model") or ""),
+            price_unknown=bool(call.get("price_unknown")),
+        )
+        if crossings:
+            events_append(
+                run.pk,
+                [
+                    {
+                        "type": RunEvent.Type.POLICY,
+                        "node_id": step.node_id,
+                        "attempt": attempt,
+                        "payload": payload,
+                    }
+                    for payload in crossings
+                ],
+            )
+        usage_charged.send(
+            sender=Run,
             run=run,
             step=step,
             cost=cost,
             input_tokens=input_tokens,
             output_tokens=output_tokens,
         )
+
+
+def _agent_id(run: Run, step: RunStep) -> int | None:
+    """The agent of `step`'s node in the run's pinned definition (for per-agent budgets)."""
+    try:
+        nodes = step.run.version.snapshot["definition"]["nodes"]
+    except (AttributeError, KeyError, TypeError):
+        return None
+    slug = next((n.get("agent") for n in nodes if n.get("id") == step.node_id), None)
+    if not slug:
+        return None
+    return (
+        Agent.objects.filter(project_id=run.project_id, slug=str(slug))
+        .values_list("pk", flat=True)
+        .first()
+    )
 
 
 def step_event(*, step: RunStep, attempt: int, type: str, payload: dict[str, Any]) -> None:

@@ -284,89 +284,118 @@ def _decimal(value: Any) -> Decimal:
         return Decimal(0)
 
 
-def step_attempts(events: Iterable[Any]) -> list[Attempt]:
-    """Bars from a run's events (in `seq` order; dicts or RunEvent rows with type, node_id,
-    attempt, payload, created_at). Attempts still open when the log ends have `open=True`."""
-    bars: list[Attempt] = []
-    current: dict[str, Attempt] = {}
-    usage: dict[tuple[str, int | None], list[Any]] = defaultdict(lambda: [0, 0, Decimal(0)])
+def _close(bar: Attempt, at: datetime, status: str, error: str = "") -> None:
+    bar.finished_at, bar.status, bar.open = at, status, False
+    bar.error = error or bar.error
 
-    def close(bar: Attempt, at: datetime, status: str, error: str = "") -> None:
-        bar.finished_at, bar.status, bar.open = at, status, False
-        bar.error = error or bar.error
 
-    for event in events:
+class _AttemptLog:
+    """Reads a run's events in order and keeps one open bar per node: each `step.status`
+    closes the node's open bar or opens the next one; `llm.call` adds to an attempt's usage;
+    `approval.decided` notes the verdict on the bar waiting for it."""
+
+    def __init__(self) -> None:
+        self.bars: list[Attempt] = []
+        self.current: dict[str, Attempt] = {}
+        self.usage: dict[tuple[str, int | None], list[Any]] = defaultdict(
+            lambda: [0, 0, Decimal(0)]
+        )
+
+    def read(self, event: Any) -> None:
         kind, node_id = _get(event, "type"), _get(event, "node_id")
+        if not node_id:
+            return
         payload = _get(event, "payload") or {}
         at, attempt = _get(event, "created_at"), _get(event, "attempt")
-        if not node_id:
-            continue
         if kind == "llm.call":
-            spent = usage[(node_id, attempt)]
+            spent = self.usage[(node_id, attempt)]
             spent[0] += int(payload.get("input_tokens") or 0)
             spent[1] += int(payload.get("output_tokens") or 0)
             spent[2] += _decimal(payload.get("cost"))
-            continue
-        if kind == "approval.decided" and node_id in current:
+        elif kind == "approval.decided" and node_id in self.current:
             verdict = "approved" if payload.get("approved") else "rejected"
             comment = f": {payload['comment']}" if payload.get("comment") else ""
-            current[node_id].note = f"{verdict} by {payload.get('by', '?')}{comment}"
-            continue
-        if kind != "step.status":
-            continue
-        status = payload.get("status")
-        bar = current.get(node_id)
-        if status == "queued":
-            again = payload.get("retry") or payload.get("recovered")
-            if bar is not None and bar.kind == "approval":
-                close(bar, at, "succeeded")  # a held tool call approved: the step runs (again)
-            elif bar is not None:
-                close(bar, at, "failed" if payload.get("retry") else "lost", _error_text(payload))
-                if payload.get("recovered"):
-                    bar.error = str(payload.get("reason") or "worker lost")
-            number = (attempt or 0) + 1 if again else attempt
-            bar = Attempt(node_id, number, "task", "queued", queued_at=at, open=True)
-            if payload.get("retry"):
-                bar.note = f"retry after {payload.get('delay_seconds', 0)} s backoff"
-            elif payload.get("recovered"):
-                bar.note = "re-queued: the previous attempt's worker went silent"
-            current[node_id] = bar
-            bars.append(bar)
-        elif status == "running":
-            if bar is None or (attempt is not None and bar.attempt not in (None, attempt)):
-                if bar is not None:
-                    close(bar, at, "lost")
-                bar = Attempt(node_id, attempt, "task", "running", open=True)
-                current[node_id] = bar
-                bars.append(bar)
-            bar.status, bar.started_at = "running", at
-        elif status == "waiting_approval":
-            if bar is not None and bar.kind == "task":
-                # An agent step paused at a tool call its model made: the attempt ends here.
-                close(bar, at, "waiting_approval")
-                bar.note = "paused for the approval of a tool call"
-            bar = Attempt(node_id, None, "approval", "waiting_approval", started_at=at, open=True)
-            current[node_id] = bar
-            bars.append(bar)
-        elif status in ("succeeded", "failed", "cancelled", "skipped"):
-            bar = current.pop(node_id, None)
-            if bar is None or status == "skipped":
-                note = ""
-                if payload.get("reused_from"):
-                    note = f"reused from run {payload['reused_from']}"
-                elif payload.get("reason"):
-                    note = str(payload["reason"])
-                marker = Attempt(node_id, attempt, "marker", status, started_at=at, finished_at=at)
-                marker.note, marker.error = note, _error_text(payload)
-                bars.append(marker)
-            else:
-                close(bar, at, status, _error_text(payload))
-    for bar in bars:
-        if bar.kind == "task":
-            spent = usage.get((bar.node_id, bar.attempt))
-            if spent:
-                bar.input_tokens, bar.output_tokens, bar.cost = spent
-    return bars
+            self.current[node_id].note = f"{verdict} by {payload.get('by', '?')}{comment}"
+        elif kind == "step.status":
+            status = payload.get("status")
+            if status == "queued":
+                self.queued(node_id, attempt, at, payload)
+            elif status == "running":
+                self.running(node_id, attempt, at)
+            elif status == "waiting_approval":
+                self.waiting(node_id, at)
+            elif status in ("succeeded", "failed", "cancelled", "skipped"):
+                self.finished(node_id, attempt, at, status, payload)
+
+    def _open(self, bar: Attempt) -> Attempt:
+        self.current[bar.node_id] = bar
+        self.bars.append(bar)
+        return bar
+
+    def queued(self, node_id: str, attempt: int | None, at: datetime, payload: dict) -> None:
+        bar = self.current.get(node_id)
+        again = payload.get("retry") or payload.get("recovered")
+        if bar is not None and bar.kind == "approval":
+            _close(bar, at, "succeeded")  # a held tool call approved: the step runs (again)
+        elif bar is not None:
+            _close(bar, at, "failed" if payload.get("retry") else "lost", _error_text(payload))
+            if payload.get("recovered"):
+                bar.error = str(payload.get("reason") or "worker lost")
+        number = (attempt or 0) + 1 if again else attempt
+        bar = self._open(Attempt(node_id, number, "task", "queued", queued_at=at, open=True))
+        if payload.get("retry"):
+            bar.note = f"retry after {payload.get('delay_seconds', 0)} s backoff"
+        elif payload.get("recovered"):
+            bar.note = "re-queued: the previous attempt's worker went silent"
+
+    def running(self, node_id: str, attempt: int | None, at: datetime) -> None:
+        bar = self.current.get(node_id)
+        if bar is None or (attempt is not None and bar.attempt not in (None, attempt)):
+            if bar is not None:
+                _close(bar, at, "lost")
+            bar = self._open(Attempt(node_id, attempt, "task", "running", open=True))
+        bar.status, bar.started_at = "running", at
+
+    def waiting(self, node_id: str, at: datetime) -> None:
+        bar = self.current.get(node_id)
+        if bar is not None and bar.kind == "task":
+            # An agent step paused at a tool call its model made: the attempt ends here.
+            _close(bar, at, "waiting_approval")
+            bar.note = "paused for the approval of a tool call"
+        self._open(Attempt(node_id, None, "approval", "waiting_approval", started_at=at, open=True))
+
+    def finished(
+        self, node_id: str, attempt: int | None, at: datetime, status: str, payload: dict
+    ) -> None:
+        bar = self.current.pop(node_id, None)
+        if bar is not None and status != "skipped":
+            _close(bar, at, status, _error_text(payload))
+            return
+        note = ""
+        if payload.get("reused_from"):
+            note = f"reused from run {payload['reused_from']}"
+        elif payload.get("reason"):
+            note = str(payload["reason"])
+        marker = Attempt(node_id, attempt, "marker", status, started_at=at, finished_at=at)
+        marker.note, marker.error = note, _error_text(payload)
+        self.bars.append(marker)
+
+    def result(self) -> list[Attempt]:
+        for bar in self.bars:
+            if bar.kind == "task":
+                spent = self.usage.get((bar.node_id, bar.attempt))
+                if spent:
+                    bar.input_tokens, bar.output_tokens, bar.cost = spent
+        return self.bars
+
+
+def step_attempts(events: Iterable[Any]) -> list[Attempt]:
+    """Bars from a run's events (in `seq` order; dicts or RunEvent rows with type, node_id,
+    attempt, payload, created_at). Attempts still open when the log ends have `open=True`."""
+    log = _AttemptLog()
+    for event in events:
+        log.read(event)
+    return log.result()
 
 
 @dataclass

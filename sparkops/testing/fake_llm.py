@@ -291,76 +291,80 @@ def models_body(kind: str) -> dict[str, Any]:
 # -- the handler ------------------------------------------------------------------------------
 
 
+class _Handler(BaseHTTPRequestHandler):
+    fake: FakeLLMServer  # set per server by `_handler_for`
+    protocol_version = "HTTP/1.1"
+    timeout = 10  # an idle keep-alive connection must not hold a thread forever
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass  # keep test output clean
+
+    def do_GET(self) -> None:
+        kind = "anthropic" if "anthropic-version" in self.headers else "openai"
+        self.fake._record(self._recorded(kind if self._path() == "/v1/models" else "other", None))
+        if self._path() == "/v1/models":
+            self._send_json(200, models_body(kind))
+        else:
+            self._send_json(404, error_body(kind, 404, f"No route GET {self._path()}"))
+
+    def do_POST(self) -> None:
+        raw = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        try:
+            body = json.loads(raw) if raw else None
+        except ValueError:
+            body = None
+        path = self._path()
+        kind = {"/v1/chat/completions": "openai", "/v1/messages": "anthropic"}.get(path)
+        if kind is None:
+            self.fake._record(self._recorded("other", body))
+            self._send_json(404, error_body("openai", 404, f"No route POST {path}"))
+            return
+        spec = self.fake._record(self._recorded(kind, body))
+        if not isinstance(body, dict):
+            self._send_json(400, error_body(kind, 400, "The body is not a JSON object."))
+            return
+        self._answer(kind, body, spec)
+
+    def _answer(self, kind: str, body: dict[str, Any], spec: dict[str, Any] | None) -> None:
+        """What a scripted reply says: a delay, an error status, or a completion."""
+        if spec is None:
+            spec = {"content": _last_user_text(body.get("messages") or [])}
+        delay = float(spec.get("delay") or 0)
+        if delay and self.fake._stopping.wait(delay):
+            return  # the server is stopping: the client gave up long ago
+        if "status" in spec:
+            status = int(spec["status"])
+            headers = {str(k): str(v) for k, v in (spec.get("headers") or {}).items()}
+            self._send_json(status, error_body(kind, status, spec.get("message")), headers)
+            return
+        make = openai_completion if kind == "openai" else anthropic_message
+        self._send_json(200, make(body, spec))
+
+    def _path(self) -> str:
+        return self.path.split("?", 1)[0]
+
+    def _recorded(self, kind: str, body: Any) -> RecordedRequest:
+        return RecordedRequest(
+            kind=kind,
+            method=self.command,
+            path=self._path(),
+            headers={name.lower(): value for name, value in self.headers.items()},
+            body=body,
+        )
+
+    def _send_json(self, status: int, payload: Any, headers: dict[str, str] | None = None) -> None:
+        data = json.dumps(payload).encode()
+        try:
+            self.send_response(status)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            for name, value in (headers or {}).items():
+                self.send_header(name, value)
+            self.end_headers()
+            self.wfile.write(data)
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # the client timed out and hung up
+
+
 def _handler_for(fake: FakeLLMServer) -> type[BaseHTTPRequestHandler]:
-    class Handler(BaseHTTPRequestHandler):
-        protocol_version = "HTTP/1.1"
-        timeout = 10  # an idle keep-alive connection must not hold a thread forever
-
-        def log_message(self, format: str, *args: Any) -> None:
-            pass  # keep test output clean
-
-        def do_GET(self) -> None:
-            kind = "anthropic" if "anthropic-version" in self.headers else "openai"
-            fake._record(self._recorded(kind if self._path() == "/v1/models" else "other", None))
-            if self._path() == "/v1/models":
-                self._send_json(200, models_body(kind))
-            else:
-                self._send_json(404, error_body(kind, 404, f"No route GET {self._path()}"))
-
-        def do_POST(self) -> None:
-            raw = self.rfile.read(int(self.headers.get("Content-Length") or 0))
-            try:
-                body = json.loads(raw) if raw else None
-            except ValueError:
-                body = None
-            path = self._path()
-            kind = {"/v1/chat/completions": "openai", "/v1/messages": "anthropic"}.get(path)
-            if kind is None:
-                fake._record(self._recorded("other", body))
-                self._send_json(404, error_body("openai", 404, f"No route POST {path}"))
-                return
-            spec = fake._record(self._recorded(kind, body))
-            if not isinstance(body, dict):
-                self._send_json(400, error_body(kind, 400, "The body is not a JSON object."))
-                return
-            if spec is None:
-                spec = {"content": _last_user_text(body.get("messages") or [])}
-            delay = float(spec.get("delay") or 0)
-            if delay and fake._stopping.wait(delay):
-                return  # the server is stopping: the client gave up long ago
-            if "status" in spec:
-                status = int(spec["status"])
-                headers = {str(k): str(v) for k, v in (spec.get("headers") or {}).items()}
-                self._send_json(status, error_body(kind, status, spec.get("message")), headers)
-                return
-            make = openai_completion if kind == "openai" else anthropic_message
-            self._send_json(200, make(body, spec))
-
-        def _path(self) -> str:
-            return self.path.split("?", 1)[0]
-
-        def _recorded(self, kind: str, body: Any) -> RecordedRequest:
-            return RecordedRequest(
-                kind=kind,
-                method=self.command,
-                path=self._path(),
-                headers={name.lower(): value for name, value in self.headers.items()},
-                body=body,
-            )
-
-        def _send_json(
-            self, status: int, payload: Any, headers: dict[str, str] | None = None
-        ) -> None:
-            data = json.dumps(payload).encode()
-            try:
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                for name, value in (headers or {}).items():
-                    self.send_header(name, value)
-                self.end_headers()
-                self.wfile.write(data)
-            except (BrokenPipeError, ConnectionResetError):
-                pass  # the client timed out and hung up
-
-    return Handler
+    return type("Handler", (_Handler,), {"fake": fake})
