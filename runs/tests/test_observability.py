@@ -639,7 +639,7 @@ def test_log_scopes_nest_and_never_leak():
 def test_logging_settings_install_the_filter():
     from django.conf import settings
 
-    assert settings.LOGGING["handlers"]["console"]["filters"] == ["run_context"]
+    assert settings.LOGGING["handlers"]["console"]["filters"] == ["run_context", "redact_secrets"]
     console = [
         h
         for h in logging.getLogger().handlers
