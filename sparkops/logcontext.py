@@ -36,10 +36,11 @@ F = TypeVar("F", bound=Callable[..., Any])
 @contextlib.contextmanager
 def scope(**fields: Any) -> Iterator[dict[str, Any]]:
     """A new scope that inherits the current fields; `bind()` inside it lasts until it closes."""
+    outermost = _fields.get() is None
     current = _fields.get() or {}
     token = _fields.set({**current, **{k: v for k, v in fields.items() if v is not None}})
-    outermost = _secrets.get() is None
-    secrets_token = _secrets.set(set()) if outermost else None
+    # The outermost scope owns a new set (keeping what was registered outside any scope).
+    secrets_token = _secrets.set(set(_secrets.get() or ())) if outermost else None
     try:
         yield _fields.get() or {}
     finally:

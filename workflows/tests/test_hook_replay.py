@@ -69,6 +69,9 @@ def test_body_time_outside_the_window_is_401_inside_is_accepted(cast, workflow):
     assert "head_commit.timestamp is 6" in replay.json()["detail"]
     assert "outside the 120-second replay window" in replay.json()["detail"]
 
+    # a redelivery of a known id with an old time is refused too, before the id is looked up
+    assert post(token, stale, github(stale, "d-1")).status_code == 401
+
     missing = json.dumps({"name": "Ada"}).encode()
     refused = post(token, missing, github(missing, "d-3"))
     assert refused.status_code == 401
