@@ -197,7 +197,9 @@ def _secret_in(value: Any) -> str | None:
         return "secrets"
     budget = _budget.get()
     known = budget.secrets if budget is not None else {}
-    if not known and not isinstance(value, Mapping | list | tuple | set | frozenset):
+    if not known:
+        # No secret value has been read in this render (reading one creates a SecretValue,
+        # which registers it), so no container or string can hold one: skip the walk.
         return None
     stack = [value]
     seen = 0
