@@ -134,21 +134,34 @@ def _redact(text: str, needles: list[str]) -> str:
     return text
 
 
+def _redact_value(value: Any, needles: list[str]) -> Any:
+    if isinstance(value, str):
+        return _redact(value, needles)
+    if isinstance(value, dict):
+        return {_redact_value(k, needles): _redact_value(v, needles) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_redact_value(v, needles) for v in value]
+    return value
+
+
 class SecretRedactFilter(logging.Filter):
     """Replaces the secrets registered in the current scope (see `add_secrets`) in the message,
-    the exception text and string extras of each record, and strips query strings and userinfo
-    from URLs in the lines of HTTP client libraries. Installed on the handlers, so it sees the
-    records of every logger, at every level."""
+    the exception text and the extras (strings, dicts, lists) of each record, and strips query
+    strings and userinfo from URLs in the lines of HTTP client libraries. Installed on the
+    handlers, so it sees the records of every logger, at every level."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         needles = sorted(_secrets.get() or (), key=len, reverse=True)
         http = record.name.split(".", 1)[0] in HTTP_LOGGERS
         if not needles and not http:
             return True
-        message = record.getMessage()
+        try:
+            message = record.getMessage()
+        except Exception:  # a malformed call: logging would print msg and args raw to stderr
+            message = f"{record.msg} {record.args!r}"
         cleaned = strip_urls(message) if http else message
         cleaned = _redact(cleaned, needles)
-        if cleaned != message:
+        if cleaned != message or record.args:
             record.msg, record.args = cleaned, None
         if record.exc_info and record.exc_info[0] is not None:
             text = logging.Formatter().formatException(record.exc_info)
@@ -159,6 +172,6 @@ class SecretRedactFilter(logging.Filter):
         if record.stack_info:
             record.stack_info = _redact(record.stack_info, needles)
         for key, value in list(vars(record).items()):
-            if key not in _RECORD_FIELDS and isinstance(value, str):
-                setattr(record, key, _redact(value, needles))
+            if needles and key not in _RECORD_FIELDS and isinstance(value, str | dict | list):
+                setattr(record, key, _redact_value(value, needles))
         return True

@@ -667,13 +667,20 @@ def test_secret_filter_redacts_message_exception_and_extras_and_forgets_after_th
     with logcontext.scope(run_id="r1"):
         with logcontext.scope(step="a"):
             logcontext.add_secrets([secret])  # read in an inner scope...
-        inside = record(url=f"https://x.test/?k={secret}")  # ...still hidden in the outer one
+        # ...still hidden in the outer one
+        inside = record(url=f"https://x.test/?k={secret}", payload={"items": [secret]})
         assert redactor.filter(inside)
     assert inside.getMessage() == "got ***"
     assert "boom ***" in inside.exc_text and secret not in inside.exc_text
     assert inside.url == "https://x.test/?k=***"
+    assert inside.payload == {"items": ["***"]}
     after = record()
     redactor.filter(after)
+    broken = logging.LogRecord("app", logging.INFO, __file__, 1, "%s %s", (secret,), None)
+    with logcontext.scope():
+        logcontext.add_secrets([secret])
+        redactor.filter(broken)  # too few arguments: logging would print them raw
+    assert secret not in broken.getMessage()
     assert after.getMessage() == f"got {secret}"  # the scope ended: nothing registered
 
     http = logging.LogRecord(
