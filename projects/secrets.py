@@ -13,7 +13,6 @@ from __future__ import annotations
 import base64
 import json
 from collections.abc import Iterable, Iterator, Mapping
-from functools import lru_cache
 from typing import Any
 from urllib.parse import quote, quote_plus
 
@@ -31,7 +30,6 @@ __all__ = ["REDACTED", "SecretBag", "SecretValue", "TemplateSecrets", "redact", 
 REDACTED = "***"
 
 
-@lru_cache(maxsize=1024)
 def secret_variants(value: str) -> frozenset[str]:
     """The forms `value` travels in: raw, URL-quoted (`quote` with and without `/` safe,
     `quote_plus`), JSON-escaped (ASCII or not), each of those upper- and lower-cased, and its
@@ -64,6 +62,7 @@ class SecretBag(Mapping[str, str]):
         self.project = project
         self._rows: dict[str, Secret] | None = None
         self.used: dict[str, str] = {}
+        self._forms: dict[str, frozenset[str]] = {}
         self._variants: set[str] = set()
 
     def _load(self) -> dict[str, Secret]:
@@ -74,16 +73,17 @@ class SecretBag(Mapping[str, str]):
 
     def __getitem__(self, name: str) -> str:
         if name in self.used:
-            value = self.used[name]
-            logcontext.add_secrets(secret_variants(value))
-            return value
+            # Registered again: this read may be in a log scope that the first one was not.
+            logcontext.add_secrets(self._forms[name])
+            return self.used[name]
         row = self._load().get(name)
         if row is None:
             raise InvalidInput(f"Secret '{name}' does not exist in this project.")
         value = crypto.decrypt(row.value_encrypted)
         self.used[name] = value
-        self._variants |= secret_variants(value)
-        logcontext.add_secrets(secret_variants(value))
+        self._forms[name] = secret_variants(value)  # once per secret and bag
+        self._variants |= self._forms[name]
+        logcontext.add_secrets(self._forms[name])
         Secret.objects.filter(pk=row.pk).update(last_used_at=timezone.now())
         return value
 
