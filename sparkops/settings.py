@@ -66,6 +66,7 @@ INSTALLED_APPS = [
 ]
 
 MIDDLEWARE = [
+    "sparkops.logcontext.LogScopeMiddleware",
     "django.middleware.security.SecurityMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "corsheaders.middleware.CorsMiddleware",
@@ -316,6 +317,13 @@ LOGGING = {
     "loggers": {
         "django.server": {"level": env.str("LOG_LEVEL_SERVER", default="INFO")},
         "django.db.backends": {"level": "INFO"},
+        # HTTP client libraries log full request URLs (query strings included) at INFO and
+        # headers/bodies at DEBUG: warnings only, whatever LOG_LEVEL says. The secret filter
+        # below strips and redacts their lines anyway.
+        **{
+            name: {"level": "WARNING"}
+            for name in ("httpx", "httpcore", "httpx2", "httpcore2", "openai", "anthropic")
+        },
     },
 }
 
@@ -376,8 +384,11 @@ CELERY_TASK_PUBLISH_RETRY_POLICY = {
 
 # --- Observability (README, "Observability") ------------------------------------------------------
 # Structured logs: engine log lines carry run_id, project_id, step (sparkops.logcontext).
-LOGGING["filters"] = {"run_context": {"()": "sparkops.logcontext.RunContextFilter"}}
-LOGGING["handlers"]["console"]["filters"] = ["run_context"]
+LOGGING["filters"] = {
+    "run_context": {"()": "sparkops.logcontext.RunContextFilter"},
+    "redact_secrets": {"()": "sparkops.logcontext.SecretRedactFilter"},
+}
+LOGGING["handlers"]["console"]["filters"] = ["run_context", "redact_secrets"]
 # Celery workers keep this LOGGING (JSON, run context) instead of installing their own handlers.
 CELERY_WORKER_HIJACK_ROOT_LOGGER = False
 

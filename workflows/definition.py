@@ -348,14 +348,24 @@ def _check_template(
             )
 
 
+def _reads_secrets(args: Any) -> bool:
+    try:
+        return "secrets" in templating.referenced_roots(args)
+    except InvalidInput:
+        return False  # the syntax error is reported on its own
+
+
 def validate_definition(
     definition: Any,
     *,
     agent_exists: Callable[[str], bool],
     tool_exists: Callable[[str], bool],
+    tool_host_from_args: Callable[[str], bool] | None = None,
 ) -> None:
     """Raise InvalidInput("Invalid workflow definition.") with every problem found, keyed by
-    location (`definition.nodes[2].depends_on`)."""
+    location (`definition.nodes[2].depends_on`). `tool_host_from_args(name)` says whether a
+    tool's URL takes its scheme, host or port from the arguments: such a tool gets no secret
+    in its arguments (it could send it anywhere)."""
     errors = _Errors()
     for error in _definition_validator.iter_errors(definition):
         for where, message in _schema_messages(error, "definition"):
@@ -405,6 +415,16 @@ def validate_definition(
                 known_tools[name] = tool_exists(name)
             if not known_tools[name]:
                 errors.add(f"definition.nodes[{index}].tool", f"Unknown tool {name!r}.")
+            elif (
+                tool_host_from_args is not None
+                and _reads_secrets(node.get("args"))
+                and tool_host_from_args(name)
+            ):
+                errors.add(
+                    f"definition.nodes[{index}].args",
+                    f"Secrets cannot be passed to tool {name!r}: its URL takes the scheme or "
+                    "host from the arguments, so a secret could be sent anywhere.",
+                )
         depends_on = node.get("depends_on")
         for dep in depends_on if isinstance(depends_on, list) else []:
             if isinstance(dep, str) and dep not in step_ids:

@@ -204,6 +204,25 @@ class WebhookTrigger(models.Model):
         help_text="Templates over body, headers and query giving the run input; empty: the "
         "JSON body is the input.",
     )
+    # Replay window. GitHub's signature covers the body only, so a captured delivery can be
+    # sent again under a fresh delivery id; these let a trigger refuse old deliveries.
+    timestamp_header = models.CharField(
+        max_length=100,
+        blank=True,
+        help_text="github only: a header with the send time (Unix seconds), signed with the "
+        "body (HMAC-SHA256 of `<timestamp>.<body>`).",
+    )
+    timestamp_field = models.CharField(
+        max_length=200,
+        blank=True,
+        help_text="github only: dotted path of a time in the (signed) JSON body, Unix seconds "
+        "or ISO 8601.",
+    )
+    tolerance_seconds = models.PositiveIntegerField(
+        default=300,
+        help_text="Deliveries whose signed time is further than this from now are refused "
+        "(standard: at most 300, the Standard Webhooks window).",
+    )
     enabled = models.BooleanField(default=True)
     last_delivery_at = models.DateTimeField(null=True, blank=True)
     created_by = models.ForeignKey(

@@ -90,11 +90,32 @@ def reference_checkers(project: Project) -> tuple[Callable[[str], bool], Callabl
     return agent_exists, tool_exists
 
 
+def tool_host_checker(project: Project) -> Callable[[str], bool]:
+    """Whether a tool usable in `project` is an HTTP tool whose URL takes its scheme or host
+    from the arguments."""
+    from tools.models import Tool
+    from tools.schema import static_origin
+
+    def host_from_args(name: str) -> bool:
+        tool = Tool.objects.usable_in(project).filter(name=name, status="active").first()
+        if tool is None or tool.kind != Tool.Kind.HTTP:
+            return False
+        url = (tool.config or {}).get("url")
+        return isinstance(url, str) and static_origin(url) is None
+
+    return host_from_args
+
+
 def workflow_validate(*, project: Project, definition: Any) -> dict[str, Any]:
     """Validates a definition for `project` without saving; returns its graph. Raises
     InvalidInput with errors keyed by path (`definition.nodes[1].agent`)."""
     agent_exists, tool_exists = reference_checkers(project)
-    validate_definition(definition, agent_exists=agent_exists, tool_exists=tool_exists)
+    validate_definition(
+        definition,
+        agent_exists=agent_exists,
+        tool_exists=tool_exists,
+        tool_host_from_args=tool_host_checker(project),
+    )
     return graph(definition)
 
 

@@ -13,6 +13,12 @@ under a budget kept in a context variable (so it works in worker threads, withou
   buffered blocks (`{% set %}...{% endset %}`, macros) included.
 
 A value that is exactly one `{{ expression }}` keeps its native JSON type.
+
+Secrets (`{{ secrets.NAME }}`) are `SecretValue` objects: plain interpolation renders them
+whole, and nothing may transform them. Filters, operators, `~`, calls, attribute and item
+access, and loops refuse a secret, a container holding one, and any string that holds the
+value of a secret read during the render (`{% set %}` blocks, macros and `join` turn a secret
+into a plain string; the value check catches it there), with an error naming the secret.
 """
 
 from __future__ import annotations
@@ -46,6 +52,7 @@ from jinja2.runtime import LoopContext, Macro, Undefined
 from jinja2.sandbox import ImmutableSandboxedEnvironment, SandboxedFormatter, SecurityError
 from jinja2.visitor import NodeTransformer
 
+from projects.secret_values import SecretValue, TemplateSecrets, accessing
 from sparkops.errors import InvalidInput
 
 MAX_OUTPUT_SIZE = 1_000_000  # characters in one rendered string (or one intermediate string)
@@ -82,6 +89,7 @@ class _Budget:
     deadline: float
     timeout: float
     max_size: int
+    secrets: dict[str, str]  # value -> name of the secrets read during the render
     emitted: int = 0
     iterations: int = 0
 
@@ -91,12 +99,18 @@ _budget: ContextVar[_Budget | None] = ContextVar("sparkops_template_budget", def
 
 @contextmanager
 def _render_budget(max_size: int, timeout: float) -> Iterator[_Budget]:
-    budget = _Budget(deadline=time.monotonic() + timeout, timeout=timeout, max_size=max_size)
-    token = _budget.set(budget)
-    try:
-        yield budget
-    finally:
-        _budget.reset(token)
+    with accessing() as secrets:
+        budget = _Budget(
+            deadline=time.monotonic() + timeout,
+            timeout=timeout,
+            max_size=max_size,
+            secrets=secrets,
+        )
+        token = _budget.set(budget)
+        try:
+            yield budget
+        finally:
+            _budget.reset(token)
 
 
 def _tick() -> None:
@@ -167,6 +181,60 @@ def _check_size(value: Any, what: str) -> None:
     limit = _limit()
     if _size(value, limit) > limit:
         raise _too_big(what)
+
+
+# --- secrets are whole values ------------------------------------------------------------
+
+MAX_SECRET_SCAN = 100_000  # items looked at when checking a value for secrets
+
+
+def _secret_in(value: Any) -> str | None:
+    """The name of a secret that `value` is, holds, or whose value it contains as text (the
+    `secrets` mapping itself counts as holding them all)."""
+    if isinstance(value, SecretValue):
+        return value.name
+    if isinstance(value, TemplateSecrets):
+        return "secrets"
+    budget = _budget.get()
+    known = budget.secrets if budget is not None else {}
+    if not known:
+        # No secret value has been read in this render (reading one creates a SecretValue,
+        # which registers it), so no container or string can hold one: skip the walk.
+        return None
+    stack = [value]
+    seen = 0
+    while stack and seen < MAX_SECRET_SCAN:
+        item = stack.pop()
+        seen += 1
+        if seen % 1024 == 0:
+            _tick()
+        if isinstance(item, SecretValue):
+            return item.name
+        if isinstance(item, TemplateSecrets):
+            return "secrets"
+        if isinstance(item, str):
+            for secret, name in known.items():
+                if secret in item:
+                    return name
+        elif isinstance(item, Mapping):
+            stack.extend(item.keys())
+            stack.extend(item.values())
+        elif isinstance(item, list | tuple | set | frozenset):
+            stack.extend(item)
+    return None
+
+
+def _refuse_secrets(what: str, *values: Any) -> None:
+    for value in values:
+        name = _secret_in(value)
+        if name == "secrets":
+            raise TemplateSecurityError(
+                f"The secrets mapping cannot be used in {what}; use {{{{ secrets.NAME }}}}."
+            )
+        if name is not None:
+            raise TemplateSecurityError(
+                f"Secret {name!r} can only be used as a whole value ({what} is not allowed)."
+            )
 
 
 # --- size checks for the operations that multiply data -------------------------------------
@@ -249,6 +317,8 @@ def _check_str_method(
 
 def _guarded(iterable: Iterable[Any], literal_size: int) -> Iterator[Any]:
     """Every template `for` loop iterates through this (see _Guard)."""
+    if isinstance(iterable, str | SecretValue):
+        _refuse_secrets("a loop over it", iterable)
     for item in iterable:
         budget = _budget.get()
         if budget is not None:
@@ -320,6 +390,8 @@ class SparkOpsSandbox(ImmutableSandboxedEnvironment):
 
     def getattr(self, obj: Any, attribute: str) -> Any:
         _tick()
+        if isinstance(obj, SecretValue | str):
+            _refuse_secrets(f"attribute {attribute!r}", obj)
         # Data first: `steps.items.output` means the step called "items", not dict.items.
         if isinstance(obj, Mapping) and isinstance(attribute, str):
             try:
@@ -334,6 +406,8 @@ class SparkOpsSandbox(ImmutableSandboxedEnvironment):
 
     def getitem(self, obj: Any, argument: Any) -> Any:
         _tick()
+        if isinstance(obj, SecretValue | str):
+            _refuse_secrets("indexing or slicing", obj)
         if isinstance(argument, str) and argument.startswith("_"):
             try:
                 return obj[argument]
@@ -345,6 +419,10 @@ class SparkOpsSandbox(ImmutableSandboxedEnvironment):
 
     def call(self, context: Any, obj: Any, /, *args: Any, **kwargs: Any) -> Any:
         _tick()
+        owner = getattr(obj, "__self__", None)
+        if isinstance(owner, str):
+            _refuse_secrets("calling a method on it", owner)
+        _refuse_secrets("passing it to a call", *args, *kwargs.values())
         if isinstance(obj, types.BuiltinMethodType) and isinstance(
             getattr(obj, "__self__", None), str
         ):
@@ -356,6 +434,7 @@ class SparkOpsSandbox(ImmutableSandboxedEnvironment):
 
     def call_binop(self, context: Any, operator: str, left: Any, right: Any) -> Any:
         _tick()
+        _refuse_secrets(f"the operator {operator!r}", left, right)
         _check_binop(operator, left, right)
         return super().call_binop(context, operator, left, right)
 
@@ -386,7 +465,14 @@ class SparkOpsSandbox(ImmutableSandboxedEnvironment):
     def sparkops_loop(self, iterable: Iterable[Any], literal_size: int) -> Iterator[Any]:
         return _guarded(iterable, literal_size)
 
+    def sparkops_slice(self, obj: Any, start: Any, stop: Any, step: Any) -> Any:
+        _tick()
+        if isinstance(obj, SecretValue | str):
+            _refuse_secrets("slicing", obj)
+        return obj[start:stop:step]
+
     def sparkops_concat(self, *parts: Any) -> str:
+        _refuse_secrets("the operator '~'", *parts)
         limit = _limit()
         total = 0
         for part in parts:
@@ -397,6 +483,8 @@ class SparkOpsSandbox(ImmutableSandboxedEnvironment):
 
 
 def _finalize(value: Any) -> Any:
+    if isinstance(value, SecretValue):
+        value = str(value)
     size = len(value) if isinstance(value, str) else _size(value, _limit())
     if size > _limit():
         raise _too_big("An output expression")
@@ -411,13 +499,16 @@ def _safe_range(*args: int) -> range:
     return rng
 
 
-def _checked_filter(func: Callable[..., Any], *, stringifies: bool) -> Callable[..., Any]:
+def _checked_filter(
+    func: Callable[..., Any], *, stringifies: bool, name: str = ""
+) -> Callable[..., Any]:
     """Tick the clock, check the input of filters that turn it into a string, cap the output."""
     offset = 1 if hasattr(func, "jinja_pass_arg") else 0
 
     @wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         _tick()
+        _refuse_secrets(f"the filter {name!r}", *args[offset:], *kwargs.values())
         if stringifies and len(args) > offset and not isinstance(args[offset], str):
             _check_size(args[offset], "The filter input")
         result = func(*args, **kwargs)
@@ -524,9 +615,9 @@ def _build_env() -> SparkOpsSandbox:
     environment.globals.update({"range": _safe_range, "dict": dict})
     filters: dict[str, Callable[..., Any]] = {}
     for name in _PLAIN_FILTERS:
-        filters[name] = _checked_filter(jinja_filters.FILTERS[name], stringifies=False)
+        filters[name] = _checked_filter(jinja_filters.FILTERS[name], stringifies=False, name=name)
     for name in _STRING_FILTERS:
-        filters[name] = _checked_filter(jinja_filters.FILTERS[name], stringifies=True)
+        filters[name] = _checked_filter(jinja_filters.FILTERS[name], stringifies=True, name=name)
     custom = {
         "attr": _filter_attr,
         "tojson": _filter_tojson,
@@ -537,7 +628,7 @@ def _build_env() -> SparkOpsSandbox:
         "sum": _filter_sum,
     }
     for name, func in custom.items():
-        filters[name] = _checked_filter(func, stringifies=False)
+        filters[name] = _checked_filter(func, stringifies=False, name=name)
     environment.filters.clear()
     environment.filters.update(filters)
     return environment
@@ -573,6 +664,24 @@ class _Guard(NodeTransformer):
         return nodes.Call(
             nodes.EnvironmentAttribute("sparkops_concat", lineno=node.lineno),
             list(node.nodes),
+            [],
+            None,
+            None,
+            lineno=node.lineno,
+        )
+
+    def visit_Getitem(self, node: nodes.Getitem) -> nodes.Node:
+        # Jinja subscripts slices directly (not through environment.getitem).
+        self.generic_visit(node)
+        if not isinstance(node.arg, nodes.Slice) or node.ctx != "load":
+            return node
+        bounds = [
+            part if part is not None else nodes.Const(None, lineno=node.lineno)
+            for part in (node.arg.start, node.arg.stop, node.arg.step)
+        ]
+        return nodes.Call(
+            nodes.EnvironmentAttribute("sparkops_slice", lineno=node.lineno),
+            [node.node, *bounds],
             [],
             None,
             None,
@@ -718,6 +827,10 @@ def _native(value: Any, remaining: list[int], depth: int = 0) -> Any:
         raise TemplateSecurityError(
             f"Expression result is larger than the limit of {MAX_VALUE_SIZE} characters."
         )
+    if isinstance(value, SecretValue):
+        value = str(value)
+    elif isinstance(value, TemplateSecrets):
+        raise TemplateSecurityError("The secrets mapping cannot be output; use secrets.NAME.")
     if value is None or isinstance(value, bool | int):
         return value
     if isinstance(value, float):

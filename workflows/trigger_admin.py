@@ -309,6 +309,9 @@ with contextlib.suppress(NotRegistered):
 admin.site.register(PeriodicTask, ManagedPeriodicTaskAdmin)
 
 
+_WINDOW_FIELDS = ("timestamp_header", "timestamp_field", "tolerance_seconds")
+
+
 class WebhookTriggerForm(forms.ModelForm):
     input_mapping = PrettyJSONField(required=False, widget=forms.Textarea(attrs={"rows": 8}))
     new_secret = forms.CharField(
@@ -322,7 +325,15 @@ class WebhookTriggerForm(forms.ModelForm):
 
     class Meta:
         model = WebhookTrigger
-        fields = ["workflow", "name", "description", "signature", "input_mapping", "enabled"]
+        fields = [
+            "workflow",
+            "name",
+            "description",
+            "signature",
+            "input_mapping",
+            *_WINDOW_FIELDS,
+            "enabled",
+        ]
 
     def clean(self) -> dict[str, Any]:
         cleaned = super().clean()
@@ -330,7 +341,8 @@ class WebhookTriggerForm(forms.ModelForm):
             return cleaned
         if cleaned.get("input_mapping") == "":
             cleaned["input_mapping"] = None
-        fields = {k: cleaned[k] for k in ("name", "signature", "input_mapping") if k in cleaned}
+        names = ("name", "signature", "input_mapping", *_WINDOW_FIELDS)
+        fields = {k: cleaned[k] for k in names if k in cleaned}
         if cleaned.get("new_secret"):
             fields["secret"] = cleaned["new_secret"]
         try:
@@ -383,7 +395,14 @@ class WebhookTriggerAdmin(ProjectScopedAdmin, _WorkflowChoices, admin.ModelAdmin
         data = form.cleaned_data
         fields = {
             k: data[k]
-            for k in ("name", "description", "signature", "input_mapping", "enabled")
+            for k in (
+                "name",
+                "description",
+                "signature",
+                "input_mapping",
+                "enabled",
+                *_WINDOW_FIELDS,
+            )
             if k in data
         }
         if data.get("new_secret"):

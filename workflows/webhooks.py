@@ -6,6 +6,13 @@ trigger may also require a signature over the raw body: Standard Webhooks (`webh
 `standardwebhooks` package) or GitHub's `X-Hub-Signature-256`. A delivery id
 (`webhook-id`, `X-GitHub-Delivery`, `Idempotency-Key` or `X-Request-Id`) is recorded with the
 run it started under a unique constraint, so a redelivery answers the same run.
+
+Replay window: Standard Webhooks signs `webhook-timestamp` (5-minute tolerance in the
+library; `tolerance_seconds` can narrow it). GitHub signs the body only and sends no time, so
+a captured delivery can be replayed under a fresh `X-GitHub-Delivery`; a `github` trigger can
+opt in to a window over a signed time: `timestamp_header` (the header's value is signed with
+the body, HMAC-SHA256 of `<timestamp>.<body>`, for GitHub-style senders that send one) or
+`timestamp_field` (a time inside the signed JSON body).
 """
 
 from __future__ import annotations
@@ -15,8 +22,11 @@ import binascii
 import hashlib
 import hmac
 import json
+import re
 import secrets
+import time
 from collections.abc import Mapping
+from datetime import datetime
 from typing import Any
 
 from django.conf import settings
@@ -32,7 +42,20 @@ from . import templating
 from .models import WebhookReceipt, WebhookTrigger, Workflow
 
 TOKEN_PREFIX = "whk_"
-EDITABLE_FIELDS = {"name", "description", "signature", "secret", "input_mapping", "enabled"}
+EDITABLE_FIELDS = {
+    "name",
+    "description",
+    "signature",
+    "secret",
+    "input_mapping",
+    "enabled",
+    "timestamp_header",
+    "timestamp_field",
+    "tolerance_seconds",
+}
+STANDARD_TOLERANCE = 300  # seconds; the standardwebhooks library's own window
+MAX_TOLERANCE = 86_400
+_HEADER_NAME = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]{1,100}$")
 MAPPING_ROOTS = frozenset({"body", "headers", "query"})
 # Checked in this order; the first one present is the delivery id.
 DELIVERY_HEADERS = ("webhook-id", "x-github-delivery", "idempotency-key", "x-request-id")
@@ -128,9 +151,40 @@ def trigger_clean(fields: dict[str, Any]) -> dict[str, Any]:
             cleaned["input_mapping"] = mapping_clean(cleaned["input_mapping"], MAPPING_ROOTS)
         except InvalidInput as exc:
             errors.update(exc.errors or {})
+    errors.update(_window_errors(cleaned))
     if errors:
         raise InvalidInput("Invalid input.", errors=errors)
     return cleaned
+
+
+def _window_errors(cleaned: dict[str, Any]) -> dict[str, list[str]]:
+    """`cleaned` holds the trigger's resulting signature, timestamp_header, timestamp_field and
+    tolerance_seconds (the update service fills in the saved ones)."""
+    errors: dict[str, list[str]] = {}
+    signature = cleaned.get("signature")
+    header = cleaned.get("timestamp_header") or ""
+    field = cleaned.get("timestamp_field") or ""
+    tolerance = cleaned.get("tolerance_seconds", STANDARD_TOLERANCE)
+    if not isinstance(header, str) or (header and not _HEADER_NAME.match(header)):
+        errors["timestamp_header"] = ["Must be an HTTP header name."]
+    if not isinstance(field, str) or (field and not all(field.split("."))):
+        errors["timestamp_field"] = ["Must be a dotted path such as `head_commit.timestamp`."]
+    for name, value in (("timestamp_header", header), ("timestamp_field", field)):
+        if value and signature != WebhookTrigger.Signature.GITHUB and name not in errors:
+            errors[name] = [
+                "Only for signature 'github' (standard signs webhook-timestamp already)."
+            ]
+    if header and field and "timestamp_field" not in errors:
+        errors["timestamp_field"] = ["Give timestamp_header or timestamp_field, not both."]
+    if isinstance(tolerance, bool) or not isinstance(tolerance, int):
+        errors["tolerance_seconds"] = ["Must be an integer."]
+    elif not 1 <= tolerance <= MAX_TOLERANCE:
+        errors["tolerance_seconds"] = [f"Must be from 1 to {MAX_TOLERANCE} seconds."]
+    elif signature == WebhookTrigger.Signature.STANDARD and tolerance > STANDARD_TOLERANCE:
+        errors["tolerance_seconds"] = [
+            f"At most {STANDARD_TOLERANCE} with signature 'standard' (its own window)."
+        ]
+    return errors
 
 
 # --- writes ----------------------------------------------------------------------------------
@@ -172,7 +226,11 @@ def webhook_trigger_update(
     if unknown:
         raise InvalidInput(f"Cannot change {', '.join(sorted(unknown))}.")
     signature = fields.get("signature", trigger.signature)
-    cleaned = trigger_clean({**fields, "signature": signature})
+    window = {
+        name: getattr(trigger, name)
+        for name in ("timestamp_header", "timestamp_field", "tolerance_seconds")
+    }
+    cleaned = trigger_clean({**window, **fields, "signature": signature})
     cleaned = {k: v for k, v in cleaned.items() if k in fields}
     generated = ""
     secret = cleaned.pop("secret", None)
@@ -235,13 +293,72 @@ def verify_signature(trigger: WebhookTrigger, body: bytes, headers: Mapping[str,
             raise InvalidSignature(f"Invalid webhook signature: {exc}.") from None
         except (ValueError, TypeError, binascii.Error, UnicodeDecodeError):
             raise InvalidSignature("Invalid webhook signature: malformed headers.") from None
+        _check_window(trigger, _standard_time(headers), "webhook-timestamp")
         return
+    signed = body
+    header = trigger.timestamp_header
+    stamp = ""
+    if header:
+        stamp = (headers.get(header.lower()) or "").strip()
+        if not stamp:
+            raise InvalidSignature(f"Invalid webhook signature: {header} is missing.")
+        signed = stamp.encode() + b"." + body
     given = headers.get("x-hub-signature-256", "")
-    expected = "sha256=" + hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
+    expected = "sha256=" + hmac.new(secret.encode(), signed, hashlib.sha256).hexdigest()
     if not given:
         raise InvalidSignature("Invalid webhook signature: X-Hub-Signature-256 is missing.")
     if not hmac.compare_digest(given.encode(), expected.encode()):
         raise InvalidSignature("Invalid webhook signature: X-Hub-Signature-256 does not match.")
+    if header:
+        _check_window(trigger, _parse_time(stamp), header)
+    elif trigger.timestamp_field:
+        _check_window(trigger, _body_time(body, trigger.timestamp_field), trigger.timestamp_field)
+
+
+def _parse_time(value: Any) -> float | None:
+    """Unix seconds (number or digits) or an ISO 8601 time with an offset; None otherwise."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int | float):
+        return float(value)
+    if not isinstance(value, str):
+        return None
+    text = value.strip()
+    if re.fullmatch(r"\d{1,12}(\.\d+)?", text):
+        return float(text)
+    try:
+        parsed = datetime.fromisoformat(text)
+    except ValueError:
+        return None
+    return parsed.timestamp() if parsed.tzinfo is not None else None
+
+
+def _standard_time(headers: Mapping[str, str]) -> float | None:
+    return _parse_time(headers.get("webhook-timestamp", ""))
+
+
+def _body_time(body: bytes, path: str) -> float | None:
+    value: Any = _parse_body(body)
+    for part in path.split("."):
+        if not isinstance(value, dict) or part not in value:
+            return None
+        value = value[part]
+    return _parse_time(value)
+
+
+def _check_window(trigger: WebhookTrigger, sent: float | None, where: str) -> None:
+    if sent is None:
+        raise InvalidSignature(
+            f"Stale delivery refused: {where} holds no time (Unix seconds or ISO 8601 with an "
+            "offset)."
+        )
+    age = time.time() - sent
+    if abs(age) > trigger.tolerance_seconds:
+        when = "old" if age > 0 else "in the future"
+        raise InvalidSignature(
+            f"Stale delivery refused: {where} is {abs(int(age))} seconds {when}, outside the "
+            f"{trigger.tolerance_seconds}-second replay window."
+        )
 
 
 def delivery_id_of(headers: Mapping[str, str]) -> str | None:

@@ -69,7 +69,7 @@ def template_context(run: Run, steps: dict[str, Any], secrets: SecretBag | None)
         "input": run.input,
         "steps": {node_id: state(step) for node_id, step in steps.items()},
         "run": {"id": str(run.pk), "workflow": str(run.workflow_id), "trigger": run.trigger},
-        "secrets": secrets if secrets is not None else {},
+        "secrets": secrets.template_view() if secrets is not None else {},
     }
 
 

@@ -639,10 +639,58 @@ def test_log_scopes_nest_and_never_leak():
 def test_logging_settings_install_the_filter():
     from django.conf import settings
 
-    assert settings.LOGGING["handlers"]["console"]["filters"] == ["run_context"]
+    assert settings.LOGGING["handlers"]["console"]["filters"] == ["run_context", "redact_secrets"]
     console = [
         h
         for h in logging.getLogger().handlers
         if any(isinstance(f, logcontext.RunContextFilter) for f in h.filters)
     ]
     assert console
+
+
+def test_secret_filter_redacts_message_exception_and_extras_and_forgets_after_the_scope():
+    secret = "s3cr3t-v4lue"
+    redactor = logcontext.SecretRedactFilter()
+
+    def record(**extra):
+        try:
+            raise ValueError(f"boom {secret}")
+        except ValueError:
+            import sys
+
+            item = logging.LogRecord("app", logging.ERROR, __file__, 1, "got %s", (secret,), None)
+            item.exc_info = sys.exc_info()
+        for key, value in extra.items():
+            setattr(item, key, value)
+        return item
+
+    with logcontext.scope(run_id="r1"):
+        with logcontext.scope(step="a"):
+            logcontext.add_secrets([secret])  # read in an inner scope...
+        # ...still hidden in the outer one
+        inside = record(url=f"https://x.test/?k={secret}", payload={"items": [secret]})
+        assert redactor.filter(inside)
+    assert inside.getMessage() == "got ***"
+    assert "boom ***" in inside.exc_text and secret not in inside.exc_text
+    assert inside.url == "https://x.test/?k=***"
+    assert inside.payload == {"items": ["***"]}
+    after = record()
+    redactor.filter(after)
+    broken = logging.LogRecord("app", logging.INFO, __file__, 1, "%s %s", (secret,), None)
+    with logcontext.scope():
+        logcontext.add_secrets([secret])
+        redactor.filter(broken)  # too few arguments: logging would print them raw
+    assert secret not in broken.getMessage()
+    assert after.getMessage() == f"got {secret}"  # the scope ended: nothing registered
+
+    http = logging.LogRecord(
+        "httpx",
+        logging.INFO,
+        __file__,
+        1,
+        'HTTP Request: GET %s "200"',
+        ("https://u:p@h.test/a?q=1",),
+        None,
+    )
+    redactor.filter(http)
+    assert http.getMessage() == 'HTTP Request: GET https://h.test/a "200"'

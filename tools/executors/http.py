@@ -12,8 +12,8 @@ from typing import Any
 
 from django.conf import settings
 
-from projects.secrets import SecretBag, redact
-from sparkops import egress
+from projects.secrets import SecretBag
+from sparkops import egress, logcontext
 from sparkops.errors import SparkOpsError
 
 from ..schema import static_origin
@@ -23,7 +23,6 @@ DEFAULT_RETRY_BACKOFF_SECONDS = 0.5
 MAX_RETRY_DELAY_SECONDS = 5.0
 ERROR_BODY_CHARS = 500
 RETRYABLE_STATUSES = frozenset({429, 500, 502, 503, 504}) | frozenset(range(505, 600))
-_UNRESERVED = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~")
 
 
 class _RenderError(Exception):
@@ -65,12 +64,6 @@ def _query(rendered: dict[str, Any]) -> list[tuple[str, str]]:
     return params
 
 
-def _percent_encoded(value: str) -> str:
-    return "".join(
-        ch if ch in _UNRESERVED else "".join(f"%{byte:02X}" for byte in ch.encode()) for ch in value
-    )
-
-
 class _Request:
     """The rendered request and the derived secret forms to redact from what comes back."""
 
@@ -81,13 +74,20 @@ class _Request:
         secrets: SecretBag,
         idempotency_key: str | None,
     ) -> None:
-        context = {"args": arguments, "secrets": secrets}
+        context = {"args": arguments, "secrets": secrets.template_view()}
         self.sensitive: list[str] = []
         self.method = config["method"].upper()
         url = _render(config["url"], context, "config.url")
         if not isinstance(url, str):
             raise _RenderError("config.url must render to a string.")
         origin = static_origin(config["url"])
+        if origin is None and secrets.redact(arguments) != arguments:
+            # The workflow read a secret and passes it in the arguments, which also pick the
+            # host: refused at save time too, checked here in case the tool changed since.
+            raise _RenderError(
+                "The arguments carry a secret, but this tool's URL takes its scheme or host "
+                "from the arguments: a secret could be sent anywhere."
+            )
         if origin is not None and static_origin(url) != origin:
             raise _RenderError(
                 f"The arguments changed the URL's scheme or host (expected {origin})."
@@ -122,11 +122,10 @@ class _Request:
             token = base64.b64encode(f"{username}:{password}".encode()).decode("ascii")
             self.headers["Authorization"] = f"Basic {token}"
             self.sensitive.append(token)
+            logcontext.add_secrets([token])
 
     def redact(self, secrets: SecretBag, value: Any) -> Any:
-        values = [v for v in secrets.used.values() if v]
-        variants = [_percent_encoded(v) for v in values]
-        return redact(value, [*values, *variants, *self.sensitive])
+        return secrets.redact(value, self.sensitive)
 
 
 def _output(response: egress.EgressResponse, method: str) -> Any:

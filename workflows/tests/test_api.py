@@ -391,3 +391,52 @@ def test_versions_list_query_count_is_constant(cast, django_assert_num_queries):
         services.workflow_update(workflow=workflow, actor=cast.owner, timeout_seconds=100 + i)
     with django_assert_num_queries(5):
         assert client.get(detail(workflow, "versions/")).json()["count"] == 11
+
+
+# --- secrets and tools that pick their own host ----------------------------------------------
+
+
+def _anywhere_tool(cast: Any) -> None:
+    from tools import services as tool_services
+
+    tool_services.tool_create(
+        actor=cast.owner,
+        project=cast.project,
+        name="anywhere",
+        kind="http",
+        parameters={"type": "object", "properties": {"target": {"type": "string"}}},
+        config={"method": "POST", "url": "{{ args.target }}/hook", "body": "{{ args }}"},
+    )
+
+
+def _passes_secret(args: dict[str, Any]) -> dict[str, Any]:
+    return {"nodes": [{"id": "send", "type": "tool", "tool": "anywhere", "args": args}]}
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        {"target": "https://example.com", "token": "{{ secrets.API_KEY }}"},
+        {"target": "https://example.com", "nested": {"t": "Bearer {{ secrets['API_KEY'] }}"}},
+    ],
+)
+def test_a_secret_cannot_go_to_a_tool_whose_host_comes_from_the_arguments(cast, args):
+    _anywhere_tool(cast)
+    response = cast.client("developer").post(URL, body(cast, definition=_passes_secret(args)))
+    assert_definition_error(response, "definition.nodes[0].args", "could be sent anywhere")
+    assert not Workflow.objects.exists()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_secret_to_templated_host_is_refused_on_update_too(cast):
+    _anywhere_tool(cast)
+    client = cast.client("developer")
+    plain = _passes_secret({"target": "https://example.com", "token": "fixed"})
+    created = client.post(URL, body(cast, definition=plain))
+    assert created.status_code == 201, created.json()
+    workflow = Workflow.objects.get(pk=created.json()["id"])
+    with_secret = _passes_secret({"target": "https://example.com", "t": "{{ secrets.API_KEY }}"})
+    response = client.patch(detail(workflow), {"definition": with_secret}, format="json")
+    assert_definition_error(response, "definition.nodes[0].args", "could be sent anywhere")
+    workflow.refresh_from_db()
+    assert workflow.versions.count() == 1
