@@ -372,23 +372,36 @@ def validate_definition(
             errors.add(where, message)
     if not isinstance(definition, dict):
         raise InvalidInput("Invalid workflow definition.", errors=errors)
-
-    input_schema = definition.get("input_schema")
-    if isinstance(input_schema, dict):
-        try:
-            Draft202012Validator.check_schema(input_schema)
-        except SchemaError as exc:
-            where = _location("definition.input_schema", exc.absolute_path)
-            errors.add(where, f"Not a valid JSON Schema: {exc.message}")
-
+    _check_input_schema(errors, definition.get("input_schema"))
     raw_nodes = definition.get("nodes")
     indexed = [
         (index, node)
         for index, node in enumerate(raw_nodes if isinstance(raw_nodes, list) else [])
         if isinstance(node, dict)
     ]
+    positions = _node_positions(errors, indexed)
+    references = _References(errors, agent_exists, tool_exists, tool_host_from_args)
+    for index, node in indexed:
+        references.check(index, node, step_ids=set(positions))
+    _check_cycles(errors, definition, positions)
+    _check_templates(errors, definition, indexed, step_ids=set(positions))
+    if errors:
+        raise InvalidInput("Invalid workflow definition.", errors=dict(errors))
 
-    # Duplicate ids: every occurrence is reported, so each is easy to find.
+
+def _check_input_schema(errors: _Errors, input_schema: Any) -> None:
+    if not isinstance(input_schema, dict):
+        return
+    try:
+        Draft202012Validator.check_schema(input_schema)
+    except SchemaError as exc:
+        where = _location("definition.input_schema", exc.absolute_path)
+        errors.add(where, f"Not a valid JSON Schema: {exc.message}")
+
+
+def _node_positions(errors: _Errors, indexed: list[tuple[int, dict]]) -> dict[str, list[int]]:
+    """Where each node id stands; duplicates are reported at every occurrence, so each is
+    easy to find."""
     positions: dict[str, list[int]] = {}
     for index, node in indexed:
         if isinstance(node.get("id"), str):
@@ -397,42 +410,62 @@ def validate_definition(
         if len(where_found) > 1:
             for index in where_found:
                 errors.add(f"definition.nodes[{index}].id", f"Duplicate node id {node_id!r}.")
-    step_ids = set(positions)
+    return positions
 
-    known_agents: dict[str, bool] = {}
-    known_tools: dict[str, bool] = {}
-    for index, node in indexed:
+
+class _References:
+    """Agents, tools and upstream nodes a node names, each looked up once per definition."""
+
+    def __init__(
+        self,
+        errors: _Errors,
+        agent_exists: Callable[[str], bool],
+        tool_exists: Callable[[str], bool],
+        tool_host_from_args: Callable[[str], bool] | None,
+    ) -> None:
+        self.errors = errors
+        self.agent_exists = agent_exists
+        self.tool_exists = tool_exists
+        self.tool_host_from_args = tool_host_from_args
+        self.agents: dict[str, bool] = {}
+        self.tools: dict[str, bool] = {}
+
+    def check(self, index: int, node: dict[str, Any], *, step_ids: set[str]) -> None:
+        base = f"definition.nodes[{index}]"
         node_type = node.get("type")
         if node_type == "agent" and isinstance(node.get("agent"), str) and node["agent"]:
             slug = node["agent"]
-            if slug not in known_agents:
-                known_agents[slug] = agent_exists(slug)
-            if not known_agents[slug]:
-                errors.add(f"definition.nodes[{index}].agent", f"Unknown agent {slug!r}.")
+            if slug not in self.agents:
+                self.agents[slug] = self.agent_exists(slug)
+            if not self.agents[slug]:
+                self.errors.add(f"{base}.agent", f"Unknown agent {slug!r}.")
         if node_type == "tool" and isinstance(node.get("tool"), str) and node["tool"]:
-            name = node["tool"]
-            if name not in known_tools:
-                known_tools[name] = tool_exists(name)
-            if not known_tools[name]:
-                errors.add(f"definition.nodes[{index}].tool", f"Unknown tool {name!r}.")
-            elif (
-                tool_host_from_args is not None
-                and _reads_secrets(node.get("args"))
-                and tool_host_from_args(name)
-            ):
-                errors.add(
-                    f"definition.nodes[{index}].args",
-                    f"Secrets cannot be passed to tool {name!r}: its URL takes the scheme or "
-                    "host from the arguments, so a secret could be sent anywhere.",
-                )
+            self._check_tool(base, node["tool"], node.get("args"))
         depends_on = node.get("depends_on")
         for dep in depends_on if isinstance(depends_on, list) else []:
             if isinstance(dep, str) and dep not in step_ids:
-                errors.add(f"definition.nodes[{index}].depends_on", f"Unknown node {dep!r}.")
+                self.errors.add(f"{base}.depends_on", f"Unknown node {dep!r}.")
 
-    deps = _dependencies(definition)
+    def _check_tool(self, base: str, name: str, args: Any) -> None:
+        if name not in self.tools:
+            self.tools[name] = self.tool_exists(name)
+        if not self.tools[name]:
+            self.errors.add(f"{base}.tool", f"Unknown tool {name!r}.")
+        elif (
+            self.tool_host_from_args is not None
+            and _reads_secrets(args)
+            and self.tool_host_from_args(name)
+        ):
+            self.errors.add(
+                f"{base}.args",
+                f"Secrets cannot be passed to tool {name!r}: its URL takes the scheme or "
+                "host from the arguments, so a secret could be sent anywhere.",
+            )
+
+
+def _check_cycles(errors: _Errors, definition: Any, positions: dict[str, list[int]]) -> None:
     try:
-        _layers(deps)
+        _layers(_dependencies(definition))
     except graphlib.CycleError as exc:
         cycle = exc.args[1]
         # cycle[1] depends on cycle[0]: report it where that dependency is written.
@@ -442,6 +475,11 @@ def validate_definition(
             f"Dependency cycle: {' -> '.join(cycle)}.",
         )
 
+
+def _check_templates(
+    errors: _Errors, definition: Any, indexed: list[tuple[int, dict]], *, step_ids: set[str]
+) -> None:
+    """Every template a node or the output holds parses and reads only steps upstream of it."""
     ancestors = upstream(definition)
     for index, node in indexed:
         node_id = node.get("id") if isinstance(node.get("id"), str) else None
@@ -477,9 +515,6 @@ def validate_definition(
                 allowed_steps=None,
                 node_id=None,
             )
-
-    if errors:
-        raise InvalidInput("Invalid workflow definition.", errors=dict(errors))
 
 
 def validate_input(input_schema: dict[str, Any] | None, data: Any) -> None:
