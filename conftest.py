@@ -23,7 +23,7 @@ def _fast_and_isolated(settings: Any) -> None:
     settings.CACHES = caches
     # Workflow versions are cached per process by primary key (they are immutable and, in a
     # real database, ids are never reused); a test's rolled-back rows are, so start clean.
-    from runs.services.steps import _snapshot
+    from runs.services.state import _snapshot
 
     _snapshot.cache_clear()
 

@@ -1,6 +1,6 @@
 """Budget periods, charging and spend.
 
-Charging (`usage_charge`) runs inside the transaction of `runs.services.steps.usage_record`,
+Charging (`usage_charge`) runs inside the transaction of `runs.services.usage.usage_record`,
 which charges the call to its step only while the step's attempt is current and running: a
 redelivered or superseded attempt raises there before anything is charged, so each model call
 is charged to its budgets exactly once. Spend rows are updated with `F()` (atomic, no lost

@@ -173,7 +173,7 @@ class Budget(models.Model):
 
 class BudgetSpend(models.Model):
     """What one budget spent in one period. Charged with an atomic `F()` update inside the
-    transaction that charges the model call to its step (runs.services.steps.usage_record),
+    transaction that charges the model call to its step (runs.services.usage.usage_record),
     which the step's attempt fence gates: a redelivered or superseded attempt charges nothing."""
 
     budget = models.ForeignKey(Budget, on_delete=models.CASCADE, related_name="spends")

@@ -90,7 +90,7 @@ def step_scope(func: F) -> F:
 def step_span(step: Any, attempt: int) -> Iterator[Any]:
     """Around the execution of one step attempt: the step span (child of the run span), log
     context, the attempt's duration and queue wait."""
-    from runs.services.steps import StepError, StepPaused, StepSuperseded
+    from runs.engine.errors import StepError, StepPaused, StepSuperseded
 
     run = step.run
     logcontext.bind(
@@ -160,7 +160,7 @@ def _run_context(run_id: Any) -> Any:
 
 
 def _node(run: Any, node_id: str) -> dict[str, Any]:
-    from runs.services.steps import node_of
+    from runs.services.state import node_of
 
     try:
         return node_of(run, node_id)

@@ -28,9 +28,9 @@ def _forget_version_snapshots() -> Any:
     primary key for the process's life; SQLite hands the same keys out again after this
     test's rollback, so a later engine test would read this test's definition."""
     yield
-    from runs.services import steps
+    from runs.services import state
 
-    cached = getattr(steps, "_snapshot", None)
+    cached = getattr(state, "_snapshot", None)
     if cached is not None and hasattr(cached, "cache_clear"):
         cached.cache_clear()
 

@@ -1,5 +1,5 @@
 """Budgets without a worker: charging through the engine's real charging path
-(runs.services.steps.usage_record, which is what the agent loop calls), exactly once, the
+(runs.services.usage.usage_record, which is what the agent loop calls), exactly once, the
 threshold and limit events, period roll-over with a frozen "now", and run starts refused."""
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from policies.models import BudgetSpend, PolicyDecision, UsageRecord
 from policies.tests.factories import agent_workflow, make_agent, make_budget
 from runs import services
 from runs.models import Run, RunEvent, RunStep
-from runs.services import steps
+from runs.services import attempts, usage
 from runs.tests.conftest import sends_lost
 from runs.tests.factories import make_workflow, transform
 from sparkops.errors import SparkOpsError
@@ -37,7 +37,7 @@ def running_step(cast, workflow=None):
 
 
 def charge(step, cost, attempt=1):
-    steps.usage_record(
+    usage.usage_record(
         step=step,
         attempt=attempt,
         input_tokens=10,
@@ -109,7 +109,7 @@ def test_a_redelivered_completion_does_not_double_charge(cast):
     budget = make_budget(cast.project, cast.owner)
     step = running_step(cast)
     charge(step, "0.25")
-    assert steps.step_succeed(step=step, attempt=1, output={"text": "ok"}) is True
+    assert attempts.step_succeed(step=step, attempt=1, output={"text": "ok"}) is True
     # The same attempt delivered again: its charge is refused by the attempt fence.
     with pytest.raises(services.StepSuperseded):
         charge(step, "0.25")
@@ -123,7 +123,7 @@ def test_a_superseded_attempt_charges_nothing(cast):
     budget = make_budget(cast.project, cast.owner)
     step = running_step(cast)
     charge(step, "0.25")
-    assert steps.step_recover(step_id=step.pk, attempt=1, reason="test") is True
+    assert attempts.step_recover(step_id=step.pk, attempt=1, reason="test") is True
     with pytest.raises(services.StepSuperseded):
         charge(step, "0.25", attempt=1)  # the lost worker comes back
     assert spend_of(budget) == Decimal("0.25")

@@ -3,7 +3,7 @@
 system prompt + rendered prompt → model → for each tool call: validate the arguments against
 the tool's JSON Schema (an invalid call is reported back to the model, not crashed on),
 execute, feed the result back → until a final answer or `max_iterations`. Each model call is
-charged and logged once (runs.services.steps.usage_record); each tool call is logged.
+charged and logged once (runs.services.usage.usage_record); each tool call is logged.
 
 A call that an enforced `tool_requires_approval` policy holds pauses the step: the loop is
 saved on it (`RunStep.state`: the conversation, the iteration, the calls of the iteration still
@@ -28,13 +28,16 @@ from agents.providers import (
     ToolSpec,
     get_provider,
 )
+from agents.services import agent_provider_config
 from runs import observability
 from runs.models import RunEvent, RunStep
 from runs.services import policy_hooks
-from runs.services.steps import Checkpoint, StepError, step_pause, usage_record
+from runs.services.usage import usage_record
 from sparkops.errors import SparkOpsError
 
-from .executors import _render, call_tool
+from .checkpoint import Checkpoint
+from .errors import PauseForApproval, StepError
+from .toolcalls import call_tool, render
 
 TOOL_RESULT_LIMIT = 20_000
 
@@ -42,18 +45,16 @@ TOOL_RESULT_LIMIT = 20_000
 def run_agent(
     *, step: RunStep, node: dict[str, Any], checkpoint: Checkpoint, context: dict[str, Any]
 ) -> Any:
-    from agents.services import agent_provider_config
-
     agent = Agent.objects.filter(project=step.run.project, slug=node["agent"]).first()
     if agent is None or agent.status != Agent.Status.ACTIVE:
         raise StepError("agent_unavailable", f"Agent '{node['agent']}' is missing or disabled.")
     tools = {tool.name: tool for tool in agent.tools.filter(status="active")}
-    prompt = _render(node.get("prompt", ""), context, "the prompt")
+    prompt = render(node.get("prompt", ""), context, "the prompt")
     if not isinstance(prompt, str):
         prompt = json.dumps(prompt, default=str)
     system = agent.system_prompt
     if node.get("system_prompt"):
-        system = _render(node["system_prompt"], context, "the system prompt")
+        system = render(node["system_prompt"], context, "the system prompt")
     prompt = policy_hooks.on_prompt(step=step, agent=agent, text=prompt)
     system = policy_hooks.on_prompt(step=step, agent=agent, text=system) if system else system
     checkpoint.record_input({"prompt": prompt, "system_prompt": system})
@@ -163,7 +164,7 @@ def _call_tools(
     approved: list[str],
 ) -> None:
     """Make the calls of one iteration in order, feeding each result back (`todo` empties as
-    they are made). A call that needs an approval pauses the step here: StepPaused."""
+    they are made). A call that needs an approval pauses the step: PauseForApproval."""
     while todo:
         call = todo[0]
         key = f"{iteration}:{call.id}"
@@ -190,9 +191,7 @@ def _call_tools(
                 },
                 "approved": approved,
             }
-            step_pause(
-                step=step,
-                attempt=checkpoint.attempt,
+            raise PauseForApproval(
                 state=checkpoint.secrets.redact(state),
                 request={
                     "tool": call.name,
@@ -202,7 +201,7 @@ def _call_tools(
                     "message": held.reason,
                     "policy": True,
                 },
-            )
+            ) from held
         messages.append(
             ChatMessage(role="tool", tool_call_id=call.id, name=call.name, content=content)
         )

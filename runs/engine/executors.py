@@ -1,19 +1,20 @@
 """Executing one step attempt by node type. Executors raise `StepError` (with `retryable`) for
 failures and call the checkpoint between external calls; they never write step state
-themselves beyond usage and call events (through runs.services.steps)."""
+themselves beyond usage and call events (through the checkpoint)."""
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
-from runs import observability
-from runs.models import RunEvent, RunStep
+from runs.models import RunStep
 from runs.services import policy_hooks
-from runs.services.engine import referenced, step_states, template_context
-from runs.services.steps import Checkpoint, StepError
-from sparkops.errors import SparkOpsError
-from workflows.templating import TemplateError, render_value
+from tools.models import Tool
+
+from .agent import run_agent
+from .checkpoint import Checkpoint
+from .context import referenced, step_states, template_context
+from .errors import StepError
+from .toolcalls import call_tool, render
 
 RETRYABLE_STATUS = {408, 425, 429, 500, 502, 503, 504}
 
@@ -26,25 +27,16 @@ def _context(step: RunStep, checkpoint: Checkpoint, *values: Any) -> dict[str, A
     return template_context(step.run, step_states(step.run_id, names), checkpoint.secrets)
 
 
-def _render(value: Any, context: dict[str, Any], what: str) -> Any:
-    try:
-        return render_value(value, context)
-    except (TemplateError, SparkOpsError) as exc:
-        raise StepError("template_error", f"Cannot render {what}: {exc.detail}") from exc
-
-
 def execute(*, step: RunStep, node: dict[str, Any], checkpoint: Checkpoint) -> Any:
     checkpoint()
     if step.type == "transform":
         context = _context(step, checkpoint, node.get("output"))
-        output = _render(node.get("output"), context, "the transform output")
+        output = render(node.get("output"), context, "the transform output")
         checkpoint.record_input(node.get("output"))
         return output
     if step.type == "tool":
         return _execute_tool(step, node, checkpoint)
     if step.type == "agent":
-        from .agent import run_agent
-
         return run_agent(
             step=step,
             node=node,
@@ -55,13 +47,11 @@ def execute(*, step: RunStep, node: dict[str, Any], checkpoint: Checkpoint) -> A
 
 
 def _execute_tool(step: RunStep, node: dict[str, Any], checkpoint: Checkpoint) -> Any:
-    from tools.models import Tool
-
     tool = checkpoint.tool_named(node["tool"])
     if tool is None or tool.status != Tool.Status.ACTIVE:
         raise StepError("tool_unavailable", f"Tool '{node['tool']}' is missing or disabled.")
     args = node.get("args") or {}
-    arguments = _render(args, _context(step, checkpoint, args), "the tool arguments")
+    arguments = render(args, _context(step, checkpoint, args), "the tool arguments")
     arguments = policy_hooks.before_tool_call(step=step, tool=tool, arguments=arguments)
     checkpoint.record_input(arguments)
     result = call_tool(
@@ -80,65 +70,3 @@ def _execute_tool(step: RunStep, node: dict[str, Any], checkpoint: Checkpoint) -
             http_status=result.http_status,
         )
     return result.output
-
-
-@observability.tool_call
-def call_tool(
-    *,
-    step: RunStep,
-    checkpoint: Checkpoint,
-    tool: Any,
-    arguments: Any,
-    idempotency_key: str,
-    iteration: int | None = None,
-) -> Any:
-    """Execute a tool (validated against its schema) and record a `tool.call` event."""
-    from tools.services import tool_execute
-
-    checkpoint()
-    try:
-        result = tool_execute(
-            tool=tool,
-            arguments=arguments,
-            secrets=checkpoint.secrets,
-            idempotency_key=idempotency_key,
-            timeout=max(min(checkpoint.remaining(), 300.0), 0.1),
-        )
-    except SparkOpsError as exc:
-        checkpoint.event(
-            RunEvent.Type.TOOL_CALL,
-            checkpoint.secrets.redact(
-                {
-                    "tool": tool.name,
-                    "arguments": arguments,
-                    "ok": False,
-                    "error": str(exc.detail),
-                    "errors": exc.errors,
-                    **({"iteration": iteration} if iteration is not None else {}),
-                }
-            ),
-        )
-        raise StepError(exc.error_type, str(exc.detail), errors=exc.errors) from exc
-    if result.ok:  # content rules, before the output is recorded or used
-        result.output = policy_hooks.on_tool_result(step=step, tool=tool, output=result.output)
-    checkpoint.event(
-        RunEvent.Type.TOOL_CALL,
-        checkpoint.secrets.redact(
-            {
-                "tool": tool.name,
-                "arguments": arguments,
-                "ok": result.ok,
-                "latency_ms": round(result.latency_ms, 2),
-                "http_status": result.http_status,
-                "error": result.error,
-                "output_preview": _preview(result.output),
-                **({"iteration": iteration} if iteration is not None else {}),
-            }
-        ),
-    )
-    return result
-
-
-def _preview(value: Any, limit: int = 500) -> str:
-    text = value if isinstance(value, str) else json.dumps(value, default=str)
-    return text if len(text) <= limit else text[:limit] + "…"

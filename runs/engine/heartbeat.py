@@ -13,6 +13,8 @@ from django.conf import settings
 from django.db import close_old_connections, connection
 from django.utils import timezone
 
+from runs.models import RunStep
+
 logger = logging.getLogger(__name__)
 
 _lock = threading.Lock()
@@ -22,8 +24,6 @@ _wake = threading.Event()
 
 
 def _beat_once() -> None:
-    from runs.models import RunStep
-
     with _lock:
         beating = dict(_running)
     if not beating:

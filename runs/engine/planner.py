@@ -1,6 +1,6 @@
 """Pure planning: from a definition's nodes and the current step statuses, what happens next.
 
-No database, no Celery: the run engine (runs.services.engine) feeds it the statuses it read
+No database, no Celery: the run engine (runs.services.planning) feeds it the statuses it read
 under the run's row lock and applies the plan. Kept pure so its rules are unit-tested alone.
 
 Rules (DESIGN.md §6):

@@ -1,6 +1,8 @@
 """The run engine's services: the only writers of runs, steps and events."""
 
-from .engine import run_advance, run_enqueue, step_execute, sweep
+from runs.engine.errors import StepError, StepSuperseded
+
+from .attempts import step_execute
 from .events import event_append, events_append
 from .lifecycle import (
     request_hash,
@@ -11,7 +13,8 @@ from .lifecycle import (
     run_retry,
     step_decide,
 )
-from .steps import StepError, StepSuperseded
+from .planning import run_advance, run_enqueue
+from .recovery import sweep
 
 __all__ = [
     "StepError",

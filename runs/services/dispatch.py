@@ -8,12 +8,12 @@ from typing import Any
 
 from django.db import transaction
 
+from sparkops.celery import app
+
 logger = logging.getLogger(__name__)
 
 
 def _send(task_name: str, args: list[Any], **options: Any) -> None:
-    from sparkops.celery import app
-
     try:
         app.send_task(task_name, args=args, **options)
     except Exception as exc:  # broker down: the sweeper re-sends what is left queued

@@ -11,6 +11,7 @@ from typing import Any
 
 from django.db import connection, transaction
 
+from runs import signals
 from runs.models import Run, RunEvent
 
 _collecting: ContextVar[tuple[str, list[dict[str, Any]]] | None] = ContextVar(
@@ -75,8 +76,6 @@ def _append(run_id: Any, events: list[dict[str, Any]]) -> list[RunEvent]:
         for index, event in enumerate(events)
     ]
     created = RunEvent.objects.bulk_create(rows)
-    from runs import signals
-
     signals.events_appended.send(sender=RunEvent, run_id=run_id, events=created)
     return created
 

@@ -22,7 +22,8 @@ from workflows.models import Workflow, WorkflowVersion
 from . import policy_hooks
 from .dispatch import send_advance, send_enqueue, send_step
 from .events import event_append, events_append
-from .steps import finish_run, lock_run
+from .planning import run_advance_locked
+from .state import finish_run, lock_run
 
 
 def run_create(*, workflow: Workflow, **create: Any) -> Run:
@@ -228,8 +229,6 @@ def step_decide(*, run: Run, node_id: str, actor: Any, approve: bool, comment: s
     step whose tool call a `tool_requires_approval` policy holds. Approving a held call queues
     the step again to make it; rejecting fails the node (and so the run, unless the node says
     continue_on_failure)."""
-    from .engine import run_advance_locked
-
     locked = lock_run(run.pk)
     if locked is None:
         raise NotFound("Run not found.")

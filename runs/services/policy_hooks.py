@@ -18,10 +18,10 @@ from django.db import transaction
 from policies import enforcement
 from policies.enforcement import Decision
 from policies.models import Policy, PolicyDecision
+from runs.engine.errors import StepError
 from runs.models import Run, RunEvent
 
 from .events import events_append
-from .steps import StepError
 
 logger = logging.getLogger("policies.enforcement")
 

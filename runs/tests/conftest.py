@@ -23,13 +23,13 @@ from sparkops.testing.fake_llm import FakeLLMServer
 
 @pytest.fixture(autouse=True)
 def _fresh_version_cache() -> None:
-    """runs.services.steps caches version snapshots per process by primary key, which is
+    """runs.services.state caches version snapshots per process by primary key, which is
     safe in production (versions are immutable, ids never come back) but not across tests:
     SQLite hands the ids of a rolled-back test out again, so a stale snapshot of another
     test's workflow would be served."""
-    from runs.services import steps
+    from runs.services import state
 
-    cache = getattr(steps, "_snapshot", None)
+    cache = getattr(state, "_snapshot", None)
     if cache is not None and hasattr(cache, "cache_clear"):
         cache.cache_clear()
 

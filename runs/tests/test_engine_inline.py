@@ -22,7 +22,7 @@ from policies.tests.factories import make_policy
 from runs import services
 from runs import signals as run_signals
 from runs.models import Run, RunEvent, RunStep
-from runs.services.steps import WORKER_NAME
+from runs.services.state import WORKER_NAME
 from runs.tests.conftest import builtin_tool, events_of, tool_node
 from runs.tests.factories import make_workflow, transform
 from sparkops.testing.engine import wait_for_run

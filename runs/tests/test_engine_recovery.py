@@ -14,7 +14,7 @@ from django.utils import timezone
 
 from runs import services
 from runs.models import Run, RunEvent, RunStep
-from runs.services import dispatch, steps
+from runs.services import attempts, dispatch, usage
 from runs.tests.conftest import events_of, http_tool, sends_lost, tool_node, worker_idle
 from runs.tests.factories import make_workflow, transform
 from sparkops.testing.engine import wait_for_run, wait_until
@@ -107,7 +107,7 @@ def test_sweeper_recovers_a_step_whose_worker_went_silent(cast):
     assert recovered.payload["reason"] == "heartbeat lost"
 
     # The lost worker comes back with its result: fenced off by the attempt number.
-    assert steps.step_succeed(step=stale, attempt=1, output="late") is False
+    assert attempts.step_succeed(step=stale, attempt=1, output="late") is False
     a.refresh_from_db()
     assert a.output == str(run.pk)
     assert [e.payload["status"] for e in events_of(run, "step.status", "a")].count("succeeded") == 1
@@ -161,7 +161,7 @@ def test_completion_is_idempotent_and_charges_once(cast):
     )
 
     def charge():
-        steps.usage_record(
+        usage.usage_record(
             step=step,
             attempt=1,
             input_tokens=10,
@@ -171,9 +171,9 @@ def test_completion_is_idempotent_and_charges_once(cast):
         )
 
     charge()
-    assert steps.step_succeed(step=step, attempt=1, output={"v": 1}) is True
+    assert attempts.step_succeed(step=step, attempt=1, output={"v": 1}) is True
     # A re-delivered task finishing the same attempt again: no-op.
-    assert steps.step_succeed(step=step, attempt=1, output={"v": 2}) is False
+    assert attempts.step_succeed(step=step, attempt=1, output={"v": 2}) is False
     with pytest.raises(services.StepSuperseded):
         charge()  # a duplicate can no longer charge
     services.step_execute(step_id=step.pk, attempt=1)  # nor run again
@@ -199,9 +199,9 @@ def test_failure_of_a_finished_attempt_is_a_no_op(cast):
         started_at=timezone.now(),
         heartbeat_at=timezone.now(),
     )
-    assert steps.step_succeed(step=step, attempt=1, output=1) is True
+    assert attempts.step_succeed(step=step, attempt=1, output=1) is True
     error = services.StepError("tool_error", "late failure", retryable=True)
-    assert steps.step_fail(step=step, attempt=1, error=error) is False
+    assert attempts.step_fail(step=step, attempt=1, error=error) is False
     step.refresh_from_db()
     assert (step.status, step.error, step.failures) == ("succeeded", None, 0)
 

@@ -1,6 +1,6 @@
-"""The run engine's orchestration: plan a run (`run_advance`), execute one step attempt
-(`step_execute`), and recover whatever was lost (`sweep`). Celery tasks are thin shells around
-these; tests call them directly too."""
+"""Planning a run: admission (concurrency limits), the ready-node loop (skip, wait for an
+approval, run inline or queue each ready node), and finishing the run when nothing is left.
+Call `run_advance_locked` with the run row locked."""
 
 from __future__ import annotations
 
@@ -12,84 +12,37 @@ from typing import Any
 
 from django.conf import settings
 from django.db import transaction
-from django.db.models import Exists, F, OuterRef, Q
+from django.db.models import F
 from django.utils import timezone
 
 from projects.secrets import SecretBag
 from runs import observability
-from runs.engine import planner
+from runs.engine import executors, planner
+from runs.engine.checkpoint import InlineCheckpoint
+from runs.engine.context import referenced, step_states, template_context
+from runs.engine.errors import StepError
 from runs.models import Run, RunEvent, RunStep
 from sparkops import logcontext, tracing
 from sparkops.errors import SparkOpsError
 from workflows.models import Workflow
-from workflows.templating import (
-    TemplateError,
-    evaluate_condition,
-    referenced_steps,
-    render_value,
-)
+from workflows.templating import TemplateError, evaluate_condition, render_value
 
+from . import policy_hooks
 from .dispatch import send_advance, send_step
 from .events import collecting as events_collecting
 from .events import events_append
-from .steps import (
+from .failures import oversized, record_failure, redacted
+from .state import (
     WORKER_NAME,
-    Checkpoint,
-    InlineCheckpoint,
-    StepError,
-    StepPaused,
-    StepSuperseded,
     find_tool,
     finish_run,
     lock_run,
     node_of,
-    oversized,
-    record_failure,
-    step_fail,
-    step_recover,
-    step_start,
-    step_succeed,
     step_timeout,
     version_snapshot,
 )
 
-logger = logging.getLogger(__name__)
-
-
-def template_context(run: Run, steps: dict[str, Any], secrets: SecretBag | None) -> dict[str, Any]:
-    """What templates see: input, steps (output, status and error of each), run, secrets.
-    `steps` maps node ids to RunStep rows or to dicts with those keys."""
-
-    def state(step: Any) -> dict[str, Any]:
-        if isinstance(step, dict):
-            return step
-        return {"output": step.output, "status": step.status, "error": step.error}
-
-    return {
-        "input": run.input,
-        "steps": {node_id: state(step) for node_id, step in steps.items()},
-        "run": {"id": str(run.pk), "workflow": str(run.workflow_id), "trigger": run.trigger},
-        "secrets": secrets.template_view() if secrets is not None else {},
-    }
-
-
-def step_states(run_id: Any, node_ids: Any = None) -> dict[str, dict[str, Any]]:
-    """Output, status and error of the given steps (all when None), in one query. Templates
-    name the steps they read, so a step of a 500-node run loads what it needs, not 500 rows."""
-    rows = RunStep.objects.filter(run_id=run_id)
-    if node_ids is not None:
-        node_ids = list(node_ids)
-        if not node_ids:
-            return {}
-        rows = rows.filter(node_id__in=node_ids)
-    return {
-        row["node_id"]: {"output": row["output"], "status": row["status"], "error": row["error"]}
-        for row in rows.values("node_id", "output", "status", "error")
-    }
-
-
-def referenced(value: Any, *, condition: bool = False) -> set[str]:
-    return set(referenced_steps(value, condition=condition)) if value is not None else set()
+logger = logging.getLogger("runs.services.engine")
 
 
 def _admit(run: Run) -> bool:
@@ -169,8 +122,6 @@ def run_advance_locked(
 
     `events` (the caller's, such as the step completion that led here) are written first, in
     the same statement as the planner's."""
-    from . import policy_hooks
-
     with policy_hooks.cached() if inline else contextlib.nullcontext():
         _advance(run, inline=inline, events=list(events or []))
 
@@ -392,8 +343,6 @@ class _Planning:
 def _tool_needs_approval(run: Run, node_id: str, step: Any, events: list, set_status: Any) -> bool:
     """An enforced `tool_requires_approval` policy naming this node's tool parks the step in
     `waiting_approval` before it is queued; approving it queues it (runs.services.step_decide)."""
-    from . import policy_hooks
-
     tool_name = str(node_of(run, node_id).get("tool"))
     reason = policy_hooks.tool_needs_approval(run=run, node_id=node_id, tool_name=tool_name)
     if not reason:
@@ -430,8 +379,6 @@ def _execute_inline(
     policy checks, redaction, size cap and retry rules as a step run by a worker; its row is
     written once, with the outcome. The step's own writes sit in a savepoint, so an unexpected
     error (a bug, a database error) fails only the step."""
-    from runs.engine import executors
-
     now = timezone.now()
     attempt = step.attempt + 1
     model = RunStep(
@@ -463,13 +410,13 @@ def _execute_inline(
         events.extend(checkpoint.events)
     except StepError as exc:  # an outcome: keep what the step wrote (its policy decisions)
         transaction.savepoint_commit(savepoint)
-        error = _redacted(exc, checkpoint)
+        error = redacted(exc, checkpoint)
         events.extend(checkpoint.events)
     except Exception as exc:  # a bug or a database error: undo the step's writes, fail it
         transaction.savepoint_rollback(savepoint)
         del events[mark:]
         logger.exception("step %s attempt %s crashed (inline)", step.pk, attempt)
-        error = _redacted(
+        error = redacted(
             StepError("internal_error", f"{exc.__class__.__name__}: {exc}"), checkpoint
         )
     else:
@@ -528,171 +475,3 @@ def _step_event(step: Any, status: str, **payload: Any) -> dict[str, Any]:
         "attempt": step.attempt or None,
         "payload": {"status": status, **payload},
     }
-
-
-# --- executing one attempt ---------------------------------------------------------------------
-
-
-@observability.step_scope
-def step_execute(*, step_id: int, attempt: int) -> None:
-    step = step_start(step_id=step_id, attempt=attempt)
-    if step is None:
-        return
-    if step.type == "agent":
-        # An agent's loop can run for minutes: policies are read afresh at each call.
-        _execute(step, attempt)
-        return
-    from . import policy_hooks
-
-    with policy_hooks.cached():
-        _execute(step, attempt)
-
-
-def _execute(step: RunStep, attempt: int) -> None:
-    from runs.engine import executors, heartbeat
-
-    node = node_of(step.run, step.node_id)
-    checkpoint = Checkpoint(step, attempt, step_timeout(node), deferred_writes=step.type != "agent")
-    try:
-        with heartbeat.beating(step.pk, attempt), observability.step_span(step, attempt):
-            output = executors.execute(step=step, node=node, checkpoint=checkpoint)
-    except StepPaused:  # waiting for an approval, its loop saved (steps.step_pause)
-        return
-    except StepSuperseded:
-        logger.info("step %s attempt %s superseded; result discarded", step.pk, attempt)
-        return
-    except StepError as exc:
-        step_fail(
-            step=step, attempt=attempt, error=_redacted(exc, checkpoint), checkpoint=checkpoint
-        )
-        return
-    except Exception as exc:  # a bug or an unexpected library error: fail clearly, don't retry
-        logger.exception("step %s attempt %s crashed", step.pk, attempt)
-        error = StepError("internal_error", f"{exc.__class__.__name__}: {exc}")
-        step_fail(
-            step=step, attempt=attempt, error=_redacted(error, checkpoint), checkpoint=checkpoint
-        )
-        return
-    step_succeed(
-        step=step,
-        attempt=attempt,
-        output=checkpoint.secrets.redact(output),
-        checkpoint=checkpoint,
-    )
-
-
-def _redacted(error: StepError, checkpoint: Checkpoint) -> StepError:
-    error.message = checkpoint.secrets.redact(error.message)
-    error.details = checkpoint.secrets.redact(error.details)
-    return error
-
-
-# --- recovery ------------------------------------------------------------------------------------
-
-
-def sweep() -> dict[str, int]:
-    """Find and fix what messages and workers lost. Safe to run anywhere, any number of times:
-    every fix goes through the same guarded transitions as normal execution."""
-    with tracing.context_scope():
-        return _sweep()
-
-
-def _sweep() -> dict[str, int]:
-    now = timezone.now()
-    grace = timedelta(seconds=settings.SPARKOPS_QUEUED_GRACE)
-    counts = dict.fromkeys(
-        [
-            "enqueued",
-            "advanced",
-            "steps_resent",
-            "steps_recovered",
-            "steps_timed_out",
-            "runs_timed_out",
-        ],
-        0,
-    )
-
-    # Runs committed but never sent (crash between commit and send, broker down).
-    for run_id in Run.objects.filter(
-        status=Run.Status.PENDING, created_at__lt=now - grace
-    ).values_list("pk", flat=True):
-        run_enqueue(run_id=run_id)
-        counts["enqueued"] += 1
-
-    # Runs past their deadline.
-    for run_id in Run.objects.active().filter(deadline__lt=now).values_list("pk", flat=True):
-        if run_time_out(run_id=run_id):
-            counts["runs_timed_out"] += 1
-
-    # Queued runs whose planning message was lost, and running runs with nothing in flight
-    # (a lost advance after a step finished).
-    in_flight = RunStep.objects.filter(
-        run=OuterRef("pk"),
-        status__in=[RunStep.Status.QUEUED, RunStep.Status.RUNNING, RunStep.Status.WAITING_APPROVAL],
-    )
-    stalled = Run.objects.filter(
-        Q(status=Run.Status.QUEUED, queued_at__lt=now - grace)
-        | Q(status=Run.Status.RUNNING, started_at__lt=now - grace, cancel_requested=False)
-        & ~Exists(in_flight)
-    ).values_list("pk", flat=True)
-    for run_id in stalled:
-        with transaction.atomic():
-            run = lock_run(run_id)
-            if run is not None:
-                run_advance_locked(run, inline=True)
-        counts["advanced"] += 1
-
-    # Queued steps whose message was lost, or whose retry waited in the database.
-    countdown_max = timedelta(seconds=settings.SPARKOPS_RETRY_COUNTDOWN_MAX)
-    for step in RunStep.objects.filter(
-        status=RunStep.Status.QUEUED, run__status=Run.Status.RUNNING
-    ).values("pk", "attempt", "queued_at", "next_attempt_at"):
-        due = step["next_attempt_at"]
-        queued = step["queued_at"] or now
-        long_wait = due is not None and due - queued > countdown_max and due <= now
-        lost = (due or queued) < now - grace
-        if long_wait or lost:
-            with transaction.atomic():
-                send_step(step["pk"], step["attempt"])
-            counts["steps_resent"] += 1
-
-    # Running steps whose worker went silent.
-    silent = now - timedelta(seconds=settings.SPARKOPS_HEARTBEAT_TIMEOUT)
-    for step in RunStep.objects.filter(
-        status=RunStep.Status.RUNNING, heartbeat_at__lt=silent
-    ).values("pk", "attempt"):
-        if step_recover(step_id=step["pk"], attempt=step["attempt"], reason="heartbeat lost"):
-            counts["steps_recovered"] += 1
-
-    # Running steps past their own timeout (the worker may be stuck in a call).
-    for step in RunStep.objects.filter(status=RunStep.Status.RUNNING).select_related(
-        "run__version"
-    ):
-        node = node_of(step.run, step.node_id)
-        limit = step_timeout(node) + settings.SPARKOPS_HEARTBEAT_SECONDS
-        if step.started_at and step.started_at < now - timedelta(seconds=limit):
-            error = StepError("timeout", "The step ran past its timeout.", retryable=True)
-            if step_fail(step=step, attempt=step.attempt, error=error):
-                counts["steps_timed_out"] += 1
-    return counts
-
-
-def run_time_out(*, run_id: Any) -> bool:
-    with transaction.atomic():
-        run = lock_run(run_id)
-        if run is None or run.is_finished or not run.deadline or run.deadline > timezone.now():
-            return False
-        run.cancel_requested = True
-        run.save(update_fields=["cancel_requested"])
-        finish_run(
-            run,
-            Run.Status.TIMED_OUT,
-            error={
-                "type": "timed_out",
-                "message": "The run passed its deadline (timeout_seconds).",
-            },
-        )
-    return True
-
-
-__all__ = ["run_advance", "run_enqueue", "send_advance", "step_execute", "sweep"]

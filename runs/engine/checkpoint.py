@@ -1,0 +1,108 @@
+"""The checkpoint an executor calls between model and tool calls (cancel, supersede, timeout,
+heartbeat), and through which it records the step's input and call events."""
+
+from __future__ import annotations
+
+import time
+from datetime import timedelta
+from typing import Any
+
+from django.utils import timezone
+
+from projects.secrets import SecretBag
+from runs.models import RunStep
+from runs.services.state import find_tool, step_event
+
+from .errors import StepError, StepSuperseded
+
+
+class Checkpoint:
+    """Called between model and tool calls: stops a step that was cancelled, superseded or is
+    past its timeout, and refreshes its heartbeat. Executors also record the step's rendered
+    input and its call events through it: written at once for an agent step (its loop can be
+    long, and watched live), or with the step's result, in the transaction that records it,
+    for a tool or transform step (`deferred_writes`: one commit instead of three)."""
+
+    # A check this soon after the last one (the step has just started, or just checked) adds
+    # nothing: skip the round trip. Long calls (models, HTTP) always check after returning.
+    FRESH_SECONDS = 0.05
+
+    def __init__(
+        self, step: RunStep, attempt: int, timeout: float, *, deferred_writes: bool = False
+    ) -> None:
+        self.step = step
+        self.attempt = attempt
+        self.deadline = timezone.now() + timedelta(seconds=timeout)
+        self.secrets = SecretBag(step.run.project_id)
+        self.deferred_writes = deferred_writes
+        self.input: Any = None
+        self.has_input = False
+        self.events: list[dict[str, Any]] = []
+        self._verified = time.monotonic()
+
+    def remaining(self) -> float:
+        return max((self.deadline - timezone.now()).total_seconds(), 0.0)
+
+    def __call__(self) -> None:
+        if time.monotonic() - self._verified >= self.FRESH_SECONDS:
+            moved = RunStep.objects.filter(
+                pk=self.step.pk,
+                attempt=self.attempt,
+                status=RunStep.Status.RUNNING,
+                run__cancel_requested=False,
+            ).update(heartbeat_at=timezone.now())
+            if not moved:
+                raise StepSuperseded()
+            self._verified = time.monotonic()
+        self._check_timeout()
+
+    def _check_timeout(self) -> None:
+        if self.remaining() <= 0:
+            raise StepError("timeout", "The step ran past its timeout.", retryable=True)
+
+    def record_input(self, value: Any) -> None:
+        value = self.secrets.redact(value)
+        if self.deferred_writes:
+            self.input, self.has_input = value, True
+            return
+        RunStep.objects.filter(pk=self.step.pk, attempt=self.attempt).update(input=value)
+
+    def event(self, type: str, payload: dict[str, Any]) -> None:
+        if self.deferred_writes:
+            self.events.append(
+                {
+                    "type": type,
+                    "payload": payload,
+                    "node_id": self.step.node_id,
+                    "attempt": self.attempt,
+                }
+            )
+            return
+        step_event(step=self.step, attempt=self.attempt, type=type, payload=payload)
+
+    def deferred(self) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+        """The step fields and events kept for the write of the step's result."""
+        return ({"input": self.input} if self.has_input else {}), self.events
+
+    def tool_named(self, name: str) -> Any:
+        return find_tool(self.step.run.project_id, name)
+
+
+class InlineCheckpoint(Checkpoint):
+    """For a step the planner runs inline (runs.services.planning): the run row is locked and
+    nothing of the attempt is committed yet, so no worker can supersede it and a cancel waits
+    for the lock; only the timeout is checked. Writes are deferred, and the planner's secrets
+    and tool lookups are shared by every step it runs."""
+
+    def __init__(
+        self, step: RunStep, attempt: int, timeout: float, secrets: SecretBag, tools: dict
+    ) -> None:
+        super().__init__(step, attempt, timeout, deferred_writes=True)
+        self.secrets = secrets
+        self.tools = tools
+
+    def __call__(self) -> None:
+        self._check_timeout()
+
+    def tool_named(self, name: str) -> Any:
+        return find_tool(self.step.run.project_id, name, self.tools)
