@@ -121,11 +121,23 @@ else:
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 AUTH_USER_MODEL = "accounts.User"
 
-# --- Cache (throttling) ---------------------------------------------------------------------
+# --- Cache (throttling, stream slots) --------------------------------------------------------
 REDIS_URL = env.str("REDIS_URL", default="")
+# The cache only holds limits and snapshots: with Redis down every cache operation fails open
+# (sparkops/cache.py), after at most this socket timeout, and Redis is not tried again for
+# SPARKOPS_CACHE_RETRY_SECONDS.
+SPARKOPS_CACHE_SOCKET_TIMEOUT = env.float("SPARKOPS_CACHE_SOCKET_TIMEOUT", default=0.5)
+SPARKOPS_CACHE_RETRY_SECONDS = env.float("SPARKOPS_CACHE_RETRY_SECONDS", default=5.0)
 if REDIS_URL:
     CACHES = {
-        "default": {"BACKEND": "django.core.cache.backends.redis.RedisCache", "LOCATION": REDIS_URL}
+        "default": {
+            "BACKEND": "sparkops.cache.ResilientRedisCache",
+            "LOCATION": REDIS_URL,
+            "OPTIONS": {
+                "socket_connect_timeout": SPARKOPS_CACHE_SOCKET_TIMEOUT,
+                "socket_timeout": SPARKOPS_CACHE_SOCKET_TIMEOUT,
+            },
+        }
     }
 else:
     # Shared by the web, worker and beat processes of the embedded mode.
