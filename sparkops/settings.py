@@ -369,6 +369,15 @@ SPARKOPS_INLINE_STEPS = env.int("SPARKOPS_INLINE_STEPS", default=100)
 SPARKOPS_MAX_OUTPUT_BYTES = env.int("SPARKOPS_MAX_OUTPUT_BYTES", default=1024 * 1024)
 SPARKOPS_IDEMPOTENCY_TTL_HOURS = env.int("SPARKOPS_IDEMPOTENCY_TTL_HOURS", default=24)
 SPARKOPS_MAX_CHAIN_DEPTH = env.int("SPARKOPS_MAX_CHAIN_DEPTH", default=10)
+# Event streams (runs/streams.py): each holds a server thread while open. Per user across all
+# web processes (cache slots), per process in memory (never more than the gunicorn worker's
+# threads minus a quarter of them); a keep-alive comment this often finds gone clients; a
+# stream ends after SPARKOPS_STREAM_MAX_SECONDS and the client reconnects with Last-Event-ID.
+SPARKOPS_STREAMS_PER_USER = env.int("SPARKOPS_STREAMS_PER_USER", default=4)
+SPARKOPS_STREAMS_PER_PROCESS = env.int("SPARKOPS_STREAMS_PER_PROCESS", default=16)
+SPARKOPS_STREAM_KEEPALIVE_SECONDS = env.float("SPARKOPS_STREAM_KEEPALIVE_SECONDS", default=5.0)
+SPARKOPS_STREAM_MAX_SECONDS = env.float("SPARKOPS_STREAM_MAX_SECONDS", default=300.0)
+SPARKOPS_STREAM_POLL_SECONDS = env.float("SPARKOPS_STREAM_POLL_SECONDS", default=0.25)
 
 CELERY_BEAT_SCHEDULE = {
     "runs-sweep": {
