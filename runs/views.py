@@ -166,6 +166,14 @@ class RunViewSet(
         page = self.paginate_queryset(events)
         return self.get_paginated_response(RunEventSerializer(page, many=True).data)
 
+    def handle_exception(self, exc: Exception) -> Response:
+        # An EventSource asks for text/event-stream; its errors (404, 429) are still JSON.
+        response = super().handle_exception(exc)
+        if isinstance(getattr(self.request, "accepted_renderer", None), EventStreamRenderer):
+            self.request.accepted_renderer = renderers.JSONRenderer()
+            self.request.accepted_media_type = "application/json"
+        return response
+
     def _decide(self, request: Request, node_id: str, approve: bool) -> Response:
         run = self.get_object()
         body = DecisionSerializer(data=request.data)

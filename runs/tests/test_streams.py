@@ -53,9 +53,12 @@ def test_a_response_closed_unread_gives_its_slot_back(cast: Any, run: Run, setti
     viewer = cast.client("viewer")
     first = viewer.get(url(run))
     assert first.status_code == 200
-    refused = viewer.get(url(run))
+    # What an EventSource sends: the error is JSON all the same.
+    refused = viewer.get(url(run), HTTP_ACCEPT="text/event-stream")
     assert refused.status_code == 429
+    assert refused["Content-Type"] == "application/json"
     assert refused.json()["type"] == "throttled"
+    assert int(refused["Retry-After"]) > 0
     first.close()  # what the WSGI server does when the client is gone
     again = viewer.get(url(run))
     assert again.status_code == 200
@@ -65,7 +68,9 @@ def test_a_response_closed_unread_gives_its_slot_back(cast: Any, run: Run, setti
 def test_an_outsider_gets_404_and_takes_no_slot(cast: Any, run: Run, settings: Any) -> None:
     settings.SPARKOPS_STREAMS_PER_USER = 1
     outsider = cast.client("outsider")
-    assert outsider.get(url(run)).status_code == 404
+    response = outsider.get(url(run), HTTP_ACCEPT="text/event-stream")
+    assert response.status_code == 404
+    assert response.json()["type"] == "not_found"
     assert outsider.get(url(run)).status_code == 404
     assert streams.open_streams() == 0
 
