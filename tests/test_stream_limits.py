@@ -5,7 +5,7 @@ slot. The server's cache and broker are a redis-server of the test's own."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import httpx
@@ -23,25 +23,38 @@ THREADS = 4  # the process cap is then 3: a quarter of the threads stays free
 
 
 @pytest.fixture
-def web() -> Iterator[WebServer]:
+def servers() -> Iterator[Callable[[], WebServer]]:
+    """Start gunicorns sharing one redis-server (their cache and broker)."""
     redis = RedisServer()
     redis.start()
-    server = WebServer(
-        threads=THREADS,
-        extra_env={
-            "REDIS_URL": redis.url,
-            "SPARKOPS_STREAMS_PER_USER": "2",
-            "SPARKOPS_STREAMS_PER_PROCESS": "16",  # above what 4 threads allow
-            "SPARKOPS_STREAM_KEEPALIVE_SECONDS": "0.2",
-            "SPARKOPS_STREAM_POLL_SECONDS": "0.05",
-        },
-    )
-    try:
+    started: list[WebServer] = []
+
+    def start() -> WebServer:
+        server = WebServer(
+            threads=THREADS,
+            extra_env={
+                "REDIS_URL": redis.url,
+                "SPARKOPS_STREAMS_PER_USER": "2",
+                "SPARKOPS_STREAMS_PER_PROCESS": "16",  # above what 4 threads allow
+                "SPARKOPS_STREAM_KEEPALIVE_SECONDS": "0.2",
+                "SPARKOPS_STREAM_POLL_SECONDS": "0.05",
+            },
+        )
+        started.append(server)
         server.start()
-        yield server
+        return server
+
+    try:
+        yield start
     finally:
-        server.stop()
+        for server in started:
+            server.stop()
         redis.close()
+
+
+@pytest.fixture
+def web(servers: Callable[[], WebServer]) -> WebServer:
+    return servers()
 
 
 class Stream:
@@ -112,6 +125,31 @@ def test_streams_are_capped_and_the_server_keeps_answering(cast: Any, web: WebSe
             return stream if stream.status == 200 else None
 
         wait_until(reopened, timeout=15, interval=0.1, what="the closed stream's slot")
+    finally:
+        for stream in opened:
+            stream.close()
+
+
+def test_the_user_cap_holds_across_processes(cast: Any, servers: Callable[[], WebServer]) -> None:
+    first, second = servers(), servers()
+    run = active_run(cast)
+    opened: list[Stream] = []
+    try:
+        opened += [Stream(first, cast.viewer, run), Stream(first, cast.viewer, run)]
+        assert [s.status for s in opened] == [200, 200]
+        elsewhere = Stream(second, cast.viewer, run)
+        opened.append(elsewhere)
+        assert elsewhere.status == 429, second.output()
+        assert "per user" in elsewhere.response.json()["detail"]
+
+        opened[0].close()
+
+        def reopened() -> Stream | None:
+            stream = Stream(second, cast.viewer, run)
+            opened.append(stream)
+            return stream if stream.status == 200 else None
+
+        wait_until(reopened, timeout=15, interval=0.1, what="the slot freed on the other server")
     finally:
         for stream in opened:
             stream.close()
