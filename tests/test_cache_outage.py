@@ -6,6 +6,7 @@ the same Redis, as in the documented set-up."""
 from __future__ import annotations
 
 import logging
+import socket
 from typing import Any
 
 import pytest
@@ -191,3 +192,31 @@ def test_after_a_failure_redis_is_left_alone_for_the_retry_window(
     assert [r.getMessage() for r in caplog.records if r.name == "sparkops.cache"] == [
         "cache reachable again"
     ]
+
+
+@pytest.mark.django_db
+def test_a_redis_that_hangs_costs_one_timeout(settings: Any) -> None:
+    """A server that accepts connections and never answers (a hung Redis, a black-holed
+    route): the read times out once, then the retry window answers at once."""
+    with socket.socket() as hung:
+        hung.bind(("127.0.0.1", 0))
+        hung.listen(16)  # never accepted: connects succeed, reads wait
+        settings.CACHES = {
+            "default": {
+                "BACKEND": "sparkops.cache.ResilientRedisCache",
+                "LOCATION": f"redis://127.0.0.1:{hung.getsockname()[1]}/0",
+                "OPTIONS": {"socket_connect_timeout": 0.2, "socket_timeout": 0.2},
+            }
+        }
+        settings.SPARKOPS_CACHE_RETRY_SECONDS = 3600
+        cache_state.reset()
+        try:
+            before = scrape()
+            assert cache.get("k", "default") == "default"  # timed out
+            assert cache_state.outage()
+            for _ in range(5):
+                assert cache.get("k", "default") == "default"  # not tried again
+            after = scrape()
+            assert delta(before, after, "sparkops_cache_errors_total", operation="get") == 6
+        finally:
+            cache_state.reset()
