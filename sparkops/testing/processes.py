@@ -1,5 +1,6 @@
 """Real processes for end-to-end tests: a private redis-server, Celery workers in their own
-processes (so a test can `kill -9` one), and a counting HTTP endpoint."""
+processes (so a test can `kill -9` one), gunicorn serving the test database, and a counting
+HTTP endpoint."""
 
 from __future__ import annotations
 
