@@ -2,9 +2,36 @@ from __future__ import annotations
 
 from typing import Any
 
+from django.core.cache import cache as shared_cache
+from django.core.cache.backends.locmem import LocMemCache
 from rest_framework.throttling import SimpleRateThrottle
 
 from accounts.models import APIKey
+from sparkops import cache as cache_state
+
+
+class OutageFallbackCache:
+    """The shared cache (Redis), or this process's memory while Redis is unreachable.
+
+    Throttles fail open with the cache; for login, register and refresh that would remove
+    brute-force protection for as long as Redis is down, so the auth throttles count in
+    memory meanwhile: the limit then holds per process (a deployment with N web processes
+    admits up to N times the rate), which is far better than none."""
+
+    def __init__(self) -> None:
+        self.local = LocMemCache("sparkops-auth-throttle-fallback", {"MAX_ENTRIES": 10000})
+
+    def get(self, key: str, default: Any = None) -> Any:
+        value = shared_cache.get(key, default)
+        return self.local.get(key, default) if cache_state.outage() else value
+
+    def set(self, key: str, value: Any, timeout: Any = None) -> None:
+        shared_cache.set(key, value, timeout)
+        if cache_state.outage():
+            self.local.set(key, value, timeout)
+
+
+auth_fallback = OutageFallbackCache()
 
 
 class UserOrKeyRateThrottle(SimpleRateThrottle):
@@ -26,6 +53,7 @@ class AuthIPThrottle(SimpleRateThrottle):
     """Login, register and refresh: per client address."""
 
     scope = "auth_ip"
+    cache = auth_fallback
 
     def get_cache_key(self, request: Any, view: Any) -> str:
         return self.cache_format % {"scope": self.scope, "ident": self.get_ident(request)}
@@ -36,6 +64,7 @@ class AuthEmailThrottle(SimpleRateThrottle):
     addresses."""
 
     scope = "auth_email"
+    cache = auth_fallback
 
     def get_cache_key(self, request: Any, view: Any) -> str | None:
         email = request.data.get("email") if hasattr(request.data, "get") else None

@@ -24,7 +24,7 @@ from projects.models import Role
 from sparkops.api import ProjectScopedGenericViewSet
 from sparkops.pagination import CreatedCursorPagination, SeqCursorPagination
 
-from . import services
+from . import services, streams
 from .filters import RunFilter
 from .models import Run, RunEvent, RunStep
 from .serializers import (
@@ -166,6 +166,14 @@ class RunViewSet(
         page = self.paginate_queryset(events)
         return self.get_paginated_response(RunEventSerializer(page, many=True).data)
 
+    def handle_exception(self, exc: Exception) -> Response:
+        # An EventSource asks for text/event-stream; its errors (404, 429) are still JSON.
+        response = super().handle_exception(exc)
+        if isinstance(getattr(self.request, "accepted_renderer", None), EventStreamRenderer):
+            self.request.accepted_renderer = renderers.JSONRenderer()
+            self.request.accepted_media_type = "application/json"
+        return response
+
     def _decide(self, request: Request, node_id: str, approve: bool) -> Response:
         run = self.get_object()
         body = DecisionSerializer(data=request.data)
@@ -199,7 +207,7 @@ class RunViewSet(
                 description="Resume after this event (or `?after=`).",
             )
         ],
-        responses={(200, "text/event-stream"): OpenApiTypes.STR},
+        responses={(200, "text/event-stream"): OpenApiTypes.STR, 404: ERROR, 429: ERROR},
     )
     @action(
         detail=True,
@@ -210,11 +218,14 @@ class RunViewSet(
     )
     def stream(self, request: Request, pk: Any = None) -> StreamingHttpResponse:
         """Server-Sent Events of the run's events from `Last-Event-ID` on; the stream ends when
-        the run has finished and every event was sent."""
+        the run has finished and every event was sent, or after SPARKOPS_STREAM_MAX_SECONDS
+        (reconnect with `Last-Event-ID`). 429 beyond the streams a user or a server may hold."""
         run = self.get_object()
         after = _int(request.headers.get("Last-Event-ID") or request.query_params.get("after"))
+        slot = streams.acquire(request.user.pk)
         response = StreamingHttpResponse(
-            _event_stream(run.pk, after), content_type="text/event-stream"
+            streams.LimitedStream(_event_stream(run.pk, after, slot), slot),
+            content_type="text/event-stream",
         )
         response["Cache-Control"] = "no-cache"
         response["X-Accel-Buffering"] = "no"  # nginx: don't buffer the stream
@@ -228,13 +239,20 @@ def _int(value: Any) -> int:
         return 0
 
 
-def _event_stream(run_id: Any, after: int) -> Iterator[str]:
-    poll = float(getattr(settings, "SPARKOPS_STREAM_POLL_SECONDS", 0.25))
-    keepalive = 15.0
+def _event_stream(run_id: Any, after: int, slot: streams.StreamSlot) -> Iterator[str]:
+    """Events after `after` until the run has finished. A keep-alive comment goes out every
+    SPARKOPS_STREAM_KEEPALIVE_SECONDS without events: writing it to a closed connection is how
+    the server notices a gone client (it then closes this generator). After
+    SPARKOPS_STREAM_MAX_SECONDS the stream ends without `end`: the client reconnects with
+    Last-Event-ID and takes its turn with everyone else for a slot."""
+    poll = float(settings.SPARKOPS_STREAM_POLL_SECONDS)
+    keepalive = streams.keepalive_seconds()
+    deadline = time.monotonic() + float(settings.SPARKOPS_STREAM_MAX_SECONDS)
     last_sent = time.monotonic()
     yield "retry: 2000\n\n"
     try:
-        while True:
+        while time.monotonic() < deadline:
+            slot.refresh()
             events = list(
                 RunEvent.objects.filter(run_id=run_id, seq__gt=after).order_by("seq")[:500]
             )

@@ -17,3 +17,13 @@ def child_exit(server: Any, worker: Any) -> None:
         from prometheus_client import multiprocess
 
         multiprocess.mark_process_dead(worker.pid, path)
+
+
+def post_worker_init(worker: Any) -> None:
+    # Event streams hold a thread each: the per-process cap leaves a quarter of the worker's
+    # threads to ordinary requests (runs/streams.py). Async workers have no thread pool.
+    kind = type(worker).__name__
+    if kind in {"ThreadWorker", "SyncWorker"}:
+        from runs import streams
+
+        streams.set_server_threads(worker.cfg.threads if kind == "ThreadWorker" else 1)

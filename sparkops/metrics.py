@@ -150,6 +150,18 @@ webhook_deliveries = Counter(
 )
 
 
+# --- web tier ----------------------------------------------------------------------------------
+cache_errors = Counter(
+    "sparkops_cache_errors",
+    "Cache operations that failed open because Redis was unreachable (sparkops.cache).",
+    ["operation"],
+)
+streams_refused = Counter(
+    "sparkops_streams_refused",
+    "Event streams refused with 429, by the limit that was full (user or process).",
+    ["limit"],
+)
+
 # --- recording from engine events ------------------------------------------------------------
 
 

@@ -122,11 +122,23 @@ else:
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 AUTH_USER_MODEL = "accounts.User"
 
-# --- Cache (throttling) ---------------------------------------------------------------------
+# --- Cache (throttling, stream slots) --------------------------------------------------------
 REDIS_URL = env.str("REDIS_URL", default="")
+# The cache only holds limits and snapshots: with Redis down every cache operation fails open
+# (sparkops/cache.py), after at most this socket timeout, and Redis is not tried again for
+# SPARKOPS_CACHE_RETRY_SECONDS.
+SPARKOPS_CACHE_SOCKET_TIMEOUT = env.float("SPARKOPS_CACHE_SOCKET_TIMEOUT", default=0.5)
+SPARKOPS_CACHE_RETRY_SECONDS = env.float("SPARKOPS_CACHE_RETRY_SECONDS", default=5.0)
 if REDIS_URL:
     CACHES = {
-        "default": {"BACKEND": "django.core.cache.backends.redis.RedisCache", "LOCATION": REDIS_URL}
+        "default": {
+            "BACKEND": "sparkops.cache.ResilientRedisCache",
+            "LOCATION": REDIS_URL,
+            "OPTIONS": {
+                "socket_connect_timeout": SPARKOPS_CACHE_SOCKET_TIMEOUT,
+                "socket_timeout": SPARKOPS_CACHE_SOCKET_TIMEOUT,
+            },
+        }
     }
 else:
     # Shared by the web, worker and beat processes of the embedded mode.
@@ -365,6 +377,15 @@ SPARKOPS_INLINE_STEPS = env.int("SPARKOPS_INLINE_STEPS", default=100)
 SPARKOPS_MAX_OUTPUT_BYTES = env.int("SPARKOPS_MAX_OUTPUT_BYTES", default=1024 * 1024)
 SPARKOPS_IDEMPOTENCY_TTL_HOURS = env.int("SPARKOPS_IDEMPOTENCY_TTL_HOURS", default=24)
 SPARKOPS_MAX_CHAIN_DEPTH = env.int("SPARKOPS_MAX_CHAIN_DEPTH", default=10)
+# Event streams (runs/streams.py): each holds a server thread while open. Per user across all
+# web processes (cache slots), per process in memory (never more than the gunicorn worker's
+# threads minus a quarter of them); a keep-alive comment this often finds gone clients; a
+# stream ends after SPARKOPS_STREAM_MAX_SECONDS and the client reconnects with Last-Event-ID.
+SPARKOPS_STREAMS_PER_USER = env.int("SPARKOPS_STREAMS_PER_USER", default=4)
+SPARKOPS_STREAMS_PER_PROCESS = env.int("SPARKOPS_STREAMS_PER_PROCESS", default=16)
+SPARKOPS_STREAM_KEEPALIVE_SECONDS = env.float("SPARKOPS_STREAM_KEEPALIVE_SECONDS", default=5.0)
+SPARKOPS_STREAM_MAX_SECONDS = env.float("SPARKOPS_STREAM_MAX_SECONDS", default=300.0)
+SPARKOPS_STREAM_POLL_SECONDS = env.float("SPARKOPS_STREAM_POLL_SECONDS", default=0.25)
 
 CELERY_BEAT_SCHEDULE = {
     "runs-sweep": {

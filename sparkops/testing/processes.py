@@ -1,5 +1,6 @@
 """Real processes for end-to-end tests: a private redis-server, Celery workers in their own
-processes (so a test can `kill -9` one), and a counting HTTP endpoint."""
+processes (so a test can `kill -9` one), gunicorn serving the test database, and a counting
+HTTP endpoint."""
 
 from __future__ import annotations
 
@@ -325,3 +326,88 @@ class BeatProcess:
     def output(self, limit: int | None = 5000) -> str:
         text = self.log.read_text(errors="replace")
         return text if limit is None else text[-limit:]
+
+
+class WebServer:
+    """gunicorn (gthread, as in production) in its own process on a free port, serving the
+    test database; `extra_env` sets its settings (REDIS_URL for a cache of the test's own)."""
+
+    def __init__(
+        self, *, threads: int = 4, workers: int = 1, extra_env: dict[str, str] | None = None
+    ) -> None:
+        self.port = free_port()
+        self.threads = threads
+        self.workers = workers
+        self.extra_env = extra_env or {}
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.log = Path(tempfile.mkstemp(prefix="sparkops-web-", suffix=".log")[1])
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def env(self) -> dict[str, str]:
+        env = {
+            key: value
+            for key, value in os.environ.items()
+            if key not in {"DATABASE_URL", "REDIS_URL", "CELERY_BROKER_URL"}
+        }
+        env.update(
+            {
+                "DATABASE_URL": database_url(),
+                "SECRET_KEY": settings.SECRET_KEY,
+                "ALLOWED_HOSTS": "127.0.0.1,localhost",
+                "SPARKOPS_VAR_DIR": str(settings.VAR_DIR),
+                "LOG_LEVEL": "WARNING",
+            }
+        )
+        env.update(self.extra_env)
+        return env
+
+    def start(self) -> None:
+        gunicorn = str(Path(sys.executable).parent / "gunicorn")
+        with self.log.open("ab") as log:
+            self.proc = subprocess.Popen(
+                [
+                    gunicorn,
+                    "-c",
+                    "python:sparkops.gunicorn_conf",
+                    "sparkops.wsgi",
+                    "-b",
+                    f"127.0.0.1:{self.port}",
+                    "-w",
+                    str(self.workers),
+                    "--worker-class",
+                    "gthread",
+                    "--threads",
+                    str(self.threads),
+                    "--timeout",
+                    "60",
+                ],
+                cwd=settings.BASE_DIR,
+                env=self.env(),
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+        wait_until(self._listening, timeout=30, what="gunicorn to accept connections")
+
+    def _listening(self) -> bool:
+        if self.proc is not None and self.proc.poll() is not None:
+            raise AssertionError(f"gunicorn exited:\n{self.output()}")
+        try:
+            with socket.create_connection(("127.0.0.1", self.port), timeout=0.5):
+                return True
+        except OSError:
+            return False
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout=10)
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace")[-5000:]

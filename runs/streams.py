@@ -1,0 +1,168 @@
+"""Limits on open event streams (`GET /api/v1/runs/{id}/stream`).
+
+A stream holds a server thread for as long as it is open (gunicorn's gthread workers), so
+unbounded streams starve every other request of the process, `/health` included. Two caps:
+
+- **per user**, across every web process: `SPARKOPS_STREAMS_PER_USER` slots per user in the
+  cache (Redis in production). A stream takes a free slot with `cache.add` and keeps it alive
+  with `cache.touch`; a process that dies leaves slots that expire after `SLOT_TTL`.
+- **per process**, in memory: `SPARKOPS_STREAMS_PER_PROCESS`, never more than the gunicorn
+  worker's threads minus a quarter of them (at least one), so ordinary requests always find a
+  thread. gunicorn tells us its thread count at worker start (`sparkops/gunicorn_conf.py`).
+
+The cache failing open (sparkops.cache) lets the per-user cap through; the per-process cap
+does not depend on the cache and still holds.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+
+from django.conf import settings
+from django.core.cache import cache
+from rest_framework.exceptions import Throttled
+
+from sparkops import metrics
+
+logger = logging.getLogger(__name__)
+
+KEY = "sparkops-stream:{user}:{slot}"
+RETRY_AFTER = 5  # seconds a refused client is asked to wait
+
+
+def slot_ttl() -> float:
+    """A slot outlives three missed refreshes (one per keep-alive) before it expires."""
+    return max(3 * keepalive_seconds(), 3.0)
+
+
+def keepalive_seconds() -> float:
+    return float(settings.SPARKOPS_STREAM_KEEPALIVE_SECONDS)
+
+
+class _Process:
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.open = 0
+        self.threads: int | None = None  # the server's threads per process, when known
+
+
+_process = _Process()
+
+
+def set_server_threads(threads: int) -> None:
+    """Called by gunicorn's `post_worker_init` with the worker's thread count."""
+    _process.threads = threads
+    limit = process_limit()
+    if limit < int(settings.SPARKOPS_STREAMS_PER_PROCESS):
+        logger.warning(
+            "event streams limited to %d per process (SPARKOPS_STREAMS_PER_PROCESS=%d) so that "
+            "%d of the %d server threads stay free for other requests",
+            limit,
+            settings.SPARKOPS_STREAMS_PER_PROCESS,
+            threads - limit,
+            threads,
+        )
+
+
+def process_limit() -> int:
+    configured = int(settings.SPARKOPS_STREAMS_PER_PROCESS)
+    threads = _process.threads
+    if threads is None:  # runserver, tests: a thread per request, no pool to starve
+        return configured
+    return max(0, min(configured, threads - max(1, threads // 4)))
+
+
+def open_streams() -> int:
+    """Streams open in this process."""
+    return _process.open
+
+
+class StreamSlot:
+    """One open stream: a per-user slot in the cache and one of the process's. `release()`
+    is idempotent; `refresh()` keeps the user slot from expiring."""
+
+    def __init__(self, user_id: object, key: str, token: str) -> None:
+        self.user_id = user_id
+        self.key = key
+        self.token = token
+        self.refreshed = time.monotonic()
+        self.released = False
+        self.lock = threading.Lock()
+
+    def refresh(self) -> None:
+        now = time.monotonic()
+        if now - self.refreshed < slot_ttl() / 3:
+            return
+        self.refreshed = now
+        ttl = slot_ttl()
+        if not cache.touch(self.key, ttl):  # expired meanwhile (e.g. Redis restarted empty)
+            cache.add(self.key, self.token, ttl)
+
+    def release(self) -> None:
+        with self.lock:
+            if self.released:
+                return
+            self.released = True
+        with _process.lock:
+            _process.open -= 1
+        if cache.get(self.key) == self.token:
+            cache.delete(self.key)
+
+
+def acquire(user_id: object) -> StreamSlot:
+    """A slot for a new stream of `user_id`, or `Throttled` (429, Retry-After)."""
+    per_user = int(settings.SPARKOPS_STREAMS_PER_USER)
+    token = uuid.uuid4().hex
+    ttl = slot_ttl()
+    key = next(
+        (
+            key
+            for key in (KEY.format(user=user_id, slot=n) for n in range(per_user))
+            if cache.add(key, token, ttl)
+        ),
+        None,
+    )
+    if key is None:
+        metrics.streams_refused.labels("user").inc()
+        raise Throttled(
+            wait=RETRY_AFTER,
+            detail=f"You have {per_user} event streams open (the limit per user); "
+            "close one or retry later.",
+        )
+    with _process.lock:
+        full = _process.open >= process_limit()
+        if not full:
+            _process.open += 1
+    if full:
+        if cache.get(key) == token:
+            cache.delete(key)
+        metrics.streams_refused.labels("process").inc()
+        raise Throttled(
+            wait=RETRY_AFTER,
+            detail="This server has as many event streams open as it allows; retry later.",
+        )
+    return StreamSlot(user_id, key, token)
+
+
+class LimitedStream:
+    """Streaming content that gives its slot back when the server closes the response (a
+    client gone, the stream ended, or never iterated at all): WSGI servers call `close()`."""
+
+    def __init__(self, events: Iterator[str], slot: StreamSlot) -> None:
+        self.events = events
+        self.slot = slot
+
+    def __iter__(self) -> Iterator[str]:
+        return self.events
+
+    def close(self) -> None:
+        try:
+            close = getattr(self.events, "close", None)
+            if close is not None:
+                close()
+        finally:
+            self.slot.release()
