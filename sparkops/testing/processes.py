@@ -125,11 +125,17 @@ class WorkerProcess:
     """`celery worker` in its own process against the test database and a given broker."""
 
     def __init__(
-        self, broker_url: str, *, concurrency: int = 16, extra_env: dict[str, str] | None = None
+        self,
+        broker_url: str,
+        *,
+        concurrency: int = 16,
+        extra_env: dict[str, str] | None = None,
+        loglevel: str = "WARNING",
     ):
         self.broker_url = broker_url
         self.concurrency = concurrency
         self.extra_env = extra_env or {}
+        self.loglevel = loglevel
         self.proc: subprocess.Popen[bytes] | None = None
         self.log = Path(tempfile.mkstemp(prefix="sparkops-worker-", suffix=".log")[1])
 
@@ -172,6 +178,8 @@ class WorkerProcess:
                     "--without-gossip",
                     "--without-mingle",
                     "--without-heartbeat",
+                    "-l",
+                    self.loglevel,
                     "-n",
                     f"crash-{time.monotonic_ns()}@%h",
                 ],
@@ -325,3 +333,91 @@ class BeatProcess:
     def output(self, limit: int | None = 5000) -> str:
         text = self.log.read_text(errors="replace")
         return text if limit is None else text[-limit:]
+
+
+class WebProcess:
+    """gunicorn (sparkops/gunicorn_conf.py, gthread workers) in its own process on a free port of
+    127.0.0.1, against the test database (or `database_url`) and a given broker."""
+
+    def __init__(
+        self,
+        broker_url: str,
+        *,
+        workers: int = 1,
+        threads: int = 8,
+        database_url: str | None = None,
+        extra_env: dict[str, str] | None = None,
+    ) -> None:
+        self.broker_url = broker_url
+        self.workers = workers
+        self.threads = threads
+        self.database_url = database_url
+        self.extra_env = extra_env or {}
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.log = Path(tempfile.mkstemp(prefix="sparkops-web-", suffix=".log")[1])
+
+    def env(self) -> dict[str, str]:
+        env = {
+            key: value
+            for key, value in os.environ.items()
+            if key not in {"DATABASE_URL", "REDIS_URL", "CELERY_BROKER_URL"}
+        }
+        env.update(
+            {
+                "DATABASE_URL": self.database_url or database_url(),
+                "CELERY_BROKER_URL": self.broker_url,
+                "SECRET_KEY": settings.SECRET_KEY,
+                "DEBUG": "0",
+                "ALLOWED_HOSTS": "127.0.0.1,localhost",
+                "SPARKOPS_VAR_DIR": str(settings.VAR_DIR),
+                "LOG_LEVEL": "WARNING",
+            }
+        )
+        env.update(self.extra_env)
+        return env
+
+    def start(self) -> None:
+        gunicorn = str(Path(sys.executable).parent / "gunicorn")
+        with self.log.open("ab") as log:
+            self.proc = subprocess.Popen(
+                [
+                    gunicorn,
+                    "-c",
+                    "python:sparkops.gunicorn_conf",
+                    "sparkops.wsgi",
+                    "-b",
+                    f"127.0.0.1:{self.port}",
+                    "-w",
+                    str(self.workers),
+                    "--threads",
+                    str(self.threads),
+                ],
+                cwd=settings.BASE_DIR,
+                env=self.env(),
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+        wait_until(self._listening, timeout=60, what=f"gunicorn on {self.url}")
+
+    def _listening(self) -> bool:
+        if self.proc is not None and self.proc.poll() is not None:
+            raise AssertionError(f"gunicorn exited: {self.output()}")
+        try:
+            with socket.create_connection(("127.0.0.1", self.port), timeout=0.5):
+                return True
+        except OSError:
+            return False
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=40)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout=10)
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace")[-5000:]
