@@ -347,9 +347,7 @@ def test_a_connection_lost_mid_request_answers_503_and_the_next_request_succeeds
         with httpx.Client(base_url=web.url, timeout=60) as client:
             assert client.get(f"/api/v1/runs/{run.pk}", headers=headers).status_code == 200
             with row_lock_held(run), ThreadPoolExecutor(1) as pool:
-                cancel = pool.submit(
-                    client.post, f"/api/v1/runs/{run.pk}/cancel", headers=headers
-                )
+                cancel = pool.submit(client.post, f"/api/v1/runs/{run.pk}/cancel", headers=headers)
                 if db.postgres:
                     waiting = wait_until(
                         lambda: [pid for pid, _, wait in db.backends() if wait == "Lock"],
@@ -388,3 +386,39 @@ def row_lock_held(run: Run) -> Iterator[None]:
     finally:
         conn.rollback() if connection.vendor == "postgresql" else conn.execute("ROLLBACK")
         conn.close()
+
+
+def test_a_held_event_stream_gives_its_pooled_connection_back_between_polls(cast, settings):
+    """An open stream polls the event table; between polls its connection goes back to the
+    process's pool (PostgreSQL), so streams held for minutes cannot starve the requests."""
+    from runs.views import _event_stream
+
+    settings.SPARKOPS_STREAM_POLL_SECONDS = 0.1
+    run = services.run_create(workflow=one_agent_workflow(cast), input={}, actor=cast.owner)
+    chunks: list[str] = []
+
+    def consume() -> None:
+        try:
+            chunks.extend(_event_stream(run.pk, 0))
+        finally:
+            connection.close()
+
+    connection.close()  # this thread's own connection back to the pool before watching it
+    stream = threading.Thread(target=consume, daemon=True)
+    stream.start()
+    try:
+        wait_until(lambda: any(c.startswith("id: ") for c in chunks), what="the first events")
+        pool = getattr(connection, "pool", None)
+        if pool is not None:
+            wait_until(
+                lambda: (s := pool.get_stats())["pool_size"] == s["pool_available"] > 0,
+                timeout=10,
+                interval=0.01,
+                what="the stream's connection back in the pool between two polls",
+            )
+            assert stream.is_alive()
+    finally:
+        services.run_cancel(run=run, actor=cast.owner)  # the stream ends with the run
+        stream.join(timeout=30)
+    assert not stream.is_alive()
+    assert chunks[-1] == "event: end\ndata: {}\n\n"

@@ -52,11 +52,8 @@ def loaded_config(argv: list[str]) -> dict[str, str]:
         timeout=120,
         check=True,
     ).stdout
-    return dict(
-        (name, value.strip())
-        for name, _, value in (line.partition("=") for line in out.splitlines())
-        for name in [name.strip()]
-    )
+    pairs = (line.partition("=") for line in out.splitlines())
+    return {name.strip(): value.strip() for name, _, value in pairs}
 
 
 @pytest.mark.parametrize("where", ["Dockerfile", "docker-compose", "Procfile"])
