@@ -7,8 +7,11 @@ connection to watch and to kill backends."""
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import sqlite3
+import subprocess
+import sys
 import tempfile
 import threading
 from collections import Counter
@@ -422,3 +425,44 @@ def test_a_held_event_stream_gives_its_pooled_connection_back_between_polls(cast
         stream.join(timeout=30)
     assert not stream.is_alive()
     assert chunks[-1] == "event: end\ndata: {}\n\n"
+
+
+def database_settings(**env: str) -> dict[str, Any]:
+    """DATABASES["default"] as a process started with this environment loads it."""
+    code = (
+        "import json, os; os.environ['DJANGO_SETTINGS_MODULE'] = 'sparkops.settings'\n"
+        "from django.conf import settings\n"
+        "print(json.dumps(settings.DATABASES['default'], default=str))"
+    )
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("DB_")}
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=Path(__file__).resolve().parent.parent,
+        env={**clean, "SECRET_KEY": "x", **env},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    ).stdout
+    return json.loads(out)
+
+
+def test_postgresql_connections_come_from_a_capped_pool_unless_turned_off():
+    url = "postgres://u@127.0.0.1:5432/d"
+    pooled = database_settings(DATABASE_URL=url)
+    assert pooled["CONN_MAX_AGE"] == 0
+    assert pooled["OPTIONS"]["pool"] == {
+        "min_size": 0,
+        "max_size": 10,
+        "timeout": 10.0,
+        "reconnect_timeout": 5.0,
+    }
+    sized = database_settings(DATABASE_URL=url, DB_POOL_MAX_SIZE="34", DB_POOL_TIMEOUT="2")
+    assert (sized["OPTIONS"]["pool"]["max_size"], sized["OPTIONS"]["pool"]["timeout"]) == (34, 2)
+    # Off: a connection per thread, closed after each request unless DB_CONN_MAX_AGE says.
+    assert "pool" not in database_settings(DATABASE_URL=url, DB_POOL="0").get("OPTIONS", {})
+    assert database_settings(DATABASE_URL=url, DB_POOL="0")["CONN_MAX_AGE"] == 0
+    kept = database_settings(DATABASE_URL=url, DB_POOL="0", DB_CONN_MAX_AGE="30")
+    assert kept["CONN_MAX_AGE"] == 30
+    sqlite = database_settings(DATABASE_URL="sqlite:////tmp/x.sqlite3", DB_SQLITE_TIMEOUT="2")
+    assert sqlite["OPTIONS"]["timeout"] == 2
