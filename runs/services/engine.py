@@ -20,7 +20,7 @@ from runs import observability
 from runs.engine import planner
 from runs.models import Run, RunEvent, RunStep
 from sparkops import logcontext, tracing
-from sparkops.errors import DATABASE_ERRORS, SparkOpsError
+from sparkops.errors import SparkOpsError
 from workflows.models import Workflow
 from workflows.templating import (
     TemplateError,
@@ -521,10 +521,6 @@ def _execute(step: RunStep, attempt: int) -> None:
             step=step, attempt=attempt, error=_redacted(exc, checkpoint), checkpoint=checkpoint
         )
         return
-    except DATABASE_ERRORS:
-        # The database, not the step, failed: recording a failure would need it too. The task
-        # retries; the step, silent now, is re-queued by the sweeper after its heartbeat window.
-        raise
     except Exception as exc:  # a bug or an unexpected library error: fail clearly, don't retry
         logger.exception("step %s attempt %s crashed", step.pk, attempt)
         error = StepError("internal_error", f"{exc.__class__.__name__}: {exc}")
