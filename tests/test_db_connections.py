@@ -466,3 +466,21 @@ def test_postgresql_connections_come_from_a_capped_pool_unless_turned_off():
     assert kept["CONN_MAX_AGE"] == 30
     sqlite = database_settings(DATABASE_URL="sqlite:////tmp/x.sqlite3", DB_SQLITE_TIMEOUT="2")
     assert sqlite["OPTIONS"]["timeout"] == 2
+
+
+@pytest.mark.parametrize("path", ["/api/v1/runs/", "/admin/"])
+def test_a_database_error_outside_any_view_answers_503_too(path):
+    """Middleware (a session read, the governance flush) runs outside views: Django hands its
+    exceptions to handler500, which answers a database error like the views do."""
+    from django.db import OperationalError
+    from django.test import RequestFactory
+
+    from sparkops.urls import handler500
+
+    try:
+        raise OperationalError("server closed the connection unexpectedly")
+    except OperationalError:
+        response = handler500(RequestFactory().get(path))
+    assert response.status_code == 503
+    assert response["Retry-After"] == "5"
+    assert json.loads(response.content)["type"] == "database_unavailable"
