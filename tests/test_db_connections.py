@@ -407,14 +407,21 @@ def test_a_held_event_stream_gives_its_pooled_connection_back_between_polls(cast
             connection.close()
 
     connection.close()  # this thread's own connection back to the pool before watching it
+    pool = getattr(connection, "pool", None)
+
+    def checked_out() -> int:  # connections of this process's pool in use (by any thread)
+        stats = pool.get_stats()
+        return stats["pool_size"] - stats["pool_available"]
+
+    idle = checked_out() if pool is not None else 0
     stream = threading.Thread(target=consume, daemon=True)
     stream.start()
     try:
         wait_until(lambda: any(c.startswith("id: ") for c in chunks), what="the first events")
-        pool = getattr(connection, "pool", None)
         if pool is not None:
+            assert checked_out() <= idle + 1
             wait_until(
-                lambda: (s := pool.get_stats())["pool_size"] == s["pool_available"] > 0,
+                lambda: checked_out() == idle,
                 timeout=10,
                 interval=0.01,
                 what="the stream's connection back in the pool between two polls",
