@@ -13,13 +13,14 @@ It signs in as the demo user, creates an `openai_compatible` agent pointed at th
 --concurrency threads each create runs through the API (POST /api/v1/runs/, then GET
 /api/v1/runs/) until --runs exist, and waits until every run finishes. Meanwhile it samples
 pg_stat_activity for the database. Prints JSON: runs by status, HTTP status counts (5xx
-among them), peak connections to the database, wall time. Nothing is asserted.
+among them; 0: no answer), peak connections to the database, wall time. Nothing is asserted.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import threading
 import time
@@ -27,28 +28,55 @@ import uuid
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit
 
-import httpx
 import psycopg
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(BASE_DIR))
+# HTTP goes through sparkops.egress, the project's only client; the stack is on this machine.
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "sparkops.settings")
+os.environ.setdefault("SECRET_KEY", "bench-" + "x" * 50)
+os.environ["SPARKOPS_OUTBOUND_ALLOW"] = "127.0.0.1,localhost"
+os.environ.setdefault("LOG_LEVEL", "WARNING")
 
-from sparkops.testing.fake_llm import FakeLLMServer  # noqa: E402  (needs no Django)
+import django  # noqa: E402
+
+django.setup()
+
+from sparkops import egress  # noqa: E402
+from sparkops.testing.fake_llm import FakeLLMServer  # noqa: E402
 
 
-def sign_in(client: httpx.Client, email: str, password: str) -> None:
-    response = client.post("/api/v1/auth/login", json={"email": email, "password": password})
-    response.raise_for_status()
-    client.headers["Authorization"] = f"Bearer {response.json()['access']}"
+class Client:
+    """The stack's API at `base`, signed in once."""
+
+    def __init__(self, base: str) -> None:
+        self.base = base.rstrip("/")
+        self.headers: dict[str, str] = {}
+
+    def call(self, method: str, path: str, **kwargs: Any) -> egress.EgressResponse:
+        return egress.request(method, self.base + path, headers=self.headers, timeout=60, **kwargs)
+
+    def ok(self, method: str, path: str, **kwargs: Any) -> Any:
+        response = self.call(method, path, **kwargs)
+        if response.status_code >= 300:
+            raise SystemExit(f"{method} {path}: {response.status_code} {response.text()[:500]}")
+        return response.json()
 
 
-def set_up(client: httpx.Client, project_slug: str, model_url: str) -> int:
-    projects = client.get("/api/v1/projects/", params={"page_size": 100}).json()["results"]
+def sign_in(client: Client, email: str, password: str) -> None:
+    tokens = client.ok("POST", "/api/v1/auth/login", json={"email": email, "password": password})
+    client.headers["Authorization"] = f"Bearer {tokens['access']}"
+
+
+def set_up(client: Client, project_slug: str, model_url: str) -> int:
+    projects = client.ok("GET", "/api/v1/projects/", params={"page_size": 100})["results"]
     project = next(p for p in projects if p["slug"] == project_slug)
     tag = uuid.uuid4().hex[:8]
-    agent = client.post(
+    client.ok(
+        "POST",
         "/api/v1/agents/",
         json={
             "project": project["id"],
@@ -59,8 +87,8 @@ def set_up(client: httpx.Client, project_slug: str, model_url: str) -> int:
             "base_url": model_url,
         },
     )
-    agent.raise_for_status()
-    workflow = client.post(
+    workflow = client.ok(
+        "POST",
         "/api/v1/workflows/",
         json={
             "project": project["id"],
@@ -73,8 +101,7 @@ def set_up(client: httpx.Client, project_slug: str, model_url: str) -> int:
             },
         },
     )
-    workflow.raise_for_status()
-    return int(workflow.json()["id"])
+    return int(workflow["id"])
 
 
 class ConnectionWatcher(threading.Thread):
@@ -125,31 +152,37 @@ def main() -> None:
     watcher = ConnectionWatcher(args.database_url)
     codes: Counter[int] = Counter()
     lock = threading.Lock()
-    with httpx.Client(base_url=args.url, timeout=60) as client:
-        sign_in(client, args.email, args.password)
-        workflow_id = set_up(client, args.project, model.openai_base_url)
-        watcher.start()
-        started = time.monotonic()
+    client = Client(args.url)
+    sign_in(client, args.email, args.password)
+    workflow_id = set_up(client, args.project, model.openai_base_url)
+    watcher.start()
+    started = time.monotonic()
 
-        def create(_: int) -> None:
-            made = client.post("/api/v1/runs/", json={"workflow": workflow_id, "input": {}})
-            listed = client.get("/api/v1/runs/", params={"workflow": workflow_id})
-            with lock:
-                codes[made.status_code] += 1
-                codes[listed.status_code] += 1
+    def status_of(method: str, path: str, **kwargs: Any) -> int:
+        try:
+            return client.call(method, path, **kwargs).status_code
+        except egress.EgressError:
+            return 0  # no answer at all (connection refused or reset, timeout)
 
-        with ThreadPoolExecutor(args.concurrency) as creators:
-            list(creators.map(create, range(args.runs)))
-        created = time.monotonic() - started
+    def create(_: int) -> None:
+        made = status_of("POST", "/api/v1/runs/", json={"workflow": workflow_id, "input": {}})
+        listed = status_of("GET", "/api/v1/runs/", params={"workflow": workflow_id})
+        with lock:
+            codes[made] += 1
+            codes[listed] += 1
 
-        finished = ("succeeded", "failed", "cancelled", "timed_out")
-        deadline = started + args.timeout
-        while True:
-            statuses = watcher.statuses(workflow_id)
-            if sum(statuses[s] for s in finished) >= codes[201] or time.monotonic() > deadline:
-                break
-            time.sleep(0.2)
-        wall = time.monotonic() - started
+    with ThreadPoolExecutor(args.concurrency) as creators:
+        list(creators.map(create, range(args.runs)))
+    created = time.monotonic() - started
+
+    finished = ("succeeded", "failed", "cancelled", "timed_out")
+    deadline = started + args.timeout
+    while True:
+        statuses = watcher.statuses(workflow_id)
+        if sum(statuses[s] for s in finished) >= codes[201] or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+    wall = time.monotonic() - started
     watcher.done.set()
     watcher.join(timeout=5)
     model.stop()

@@ -391,12 +391,15 @@ def row_lock_held(run: Run) -> Iterator[None]:
         conn.close()
 
 
-def test_a_held_event_stream_gives_its_pooled_connection_back_between_polls(cast, settings):
+def test_a_held_event_stream_gives_its_pooled_connection_back_between_polls(
+    cast, settings, redis_url
+):
     """An open stream polls the event table; between polls its connection goes back to the
     process's pool (PostgreSQL), so streams held for minutes cannot starve the requests."""
     from runs.views import _event_stream
 
     settings.SPARKOPS_STREAM_POLL_SECONDS = 0.1
+    # Sent to a broker no worker reads (redis_url): the run stays pending, the stream open.
     run = services.run_create(workflow=one_agent_workflow(cast), input={}, actor=cast.owner)
     chunks: list[str] = []
 
