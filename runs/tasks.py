@@ -1,26 +1,32 @@
 """Celery tasks: thin shells around runs.services. Delivery is at-least-once (acks_late); every
-service here is idempotent, so a re-delivered task is a no-op."""
+service here is idempotent, so a re-delivered task is a no-op.
+
+A database that refuses connections (or a pool with none free) is transient: the engine's tasks
+retry with a short backoff (1, 2, 4 … 30 s), so accepted work moves on as soon as connections
+return instead of waiting for the sweeper."""
 
 from __future__ import annotations
 
 from celery import shared_task
 
+from sparkops.errors import DATABASE_RETRY
 
-@shared_task(name="runs.enqueue", acks_late=True, ignore_result=True)
+
+@shared_task(name="runs.enqueue", acks_late=True, ignore_result=True, **DATABASE_RETRY)
 def enqueue(run_id: str) -> None:
     from runs import services
 
     services.run_enqueue(run_id=run_id)
 
 
-@shared_task(name="runs.advance", acks_late=True, ignore_result=True)
+@shared_task(name="runs.advance", acks_late=True, ignore_result=True, **DATABASE_RETRY)
 def advance(run_id: str) -> None:
     from runs import services
 
     services.run_advance(run_id=run_id)
 
 
-@shared_task(name="runs.step_execute", acks_late=True, ignore_result=True)
+@shared_task(name="runs.step_execute", acks_late=True, ignore_result=True, **DATABASE_RETRY)
 def step_execute(step_id: int, attempt: int) -> None:
     from runs import services
 

@@ -6,7 +6,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from django.conf import settings
-from django.db import close_old_connections
+from django.db import close_old_connections, connection
 from django.http import StreamingHttpResponse
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import (
@@ -269,6 +269,10 @@ def _event_stream(run_id: Any, after: int, slot: streams.StreamSlot) -> Iterator
                 if time.monotonic() - last_sent > keepalive:
                     yield ": keep-alive\n\n"
                     last_sent = time.monotonic()
+                if getattr(connection, "pool", None):
+                    # Back to the pool between polls: a held stream must not hold one of the
+                    # process's DB_POOL_MAX_SIZE connections for minutes.
+                    connection.close()
                 time.sleep(poll)
     finally:
         close_old_connections()

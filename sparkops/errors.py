@@ -1,5 +1,7 @@
 """The domain error every service raises, and the one DRF exception handler that turns any
-error (500 included) into the stable JSON shape `{"type", "detail", "errors"?}`."""
+error (500 included) into the stable JSON shape `{"type", "detail", "errors"?}`. A database
+that is unreachable or busy answers 503 with `Retry-After` (here for DRF views, in
+`sparkops.middleware` and `handler500` for the rest)."""
 
 from __future__ import annotations
 
@@ -8,7 +10,8 @@ from typing import Any
 
 from django.core.exceptions import PermissionDenied as DjangoPermissionDenied
 from django.core.exceptions import ValidationError as DjangoValidationError
-from django.http import Http404
+from django.db import InterfaceError, OperationalError
+from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
 from rest_framework import exceptions, status
 from rest_framework.response import Response
 from rest_framework.views import exception_handler as drf_exception_handler
@@ -74,6 +77,42 @@ def error_body(error_type: str, detail: Any, errors: Any = None, **extra: Any) -
     return body
 
 
+# The database refused a connection, the pool had none free within DB_POOL_TIMEOUT, or the
+# connection died mid-request: a transient state, answered 503 with this Retry-After.
+DATABASE_ERRORS = (OperationalError, InterfaceError)
+DATABASE_RETRY_AFTER_SECONDS = 5
+# Celery task options: the same errors retry the task after 1, 2, 4 … 30 s (20 times, some
+# eight minutes; the sweeper is the backstop after that).
+DATABASE_RETRY: dict[str, Any] = {
+    "autoretry_for": DATABASE_ERRORS,
+    "retry_backoff": 1,
+    "retry_backoff_max": 30,
+    "retry_jitter": False,
+    "max_retries": 20,
+}
+
+
+def is_database_unavailable(exc: BaseException | None) -> bool:
+    return isinstance(exc, DATABASE_ERRORS)
+
+
+def database_unavailable_body() -> dict[str, Any]:
+    return error_body("database_unavailable", "The database is unavailable or busy; retry shortly.")
+
+
+def database_unavailable_response(request: HttpRequest | None, exc: BaseException) -> HttpResponse:
+    """The same answer for views outside DRF (health, admin, console) as the handler gives."""
+    logger.warning(
+        "database unavailable: %s: %s",
+        exc.__class__.__name__,
+        exc,
+        extra={"path": getattr(request, "path", None)},
+    )
+    response = JsonResponse(database_unavailable_body(), status=503)
+    response["Retry-After"] = str(DATABASE_RETRY_AFTER_SECONDS)
+    return response
+
+
 def _drf_error_type(exc: exceptions.APIException) -> str:
     if isinstance(exc, exceptions.ValidationError):
         return "validation_error"
@@ -95,6 +134,13 @@ def exception_handler(exc: Exception, context: dict[str, Any]) -> Response:
         return Response(
             error_body("validation_error", "Invalid input.", errors),
             status=status.HTTP_400_BAD_REQUEST,
+        )
+    if is_database_unavailable(exc):
+        logger.warning("database unavailable: %s: %s", exc.__class__.__name__, exc)
+        return Response(
+            database_unavailable_body(),
+            status=status.HTTP_503_SERVICE_UNAVAILABLE,
+            headers={"Retry-After": str(DATABASE_RETRY_AFTER_SECONDS)},
         )
     if isinstance(exc, Http404):
         exc = exceptions.NotFound()

@@ -69,6 +69,7 @@ MIDDLEWARE = [
     "sparkops.logcontext.LogScopeMiddleware",
     "django.middleware.security.SecurityMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
+    "sparkops.middleware.DatabaseUnavailableMiddleware",
     "corsheaders.middleware.CorsMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
@@ -104,7 +105,7 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     # timeout makes a writer wait for the lock instead of failing, and IMMEDIATE transactions
     # take the write lock up front so two writers never deadlock upgrading a read lock.
     DATABASES["default"]["OPTIONS"] = {
-        "timeout": 30,
+        "timeout": env.float("DB_SQLITE_TIMEOUT", default=30.0),
         "transaction_mode": "IMMEDIATE",
         "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;",
     }
@@ -113,10 +114,31 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     # One file per test session (pid), so concurrent sessions never share it.
     DATABASES["default"]["TEST"] = {"NAME": str(VAR_DIR / f"test-db-{os.getpid()}.sqlite3")}
 else:
-    # Tests run worker threads whose connections must close after each task.
-    DATABASES["default"].setdefault(
-        "CONN_MAX_AGE", 0 if TESTING else env.int("DB_CONN_MAX_AGE", default=60)
-    )
+    # Every process keeps its PostgreSQL connections in a psycopg pool with a hard cap
+    # (DB_POOL_MAX_SIZE), shared by its threads: a request or a task takes a connection when it
+    # first queries and gives it back when it ends (Django closes it, CONN_MAX_AGE 0), so no
+    # number of threads or requests can open more. A thread that finds the pool empty waits up
+    # to DB_POOL_TIMEOUT seconds, then gets an OperationalError (503 in the API, a retry in
+    # tasks). README, "Database connections", adds the caps up against max_connections.
+    # DB_POOL=0: a connection per thread, kept DB_CONN_MAX_AGE seconds (only safe where the
+    # server reuses a bounded set of threads).
+    if env.bool("DB_POOL", default=True):
+        DATABASES["default"]["CONN_MAX_AGE"] = 0  # Django refuses a pool with persistent ones
+        DATABASES["default"].setdefault("OPTIONS", {})["pool"] = {
+            "min_size": env.int("DB_POOL_MIN_SIZE", default=0),
+            "max_size": env.int("DB_POOL_MAX_SIZE", default=10),
+            "timeout": env.float("DB_POOL_TIMEOUT", default=10.0),
+            # A refused connection is retried in the background with a doubling delay until
+            # this many seconds have passed, then anew on the next request: connections that
+            # return are found within seconds, not after a delay grown over a long outage.
+            "reconnect_timeout": 5.0,
+        }
+    else:
+        # Tests run worker threads whose connections must close after each task.
+        DATABASES["default"]["CONN_MAX_AGE"] = (
+            0 if TESTING else env.int("DB_CONN_MAX_AGE", default=0)
+        )
+    # A pool hands out only connections that answer; without one, Django checks before reuse.
     DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
 
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import sys
 from typing import Any
 
 from django.contrib import admin
@@ -11,6 +12,7 @@ from workflows.trigger_views import HookView
 
 from . import health
 from .console import views as console_views
+from .errors import database_unavailable_response, is_database_unavailable
 from .metrics import metrics_view
 
 api_v1 = [
@@ -52,6 +54,11 @@ def handler404(request: HttpRequest, exception: Any = None) -> Any:
 
 
 def handler500(request: HttpRequest) -> Any:
+    # Called while the exception is being handled: a database outside any view (a middleware's
+    # session or user lookup) is a 503 too.
+    exc = sys.exc_info()[1]
+    if is_database_unavailable(exc):
+        return database_unavailable_response(request, exc)
     if _wants_json(request):
         return JsonResponse(
             {"type": "server_error", "detail": "Internal server error."}, status=500

@@ -15,7 +15,7 @@ from rest_framework_simplejwt.tokens import AccessToken
 from runs.models import Run
 from runs.tests.factories import make_workflow, transform
 from sparkops.testing.engine import wait_until
-from sparkops.testing.processes import RedisServer, WebServer
+from sparkops.testing.processes import RedisServer, WebProcess
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -23,14 +23,15 @@ THREADS = 4  # the process cap is then 3: a quarter of the threads stays free
 
 
 @pytest.fixture
-def servers() -> Iterator[Callable[[], WebServer]]:
+def servers() -> Iterator[Callable[[], WebProcess]]:
     """Start gunicorns sharing one redis-server (their cache and broker)."""
     redis = RedisServer()
     redis.start()
-    started: list[WebServer] = []
+    started: list[WebProcess] = []
 
-    def start() -> WebServer:
-        server = WebServer(
+    def start() -> WebProcess:
+        server = WebProcess(
+            redis.url,
             threads=THREADS,
             extra_env={
                 "REDIS_URL": redis.url,
@@ -53,12 +54,12 @@ def servers() -> Iterator[Callable[[], WebServer]]:
 
 
 @pytest.fixture
-def web(servers: Callable[[], WebServer]) -> WebServer:
+def web(servers: Callable[[], WebProcess]) -> WebProcess:
     return servers()
 
 
 class Stream:
-    def __init__(self, web: WebServer, user: Any, run: Run) -> None:
+    def __init__(self, web: WebProcess, user: Any, run: Run) -> None:
         self.client = httpx.Client(base_url=web.url, timeout=20)
         request = self.client.build_request(
             "GET",
@@ -91,7 +92,7 @@ def active_run(cast: Any) -> Run:
     )
 
 
-def test_streams_are_capped_and_the_server_keeps_answering(cast: Any, web: WebServer) -> None:
+def test_streams_are_capped_and_the_server_keeps_answering(cast: Any, web: WebProcess) -> None:
     run = active_run(cast)
     opened: list[Stream] = []
     try:
@@ -130,7 +131,7 @@ def test_streams_are_capped_and_the_server_keeps_answering(cast: Any, web: WebSe
             stream.close()
 
 
-def test_the_user_cap_holds_across_processes(cast: Any, servers: Callable[[], WebServer]) -> None:
+def test_the_user_cap_holds_across_processes(cast: Any, servers: Callable[[], WebProcess]) -> None:
     first, second = servers(), servers()
     run = active_run(cast)
     opened: list[Stream] = []

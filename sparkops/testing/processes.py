@@ -126,11 +126,17 @@ class WorkerProcess:
     """`celery worker` in its own process against the test database and a given broker."""
 
     def __init__(
-        self, broker_url: str, *, concurrency: int = 16, extra_env: dict[str, str] | None = None
+        self,
+        broker_url: str,
+        *,
+        concurrency: int = 16,
+        extra_env: dict[str, str] | None = None,
+        loglevel: str = "WARNING",
     ):
         self.broker_url = broker_url
         self.concurrency = concurrency
         self.extra_env = extra_env or {}
+        self.loglevel = loglevel
         self.proc: subprocess.Popen[bytes] | None = None
         self.log = Path(tempfile.mkstemp(prefix="sparkops-worker-", suffix=".log")[1])
 
@@ -173,6 +179,8 @@ class WorkerProcess:
                     "--without-gossip",
                     "--without-mingle",
                     "--without-heartbeat",
+                    "-l",
+                    self.loglevel,
                     "-n",
                     f"crash-{time.monotonic_ns()}@%h",
                 ],
@@ -328,23 +336,28 @@ class BeatProcess:
         return text if limit is None else text[-limit:]
 
 
-class WebServer:
-    """gunicorn (gthread, as in production) in its own process on a free port, serving the
-    test database; `extra_env` sets its settings (REDIS_URL for a cache of the test's own)."""
+class WebProcess:
+    """gunicorn (sparkops/gunicorn_conf.py, gthread workers) in its own process on a free port of
+    127.0.0.1, against the test database (or `database_url`) and a given broker."""
 
     def __init__(
-        self, *, threads: int = 4, workers: int = 1, extra_env: dict[str, str] | None = None
+        self,
+        broker_url: str,
+        *,
+        workers: int = 1,
+        threads: int = 8,
+        database_url: str | None = None,
+        extra_env: dict[str, str] | None = None,
     ) -> None:
-        self.port = free_port()
-        self.threads = threads
+        self.broker_url = broker_url
         self.workers = workers
+        self.threads = threads
+        self.database_url = database_url
         self.extra_env = extra_env or {}
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
         self.proc: subprocess.Popen[bytes] | None = None
         self.log = Path(tempfile.mkstemp(prefix="sparkops-web-", suffix=".log")[1])
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
 
     def env(self) -> dict[str, str]:
         env = {
@@ -354,8 +367,10 @@ class WebServer:
         }
         env.update(
             {
-                "DATABASE_URL": database_url(),
+                "DATABASE_URL": self.database_url or database_url(),
+                "CELERY_BROKER_URL": self.broker_url,
                 "SECRET_KEY": settings.SECRET_KEY,
+                "DEBUG": "0",
                 "ALLOWED_HOSTS": "127.0.0.1,localhost",
                 "SPARKOPS_VAR_DIR": str(settings.VAR_DIR),
                 "LOG_LEVEL": "WARNING",
@@ -377,23 +392,19 @@ class WebServer:
                     f"127.0.0.1:{self.port}",
                     "-w",
                     str(self.workers),
-                    "--worker-class",
-                    "gthread",
                     "--threads",
                     str(self.threads),
-                    "--timeout",
-                    "60",
                 ],
                 cwd=settings.BASE_DIR,
                 env=self.env(),
                 stdout=log,
                 stderr=subprocess.STDOUT,
             )
-        wait_until(self._listening, timeout=30, what="gunicorn to accept connections")
+        wait_until(self._listening, timeout=60, what=f"gunicorn on {self.url}")
 
     def _listening(self) -> bool:
         if self.proc is not None and self.proc.poll() is not None:
-            raise AssertionError(f"gunicorn exited:\n{self.output()}")
+            raise AssertionError(f"gunicorn exited: {self.output()}")
         try:
             with socket.create_connection(("127.0.0.1", self.port), timeout=0.5):
                 return True
@@ -404,7 +415,7 @@ class WebServer:
         if self.proc is not None and self.proc.poll() is None:
             self.proc.terminate()
             try:
-                self.proc.wait(timeout=15)
+                self.proc.wait(timeout=40)
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait(timeout=10)

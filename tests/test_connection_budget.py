@@ -1,0 +1,82 @@
+"""The PostgreSQL connection budget of `make run` (Procfile) and docker-compose, as README,
+"Database connections", adds it up: every process's pool cap, from the commands themselves."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+import yaml
+from django.conf import settings
+
+ROOT = Path(settings.BASE_DIR)
+DEFAULT_POOL = 10  # DB_POOL_MAX_SIZE's default (tests/test_db_connections.py checks it)
+
+
+def option(argv: list[str], *names: str) -> str:
+    for i, arg in enumerate(argv):
+        if arg in names:
+            return argv[i + 1]
+    raise AssertionError(f"none of {names} in {argv}")
+
+
+def procfile_process(name: str, tmp: Path) -> tuple[dict[str, str], list[str]]:
+    """The environment a Procfile line gives its program and the program's arguments, run
+    through a shell as honcho runs it (none of the variables it reads set: `make run`'s
+    defaults), with a stand-in that reports them for the program."""
+    line = dict(
+        entry.split(": ", 1) for entry in (ROOT / "Procfile").read_text().splitlines() if entry
+    )[name]
+    report = tmp / "report.py"
+    report.write_text(
+        "import json, os, sys\n"
+        "print(json.dumps([os.environ.get('DB_POOL_MAX_SIZE'), sys.argv[1:]]))\n"
+    )
+    read = {"WORKER_CONCURRENCY", "WEB_PORT", "WEB_CONCURRENCY", "DB_POOL_MAX_SIZE"}
+    env = {k: v for k, v in os.environ.items() if k not in read}
+    out = subprocess.run(
+        ["sh", "-c", re.sub(r"\.venv/bin/\w+", f"{sys.executable} {report}", line, count=1)],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=30,
+    ).stdout
+    pool, argv = json.loads(out)
+    return ({"DB_POOL_MAX_SIZE": pool} if pool else {}), argv
+
+
+def pool_of(env: dict[str, str]) -> int:
+    return int(env.get("DB_POOL_MAX_SIZE") or DEFAULT_POOL)
+
+
+def test_make_run_needs_32_connections_at_most(tmp_path):
+    web_env, web = procfile_process("web", tmp_path)
+    worker_env, worker = procfile_process("worker", tmp_path)
+    beat_env, _ = procfile_process("beat", tmp_path)
+    concurrency = int(option(worker, "-c", "--concurrency"))
+    assert option(worker, "-P", "--pool") == "threads"
+    assert pool_of(worker_env) == concurrency + 2  # the heartbeat thread and a spare
+    budget = int(option(web, "-w", "--workers")) * pool_of(web_env)
+    budget += pool_of(worker_env) + pool_of(beat_env)
+    assert (budget, pool_of(beat_env)) == (32, 2)
+
+
+def test_compose_needs_66_connections_at_most():
+    services = yaml.safe_load((ROOT / "docker-compose.yml").read_text())["services"]
+
+    def env(name: str) -> dict[str, str]:
+        return services[name].get("environment") or {}
+
+    web = shlex.split(services["web"]["command"])
+    worker = shlex.split(services["worker"]["command"])
+    assert option(worker, "-P", "--pool") == "threads"
+    assert pool_of(env("worker")) == int(option(worker, "-c", "--concurrency")) + 2
+    budget = int(option(web, "-w", "--workers")) * pool_of(env("web"))
+    budget += pool_of(env("worker")) + pool_of(env("beat"))
+    assert budget == 66
