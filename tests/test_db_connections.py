@@ -396,6 +396,7 @@ def test_a_held_event_stream_gives_its_pooled_connection_back_between_polls(
 ):
     """An open stream polls the event table; between polls its connection goes back to the
     process's pool (PostgreSQL), so streams held for minutes cannot starve the requests."""
+    from runs import streams
     from runs.views import _event_stream
 
     settings.SPARKOPS_STREAM_POLL_SECONDS = 0.1
@@ -403,10 +404,13 @@ def test_a_held_event_stream_gives_its_pooled_connection_back_between_polls(
     run = services.run_create(workflow=one_agent_workflow(cast), input={}, actor=cast.owner)
     chunks: list[str] = []
 
+    slot = streams.acquire(cast.owner.pk)
+
     def consume() -> None:
         try:
-            chunks.extend(_event_stream(run.pk, 0))
+            chunks.extend(_event_stream(run.pk, 0, slot))
         finally:
+            slot.release()
             connection.close()
 
     connection.close()  # this thread's own connection back to the pool before watching it
