@@ -14,7 +14,6 @@ from urllib.parse import urlsplit
 from django.core.validators import validate_slug
 from django.db import IntegrityError, transaction
 from django.utils.text import slugify
-from jsonschema import Draft202012Validator
 from jsonschema.exceptions import SchemaError
 
 from accounts.models import User
@@ -22,6 +21,7 @@ from policies.audit import audit_record
 from projects.models import Project, Secret
 from projects.secrets import SecretBag
 from sparkops.errors import Conflict, InvalidInput, SparkOpsError
+from sparkops.regex import check_user_schema
 from sparkops.versioning import version_record, version_restore_fields
 from tools.models import Tool
 
@@ -273,7 +273,7 @@ def agent_clean(
             add("response_format", "Must be null (text) or a JSON Schema object.")
         else:
             try:
-                Draft202012Validator.check_schema(response_format)
+                check_user_schema(response_format)
             except SchemaError as exc:
                 where = "/".join(str(part) for part in exc.path)
                 add(

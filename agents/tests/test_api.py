@@ -137,6 +137,9 @@ def test_no_op_patch_writes_no_version(cast):
         ({"provider": "openai_compatible"}, "base_url"),
         ({"credentials_secret": "MISSING"}, "credentials_secret"),
         ({"response_format": {"type": 12}}, "response_format"),
+        # patterns run on RE2 (linear time): lookaround and backreferences are refused
+        ({"response_format": {"type": "string", "pattern": "a(?=b)"}}, "response_format"),
+        ({"response_format": {"patternProperties": {r"(x)\1": {}}}}, "response_format"),
         ({"temperature": 3}, "temperature"),
         ({"max_iterations": 0}, "max_iterations"),
         ({"settings": "not an object"}, "settings"),
