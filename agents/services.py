@@ -20,6 +20,7 @@ from accounts.models import User
 from policies.audit import audit_record
 from projects.models import Project, Secret
 from projects.secrets import SecretBag
+from sparkops import egress
 from sparkops.errors import Conflict, InvalidInput, SparkOpsError
 from sparkops.regex import check_user_schema
 from sparkops.versioning import version_record, version_restore_fields
@@ -117,7 +118,8 @@ def _is_int(value: Any) -> bool:
 
 
 def _check_base_url(value: str) -> str | None:
-    """A problem with `value` as a base URL, or None. Syntax only: the egress guard checks the
+    """A problem with `value` as a base URL, or None. Syntax, and what the egress guard refuses
+    whatever DNS answers (a literal or numeric private address); the guard checks the
     address at call time (DNS answers change, and allow-lists are per deployment)."""
     try:
         parts = urlsplit(value)
@@ -134,6 +136,9 @@ def _check_base_url(value: str) -> str | None:
         return "A base URL has no query string or fragment."
     if any(ord(ch) <= 0x20 for ch in value):
         return "The URL contains whitespace."
+    problem = egress.static_url_problem(value)
+    if problem is not None:
+        return f"Refused by the outbound-traffic guard: {problem}."
     return None
 
 

@@ -45,3 +45,123 @@ def test_a_datetime_filter_out_of_range_is_a_400_naming_it(cast, url, field, val
 def test_the_widest_offsets_postgresql_takes_still_filter(cast, value):
     response = cast.client("owner").get(f"/api/v1/runs/?created_after={quote(value)}")
     assert response.status_code == 200, response.content
+
+
+# --- agent base URLs -------------------------------------------------------------------------
+# Numeric host forms the resolver reads as loopback (octal, hex, integer, zero-padded,
+# full-width digits, IPv4-mapped IPv6): refused on save with a 400 naming `base_url`, and
+# refused again by the egress client at call time without connecting.
+
+LOOPBACK_FORMS = [
+    "http://0177.0.0.1/v1",
+    "http://127.000.000.001/v1",
+    "http://\uff11\uff12\uff17.\uff10.\uff10.\uff11/v1",  # full-width digits
+    "http://0x7f.1/v1",
+    "http://0x7f000001/v1",
+    "http://2130706433/v1",
+    "http://127.1/v1",
+    "http://017700000001/v1",
+    "http://[::ffff:127.0.0.1]/v1",
+    "http://[::ffff:7f00:1]/v1",
+    "http://127.0.0.1./v1",
+    "http://0/v1",
+    "http://08.0.0.1/v1",  # not valid octal: a resolver would ask DNS
+    "http://1.2.3.4.5/v1",
+]
+
+
+def agent_body(cast, **fields):
+    return {
+        "project": str(cast.project.pk),
+        "name": "Local",
+        "provider": "openai_compatible",
+        "model": "m",
+        **fields,
+    }
+
+
+@pytest.mark.parametrize("base_url", LOOPBACK_FORMS)
+def test_a_base_url_the_egress_client_refuses_is_a_400_on_create(cast, base_url):
+    from agents.models import Agent
+
+    response = cast.client("developer").post(
+        "/api/v1/agents/", agent_body(cast, base_url=base_url), format="json"
+    )
+    assert response.status_code == 400, response.content
+    assert list(response.json()["errors"]) == ["base_url"], response.json()
+    assert not Agent.objects.exists()
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.parametrize("base_url", LOOPBACK_FORMS[:3] + LOOPBACK_FORMS[8:9])
+def test_a_base_url_the_egress_client_refuses_is_a_400_on_update(cast, base_url):
+    from agents.tests.factories import AgentFactory
+
+    agent = AgentFactory(
+        project=cast.project, provider="openai_compatible", base_url="https://llm.example.com/v1"
+    )
+    response = cast.client("developer").patch(
+        f"/api/v1/agents/{agent.pk}/", {"base_url": base_url}, format="json"
+    )
+    assert response.status_code == 400, response.content
+    assert list(response.json()["errors"]) == ["base_url"], response.json()
+    agent.refresh_from_db()
+    assert agent.base_url == "https://llm.example.com/v1"
+
+
+@pytest.mark.parametrize("base_url", LOOPBACK_FORMS)
+def test_the_egress_client_refuses_them_at_call_time(base_url):
+    from sparkops import egress
+
+    with pytest.raises(egress.EgressDenied):
+        egress.check_url(base_url + "/chat/completions")
+
+
+@pytest.fixture
+def connects(monkeypatch):
+    """Every socket connect to port 80 (where the base URLs above point), refused and recorded;
+    the database and Redis connect as usual."""
+    import socket
+
+    attempts = []
+    real_connect, real_connect_ex = socket.socket.connect, socket.socket.connect_ex
+
+    def refused(address):
+        if isinstance(address, tuple) and address[1] == 80:
+            attempts.append(address)
+            raise ConnectionRefusedError(111, "test network: no connections here")
+
+    def connect(sock, address):
+        refused(address)
+        return real_connect(sock, address)
+
+    def connect_ex(sock, address):
+        refused(address)
+        return real_connect_ex(sock, address)
+
+    monkeypatch.setattr(socket.socket, "connect", connect)
+    monkeypatch.setattr(socket.socket, "connect_ex", connect_ex)
+    return attempts
+
+
+@pytest.mark.parametrize("base_url", LOOPBACK_FORMS)
+def test_an_agent_saved_before_the_check_is_refused_at_call_time(cast, connects, base_url):
+    from agents.tests.factories import AgentFactory
+    from projects import services as project_services
+
+    project_services.secret_set(project=cast.project, actor=cast.owner, name="K", value="sk-1")
+    agent = AgentFactory(
+        project=cast.project,
+        provider="openai_compatible",
+        model="m",
+        base_url="https://llm.example.com/v1",
+        credentials_secret="K",
+        settings={"timeout_seconds": 5},
+    )
+    type(agent).objects.filter(pk=agent.pk).update(base_url=base_url)  # saved before the check
+    response = cast.client("developer").post(
+        f"/api/v1/agents/{agent.pk}/test", {"prompt": "hi"}, format="json"
+    )
+    assert 400 <= response.status_code < 500 or response.status_code == 502, response.content
+    assert response.json()["type"] != "server_error"
+    assert connects == []
