@@ -189,6 +189,11 @@ REST_FRAMEWORK = {
         "rest_framework.authentication.SessionAuthentication",
     ],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
+    "DEFAULT_PARSER_CLASSES": [
+        "sparkops.parsers.JSONParser",
+        "sparkops.parsers.FormParser",
+        "sparkops.parsers.MultiPartParser",
+    ],
     "DEFAULT_FILTER_BACKENDS": [
         "sparkops.filters.FilterBackend",
         "rest_framework.filters.SearchFilter",

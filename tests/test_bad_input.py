@@ -165,3 +165,90 @@ def test_an_agent_saved_before_the_check_is_refused_at_call_time(cast, connects,
     assert 400 <= response.status_code < 500 or response.status_code == 502, response.content
     assert response.json()["type"] != "server_error"
     assert connects == []
+
+
+# --- NUL characters --------------------------------------------------------------------------
+# JSON allows "\u0000"; PostgreSQL's jsonb and text columns refuse it. The API's JSON parser
+# refuses it anywhere in a body, naming the field; run_create refuses it in input that comes
+# from elsewhere (webhooks, schedules). What tools and models return is stripped on write
+# (runs/tests/test_engine_tools.py).
+
+
+def nul_routes(cast):
+    from runs.tests.factories import make_workflow, transform
+
+    workflow = make_workflow(cast.project, cast.owner, [transform("a", 1)])
+    project = f"/api/v1/projects/{cast.project.pk}/"
+    tool = {"project": str(cast.project.pk), "kind": "http", "name": "t"}
+    return [
+        ("post", "/api/v1/runs/", {"workflow": workflow.pk, "input": {"q": "a\x00"}}, "input.q"),
+        ("post", "/api/v1/runs/", {"workflow": workflow.pk, "input": {"k\x00": 1}}, "input.k"),
+        ("patch", "/api/v1/auth/me", {"settings": {"theme": ["dark\x00"]}}, "settings.theme.0"),
+        ("patch", project, {"metadata": {"team": "x\x00"}}, "metadata.team"),
+        ("patch", project, {"name": "a\x00b"}, "name"),
+        (
+            "post",
+            "/api/v1/tools/",
+            {**tool, "config": {"method": "GET", "url": "https://e.example/\x00"}},
+            "config.url",
+        ),
+    ]
+
+
+@pytest.mark.parametrize("case", range(6))
+def test_a_nul_character_in_a_json_body_is_a_400_naming_the_field(cast, case):
+    from projects.models import Project
+    from runs.models import Run
+
+    method, url, body, field = nul_routes(cast)[case]
+    response = getattr(cast.client("owner"), method)(url, body, format="json")
+    assert response.status_code == 400, response.content
+    errors = response.json()["errors"]
+    assert [key.replace("\\u0000", "") for key in errors] == [field], errors
+    assert not Run.objects.exists()
+    assert Project.objects.get(pk=cast.project.pk).metadata == cast.project.metadata
+
+
+def test_a_nul_character_in_a_form_field_is_a_400_naming_it(cast):
+    # DRF's CharField refuses NUL itself (ProhibitNullCharactersValidator) for form bodies
+    response = cast.client("owner").patch(
+        f"/api/v1/projects/{cast.project.pk}/", {"name": "a\x00b"}, format="multipart"
+    )
+    assert response.status_code == 400, response.content
+    assert list(response.json()["errors"]) == ["name"]
+
+
+@pytest.mark.parametrize("fmt", ["multipart", "form"])
+def test_an_escaped_nul_in_a_json_field_sent_as_a_form_is_a_400_naming_it(cast, fmt):
+    # a JSONField's form input is JSON text, which the field decodes into a NUL
+    client = cast.client("owner")
+    url = f"/api/v1/projects/{cast.project.pk}/"
+    value = '{"team": ["x\\u0000"]}'
+    if fmt == "form":
+        from urllib.parse import urlencode
+
+        response = client.patch(
+            url, urlencode({"metadata": value}), content_type="application/x-www-form-urlencoded"
+        )
+    else:
+        response = client.patch(url, {"metadata": value}, format="multipart")
+    assert response.status_code == 400, response.content
+    assert list(response.json()["errors"]) == ["metadata.team.0"]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_nul_character_in_a_webhook_body_is_refused_and_starts_no_run(cast):
+    from rest_framework.test import APIClient
+
+    from runs.models import Run
+    from runs.tests.factories import make_workflow, transform
+    from workflows import webhooks
+
+    workflow = make_workflow(cast.project, cast.owner, [transform("a", 1)])
+    _, token, _ = webhooks.webhook_trigger_create(actor=cast.owner, workflow=workflow, name="hook")
+    response = APIClient().post(
+        f"/api/v1/hooks/{token}", data=b'{"q": "a\\u0000"}', content_type="application/json"
+    )
+    assert response.status_code in (400, 422), response.content
+    assert list(response.json()["errors"]) == ["input.q"]
+    assert not Run.objects.exists()

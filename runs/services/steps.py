@@ -22,6 +22,7 @@ from django.utils import timezone
 
 from projects.secrets import SecretBag
 from runs.models import Run, RunEvent, RunStep
+from sparkops.nul import strip_nul
 
 from .dispatch import send_step
 from .events import event_append, events_append
@@ -138,8 +139,8 @@ def finish_run(
         ]
     started = run.started_at or run.created_at
     run.status = status
-    run.output = output
-    run.error = error
+    run.output = strip_nul(output)
+    run.error = strip_nul(error)
     run.finished_at = now
     run.duration_ms = int((now - started).total_seconds() * 1000)
     run.save(update_fields=["status", "output", "error", "finished_at", "duration_ms"])
@@ -208,6 +209,7 @@ def step_succeed(
     too_large = oversized(output)
     if too_large is not None:
         return step_fail(step=step, attempt=attempt, checkpoint=checkpoint, error=too_large)
+    output = strip_nul(output)  # a tool's or model's NULs: PostgreSQL cannot store them
     from .engine import run_advance_locked
 
     fields, events = checkpoint.deferred() if checkpoint is not None else ({}, [])
@@ -330,7 +332,7 @@ def record_failure(
     run locked."""
     now = timezone.now()
     policy = retry_policy(run, node_of(run, node_id))
-    error_dict = error.as_dict()
+    error_dict = strip_nul(error.as_dict())
     if error.retryable and failures < policy["max_attempts"] and not run.cancel_requested:
         delay = backoff_delay(policy, failures)
         fields.pop("queued_at", None)  # queued again now: the sweeper's lost-message clock
@@ -550,7 +552,7 @@ class Checkpoint:
             raise StepError("timeout", "The step ran past its timeout.", retryable=True)
 
     def record_input(self, value: Any) -> None:
-        value = self.secrets.redact(value)
+        value = strip_nul(self.secrets.redact(value))
         if self.deferred_writes:
             self.input, self.has_input = value, True
             return
