@@ -206,7 +206,7 @@ def rule_errors(kind: str, rule: Any) -> dict[str, list[str]]:
             if reason is not None:
                 add(
                     f"patterns.{index}",
-                    f"Not a supported regular expression ({pattern!r}): {reason}. Patterns run "
+                    f"Not a valid regular expression ({pattern!r}): {reason}. Patterns run "
                     "on RE2 (linear time): no backreferences or lookaround.",
                 )
     if kind == "max_cost_per_run":
