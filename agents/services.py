@@ -15,14 +15,15 @@ from urllib.parse import urlsplit
 from django.core.validators import validate_slug
 from django.db import IntegrityError, transaction
 from django.utils.text import slugify
-from jsonschema import Draft202012Validator
 from jsonschema.exceptions import SchemaError
 
 from accounts.models import User
 from policies.audit import audit_record
 from projects.models import Project, Secret
 from projects.secrets import SecretBag
+from sparkops import egress
 from sparkops.errors import Conflict, InvalidInput, SparkOpsError
+from sparkops.regex import check_user_schema
 from sparkops.versioning import version_record, version_restore_fields
 from tools.models import Tool
 
@@ -118,7 +119,8 @@ def _is_int(value: Any) -> bool:
 
 
 def _check_base_url(value: str) -> str | None:
-    """A problem with `value` as a base URL, or None. Syntax only: the egress guard checks the
+    """A problem with `value` as a base URL, or None. Syntax, and what the egress guard refuses
+    whatever DNS answers (a literal or numeric private address); the guard checks the
     address at call time (DNS answers change, and allow-lists are per deployment)."""
     try:
         parts = urlsplit(value)
@@ -135,6 +137,9 @@ def _check_base_url(value: str) -> str | None:
         return "A base URL has no query string or fragment."
     if any(ord(ch) <= 0x20 for ch in value):
         return "The URL contains whitespace."
+    problem = egress.static_url_problem(value)
+    if problem is not None:
+        return f"Refused by the outbound-traffic guard: {problem}."
     return None
 
 
@@ -321,7 +326,7 @@ def _check_response_format(response_format: Any, add: Add) -> None:
         add("response_format", "Must be null (text) or a JSON Schema object.")
         return
     try:
-        Draft202012Validator.check_schema(response_format)
+        check_user_schema(response_format)
     except SchemaError as exc:
         where = "/".join(str(part) for part in exc.path)
         add(

@@ -14,6 +14,9 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from jsonschema import Draft202012Validator
 
+from sparkops.regex import compile_user_regex, regex_error
+from sparkops.regex import finditer as regex_finditer
+
 CONTENT_TARGETS = ["prompt", "output", "tool_arguments", "tool_output"]
 PII_KINDS = ["email", "phone", "card", "iban"]
 DAYS = ["mon", "tue", "wed", "thu", "fri", "sat", "sun"]
@@ -108,7 +111,11 @@ RULE_SCHEMAS: dict[str, dict[str, Any]] = {
         "additionalProperties": False,
         "required": ["patterns"],
         "properties": {
-            "patterns": {**_patterns, "description": "Python regular expressions."},
+            "patterns": {
+                **_patterns,
+                "description": "Regular expressions in RE2 syntax (linear-time matching; no "
+                "backreferences or lookaround).",
+            },
             "action": {"enum": ["deny", "redact"], "default": "deny"},
             "replacement": {"type": "string", "maxLength": 100, "default": "[BLOCKED]"},
             "ignore_case": {"type": "boolean", "default": True},
@@ -195,10 +202,13 @@ def rule_errors(kind: str, rule: Any) -> dict[str, list[str]]:
         return errors
     if kind == "blocked_patterns":
         for index, pattern in enumerate(rule["patterns"]):
-            try:
-                re.compile(pattern)
-            except re.error as exc:
-                add(f"patterns.{index}", f"Not a valid regular expression: {exc}.")
+            reason = regex_error(pattern)
+            if reason is not None:
+                add(
+                    f"patterns.{index}",
+                    f"Not a valid regular expression ({pattern!r}): {reason}. Patterns run "
+                    "on RE2 (linear time): no backreferences or lookaround.",
+                )
     if kind == "max_cost_per_run":
         value = decimal_or_none(rule["max_cost_usd"])
         if value is None or value <= 0:
@@ -330,15 +340,16 @@ def find_pii(text: str, kinds: list[str] | None = None) -> list[Match]:
     return sorted(found, key=lambda m: m.start)
 
 
-def compile_patterns(rule: dict[str, Any]) -> list[re.Pattern[str]]:
-    flags = re.IGNORECASE if rule.get("ignore_case", True) else 0
-    return [re.compile(p, flags) for p in rule["patterns"]]
+def compile_patterns(rule: dict[str, Any]) -> list[Any]:
+    """User patterns on RE2, so matching is linear in the text whatever the pattern."""
+    ignore_case = rule.get("ignore_case", True)
+    return [compile_user_regex(p, ignore_case=ignore_case) for p in rule["patterns"]]
 
 
-def find_patterns(text: str, patterns: list[re.Pattern[str]]) -> list[Match]:
+def find_patterns(text: str, patterns: list[Any]) -> list[Match]:
     found: list[Match] = []
     for pattern in patterns:
-        for m in pattern.finditer(text):
+        for m in regex_finditer(pattern, text):
             if m.end() > m.start() and all(m.end() <= f.start or m.start() >= f.end for f in found):
                 found.append(Match("pattern", m.start(), m.end()))
     return sorted(found, key=lambda m: m.start)

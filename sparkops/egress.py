@@ -59,6 +59,7 @@ __all__ = [
     "check_url",
     "request",
     "sdk_http_client",
+    "static_url_problem",
 ]
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
@@ -374,6 +375,23 @@ def _check_url_static(url: httpx.URL | str) -> httpx.URL:
     if isinstance(parsed, str):
         _check_hostname(parsed, _AllowList.from_settings())
     return url
+
+
+def static_url_problem(url: str) -> str | None:
+    """Why the egress client refuses `url` whatever DNS answers, or None: syntax, scheme,
+    credentials, a metadata hostname, or a literal or numeric address (`0177.0.0.1`,
+    `2130706433`, `[::ffff:127.0.0.1]`...) in a refused range. For checks on save; hostnames
+    are resolved (and checked again) only at call time."""
+    try:
+        parsed = _check_url_static(url)
+        host = _parse_host(parsed.raw_host.decode("ascii"))
+    except EgressDenied as exc:
+        return exc.detail
+    if not isinstance(host, str):
+        problem = _address_problem(host)
+        if problem and not _AllowList.from_settings().allows_ip(host):
+            return f"address {host} is {problem}"
+    return None
 
 
 def check_url(url: str) -> None:

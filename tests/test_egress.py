@@ -1047,4 +1047,5 @@ def test_module_exports() -> None:
         "check_url",
         "request",
         "sdk_http_client",
+        "static_url_problem",
     }

@@ -12,10 +12,12 @@ from collections.abc import Iterable
 from functools import lru_cache
 from typing import Any
 
-from jsonschema import Draft202012Validator, FormatChecker
+from jsonschema import Draft202012Validator
 from jsonschema.exceptions import SchemaError, ValidationError
 
 from sparkops.errors import InvalidInput
+from sparkops.regex import FORMAT_CHECKER, UserSchemaValidator, check_user_schema
+from sparkops.regex import search as regex_search
 
 from .models import Tool
 
@@ -55,7 +57,7 @@ def schema_errors(validator: Draft202012Validator, instance: Any, prefix: str) -
             extra = [
                 key
                 for key in error.instance
-                if key not in allowed and not any(re.search(p, key) for p in patterns)
+                if key not in allowed and not any(regex_search(p, key) for p in patterns)
             ]
             if extra and error.schema.get("additionalProperties") is False:
                 for name in extra:
@@ -115,7 +117,7 @@ def _too_big(value: Any) -> bool:
 
 @lru_cache(maxsize=512)
 def _arguments_validator(schema_json: str) -> Draft202012Validator:
-    return Draft202012Validator(json.loads(schema_json), format_checker=FormatChecker())
+    return UserSchemaValidator(json.loads(schema_json), format_checker=FORMAT_CHECKER)
 
 
 def validate_arguments(schema: dict[str, Any], arguments: Any) -> None:
@@ -144,7 +146,7 @@ def parameters_errors(parameters: Any) -> Errors:
         return {"parameters": [f"Must be at most {MAX_JSON_SIZE} characters of JSON."]}
     errors: Errors = {}
     try:
-        Draft202012Validator.check_schema(parameters)
+        check_user_schema(parameters)
     except SchemaError as exc:
         path = _join("parameters", exc.path)
         errors.setdefault(path, []).append(f"Not a valid JSON Schema: {exc.message}")

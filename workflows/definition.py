@@ -9,10 +9,11 @@ import graphlib
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from jsonschema import Draft202012Validator, FormatChecker
+from jsonschema import Draft202012Validator
 from jsonschema.exceptions import SchemaError, ValidationError
 
 from sparkops.errors import InvalidInput
+from sparkops.regex import FORMAT_CHECKER, UserSchemaValidator, check_user_schema
 
 from . import templating
 from .templating import TemplateError
@@ -393,7 +394,7 @@ def _check_input_schema(errors: _Errors, input_schema: Any) -> None:
     if not isinstance(input_schema, dict):
         return
     try:
-        Draft202012Validator.check_schema(input_schema)
+        check_user_schema(input_schema)
     except SchemaError as exc:
         where = _location("definition.input_schema", exc.absolute_path)
         errors.add(where, f"Not a valid JSON Schema: {exc.message}")
@@ -523,13 +524,13 @@ def validate_input(input_schema: dict[str, Any] | None, data: Any) -> None:
     if input_schema is None:
         return
     try:
-        Draft202012Validator.check_schema(input_schema)
+        check_user_schema(input_schema)
     except SchemaError as exc:
         raise InvalidInput(
             "Invalid run input.",
             errors={"input_schema": [f"Not a valid JSON Schema: {exc.message}"]},
         ) from None
-    validator = Draft202012Validator(input_schema, format_checker=FormatChecker())
+    validator = UserSchemaValidator(input_schema, format_checker=FORMAT_CHECKER)
     errors = _Errors()
     for error in validator.iter_errors(data):
         for where, message in _schema_messages(error, "input"):

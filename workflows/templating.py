@@ -10,7 +10,11 @@ under a budget kept in a context variable (so it works in worker threads, withou
   `replace`, `format`, ...) estimate their result *before* building it, and the rendered
   string is capped;
 - loop iterations (`range` is capped too), and the characters a render may produce in total,
-  buffered blocks (`{% set %}...{% endset %}`, macros) included.
+  buffered blocks (`{% set %}...{% endset %}`, macros) included;
+- one total for everything a `render_value()` call returns (all the templates of a step's
+  input or of a run's output together, MAX_TOTAL_SIZE): each value rendered is charged to it,
+  and no operation may build a value bigger than what is left of it, so 300 keys of
+  `{{ 'a' * 10**6 }}` stop at the limit instead of holding 300 MB.
 
 A value that is exactly one `{{ expression }}` keeps its native JSON type.
 
@@ -57,6 +61,7 @@ from sparkops.errors import InvalidInput
 
 MAX_OUTPUT_SIZE = 1_000_000  # characters in one rendered string (or one intermediate string)
 MAX_VALUE_SIZE = 10_000_000  # estimated JSON size of a native `{{ expression }}` result
+MAX_TOTAL_SIZE = 2_000_000  # characters of all the values one render_value() call returns
 MAX_RENDER_SECONDS = 2.0  # wall time for one render_value()/evaluate_condition() call
 MAX_RANGE = 10_000
 MAX_LOOP_ITERATIONS = 100_000  # per render, all loops together
@@ -90,21 +95,35 @@ class _Budget:
     timeout: float
     max_size: int
     secrets: dict[str, str]  # value -> name of the secrets read during the render
+    total: int = MAX_TOTAL_SIZE
     emitted: int = 0
     iterations: int = 0
+    rendered: int = 0  # characters of the values rendered so far, charged against `total`
+
+    def left(self) -> int:
+        return self.total - self.rendered
+
+    def charge(self, size: int) -> None:
+        self.rendered += size
+        if self.rendered > self.total:
+            raise TemplateSecurityError(
+                f"Rendered values are larger than the limit of {self.total} characters in total "
+                "(all the templates of one step or output together)."
+            )
 
 
 _budget: ContextVar[_Budget | None] = ContextVar("sparkops_template_budget", default=None)
 
 
 @contextmanager
-def _render_budget(max_size: int, timeout: float) -> Iterator[_Budget]:
+def _render_budget(max_size: int, timeout: float, total: int = MAX_TOTAL_SIZE) -> Iterator[_Budget]:
     with accessing() as secrets:
         budget = _Budget(
             deadline=time.monotonic() + timeout,
             timeout=timeout,
             max_size=max_size,
             secrets=secrets,
+            total=total,
         )
         token = _budget.set(budget)
         try:
@@ -122,12 +141,21 @@ def _tick() -> None:
 
 
 def _limit() -> int:
+    """The biggest value an operation may build: one string's limit, or less when that is
+    more than is left of the render's total (so nothing huge is built only to be refused)."""
     # Filters also run at compile time (constant folding), outside any budget.
     budget = _budget.get()
-    return budget.max_size if budget is not None else MAX_OUTPUT_SIZE
+    return min(budget.max_size, max(budget.left(), 0)) if budget is not None else MAX_OUTPUT_SIZE
 
 
 def _too_big(what: str) -> TemplateSecurityError:
+    budget = _budget.get()
+    if budget is not None and budget.left() < budget.max_size:
+        return TemplateSecurityError(
+            f"{what} would exceed the {budget.left()} characters left of the limit of "
+            f"{budget.total} characters in total (all the templates of one step or output "
+            "together)."
+        )
     return TemplateSecurityError(f"{what} would exceed the size limit of {_limit()} characters.")
 
 
@@ -801,7 +829,9 @@ def _evaluate(template: Template, context: Mapping[str, Any]) -> Any:
     return ctx.vars["result"]
 
 
-def _render_text(template: Template, context: Mapping[str, Any], max_size: int) -> str:
+def _render_text(
+    template: Template, context: Mapping[str, Any], max_size: int, budget: _Budget
+) -> str:
     chunks = []
     size = 0
     for chunk in template.generate(dict(context)):
@@ -810,9 +840,23 @@ def _render_text(template: Template, context: Mapping[str, Any], max_size: int) 
             raise TemplateSecurityError(
                 f"Rendered template is larger than the limit of {max_size} characters."
             )
+        budget.charge(len(chunk))
         chunks.append(chunk)
         _tick()
     return "".join(chunks)
+
+
+def _native_charged(value: Any, budget: _Budget) -> Any:
+    remaining = [min(MAX_VALUE_SIZE, budget.left())]
+    start = remaining[0]
+    try:
+        result = _native(value, remaining)
+    except TemplateSecurityError:
+        if start < MAX_VALUE_SIZE:  # the render's total is what ran out
+            budget.charge(start + 1)
+        raise
+    budget.charge(start - remaining[0])
+    return result
 
 
 def _native(value: Any, remaining: list[int], depth: int = 0) -> Any:
@@ -862,18 +906,18 @@ def _native_key(key: Any) -> str:
     raise TemplateError(f"Dictionary key of type {type(key).__name__!r} is not JSON.")
 
 
-def _render(value: Any, context: Mapping[str, Any], max_size: int) -> Any:
+def _render(value: Any, context: Mapping[str, Any], max_size: int, budget: _Budget) -> Any:
     if isinstance(value, str):
         if not _is_template(value):
             return value
         template, native = _compile(value)
         if native:
-            return _native(_evaluate(template, context), [MAX_VALUE_SIZE])
-        return _render_text(template, context, max_size)
+            return _native_charged(_evaluate(template, context), budget)
+        return _render_text(template, context, max_size, budget)
     if isinstance(value, dict):
-        return {key: _render(item, context, max_size) for key, item in value.items()}
+        return {key: _render(item, context, max_size, budget) for key, item in value.items()}
     if isinstance(value, list | tuple):
-        return [_render(item, context, max_size) for item in value]
+        return [_render(item, context, max_size, budget) for item in value]
     return value
 
 
@@ -883,12 +927,14 @@ def render_value(
     *,
     max_size: int = MAX_OUTPUT_SIZE,
     timeout: float = MAX_RENDER_SECONDS,
+    max_total: int = MAX_TOTAL_SIZE,
 ) -> Any:
     """Render every template string in `value` (dict keys are left alone). A string that is
     one whole `{{ expression }}` becomes the expression's JSON value; other templates
-    become strings. `timeout` covers the whole call."""
-    with _render_budget(max_size, timeout), _template_errors():
-        return _render(value, context, max_size)
+    become strings. `timeout` and `max_total` (characters of all the rendered values
+    together; plain strings that are not templates are not counted) cover the whole call."""
+    with _render_budget(max_size, timeout, max_total) as budget, _template_errors():
+        return _render(value, context, max_size, budget)
 
 
 def evaluate_condition(

@@ -18,6 +18,7 @@ from .base import (
     ProviderConfig,
     ProviderError,
     ToolCall,
+    check_base_url,
     config_error,
     connection_error,
     redact,
@@ -48,6 +49,7 @@ class AnthropicProvider:
         params = self._params(request)
         # Key and base URL are always explicit: the SDK would otherwise fall back to the
         # worker's ANTHROPIC_API_KEY / ANTHROPIC_BASE_URL environment variables.
+        check_base_url(config.base_url, label=self.label, provider=self.name)
         client = anthropic.Anthropic(
             api_key=config.api_key,
             base_url=config.base_url or ANTHROPIC_BASE_URL,

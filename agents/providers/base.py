@@ -10,6 +10,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from sparkops import egress
 from sparkops.errors import SparkOpsError
 
 PROVIDERS = ("openai", "anthropic", "openai_compatible", "simulated")
@@ -110,6 +111,15 @@ def config_error(detail: str, *, provider: str | None = None) -> ProviderError:
     return ProviderError(
         detail, provider=provider, error_type="provider_config_error", status_code=400
     )
+
+
+def check_base_url(base_url: str | None, *, label: str, provider: str) -> None:
+    """Refuse, before an SDK client is built (the SDKs raise their own URL errors from the
+    constructor), a base URL the egress guard refuses whatever DNS answers: an agent saved
+    before that check, or an address range refused since. Nothing connects."""
+    problem = egress.static_url_problem(base_url) if base_url else None
+    if problem is not None:
+        raise connection_error(label, egress.EgressDenied(problem), provider=provider)
 
 
 def status_error(label: str, status: int, message: str, *, provider: str) -> ProviderError:

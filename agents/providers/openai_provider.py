@@ -19,6 +19,7 @@ from .base import (
     ProviderConfig,
     ProviderError,
     ToolCall,
+    check_base_url,
     config_error,
     connection_error,
     parse_arguments,
@@ -51,6 +52,7 @@ class OpenAIProvider:
         params = self._params(request)
         # Always pass key and base URL explicitly: the SDK would otherwise fall back to the
         # worker's OPENAI_API_KEY / OPENAI_BASE_URL environment variables.
+        check_base_url(config.base_url, label=self.label, provider=self.name)
         client = openai.OpenAI(
             api_key=config.api_key or PLACEHOLDER_API_KEY,
             base_url=config.base_url or OPENAI_BASE_URL,

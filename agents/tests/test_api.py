@@ -135,8 +135,13 @@ def test_no_op_patch_writes_no_version(cast):
     [
         ({"provider": "gemini"}, "provider"),
         ({"provider": "openai_compatible"}, "base_url"),
+        # a literal private address: the egress guard refuses it whatever DNS answers
+        ({"provider": "openai_compatible", "base_url": "http://10.0.0.1/v1"}, "base_url"),
         ({"credentials_secret": "MISSING"}, "credentials_secret"),
         ({"response_format": {"type": 12}}, "response_format"),
+        # patterns run on RE2 (linear time): lookaround and backreferences are refused
+        ({"response_format": {"type": "string", "pattern": "a(?=b)"}}, "response_format"),
+        ({"response_format": {"patternProperties": {r"(x)\1": {}}}}, "response_format"),
         ({"temperature": 3}, "temperature"),
         ({"max_iterations": 0}, "max_iterations"),
         ({"settings": "not an object"}, "settings"),
@@ -457,9 +462,11 @@ def test_unknown_model_is_a_502(cast, fake_llm, allow_loopback):
     assert response.json()["type"] == "provider_not_found"
 
 
-def test_a_private_base_url_is_refused_by_the_egress_guard(cast, fake_llm):
-    # no allow_loopback: 127.0.0.1 is refused before any connection
+def test_a_private_base_url_is_refused_by_the_egress_guard(cast, fake_llm, settings):
+    # saved while 127.0.0.1 was allow-listed; without it, refused before any connection
+    settings.SPARKOPS_OUTBOUND_ALLOW = ["127.0.0.1"]
     agent = openai_agent(cast, fake_llm)
+    settings.SPARKOPS_OUTBOUND_ALLOW = []
     response = cast.client("developer").post(f"{detail(agent)}test", {"prompt": "ping"})
     assert response.status_code == 400
     assert response.json()["type"] == "provider_egress_denied"

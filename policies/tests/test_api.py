@@ -445,3 +445,46 @@ def test_audit_list_query_count_is_constant(cast, django_assert_num_queries):
     with django_assert_num_queries(4):
         assert len(client.get(url).json()["results"]) >= 10
     assert AuditEvent.objects.filter(project=cast.project).count() >= 10
+
+
+# --- user regexes run on RE2 -------------------------------------------------------------------
+# `(a+)+$` backtracks exponentially in Python's `re`: 24 characters took seconds and each one
+# more doubles it, so a 100k-character text would never finish. Finishing at all is the proof.
+CATASTROPHIC = r"(a+)+$"
+LONG_NO_MATCH = "a" * 100_000 + "!"
+
+
+def test_a_catastrophic_pattern_evaluates_a_long_text(cast):
+    make_policy(cast.project, cast.owner, "blocked_patterns", {"patterns": [CATASTROPHIC]})
+    response = evaluate(cast, point="model_output", text=LONG_NO_MATCH)
+    assert response.status_code == 200, response.json()
+    assert response.json()["allowed"] is True
+    denied = evaluate(cast, point="model_output", text="a" * 100_000).json()
+    assert denied["allowed"] is False and denied["decisions"][0]["kind"] == "blocked_patterns"
+
+
+@pytest.mark.parametrize(
+    "pattern", [r"(a)\1", r"secret(?=key)", r"(?<!x)token", r"(?>atomic)", r"a++"]
+)
+def test_a_pattern_re2_cannot_run_is_a_400_naming_it(cast, pattern):
+    rule = {"patterns": ["fine", pattern]}
+    response = cast.client("admin").post(
+        POLICIES, pii_body(cast, kind="blocked_patterns", rule=rule), format="json"
+    )
+    assert response.status_code == 400
+    errors = response.json()["errors"]
+    assert list(errors) == ["rule.patterns.1"], errors
+    assert repr(pattern) in errors["rule.patterns.1"][0]
+    assert not Policy.objects.exists()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_an_update_to_a_pattern_re2_cannot_run_is_a_400_and_changes_nothing(cast):
+    policy = make_policy(cast.project, cast.owner, "blocked_patterns", {"patterns": ["ok"]})
+    response = cast.client("admin").patch(
+        f"{POLICIES}{policy.pk}/", {"rule": {"patterns": [r"(\w+)\s\1"]}}, format="json"
+    )
+    assert response.status_code == 400
+    assert "rule.patterns.0" in response.json()["errors"]
+    policy.refresh_from_db()
+    assert policy.rule == {"patterns": ["ok"]}

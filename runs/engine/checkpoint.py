@@ -12,6 +12,7 @@ from django.utils import timezone
 from projects.secrets import SecretBag
 from runs.models import RunStep
 from runs.services.state import find_tool, step_event
+from sparkops.nul import strip_nul
 
 from .errors import StepError, StepSuperseded
 
@@ -61,7 +62,7 @@ class Checkpoint:
             raise StepError("timeout", "The step ran past its timeout.", retryable=True)
 
     def record_input(self, value: Any) -> None:
-        value = self.secrets.redact(value)
+        value = strip_nul(self.secrets.redact(value))
         if self.deferred_writes:
             self.input, self.has_input = value, True
             return

@@ -16,6 +16,7 @@ from runs.engine import executors, heartbeat
 from runs.engine.checkpoint import Checkpoint
 from runs.engine.errors import PauseForApproval, StepError, StepPaused, StepSuperseded
 from runs.models import RunEvent, RunStep
+from sparkops.nul import strip_nul
 
 from . import policy_hooks
 from .dispatch import send_step
@@ -77,6 +78,7 @@ def step_succeed(
     too_large = oversized(output)
     if too_large is not None:
         return step_fail(step=step, attempt=attempt, checkpoint=checkpoint, error=too_large)
+    output = strip_nul(output)  # a tool's or model's NULs: PostgreSQL cannot store them
     fields, events = checkpoint.deferred() if checkpoint is not None else ({}, [])
     with transaction.atomic():
         run = lock_run(step.run_id)

@@ -13,6 +13,7 @@ from django.db import connection, transaction
 
 from runs import signals
 from runs.models import Run, RunEvent
+from sparkops.nul import strip_nul
 
 _collecting: ContextVar[tuple[str, list[dict[str, Any]]] | None] = ContextVar(
     "sparkops_events_collecting", default=None
@@ -37,6 +38,7 @@ def events_append(run_id: Any, events: list[dict[str, Any]]) -> list[RunEvent]:
     rows written (none when collected, see `collecting`)."""
     if not events:
         return []
+    events = strip_nul(events)  # payloads quote tool and model output
     collector = _collecting.get()
     if collector is not None and collector[0] == str(run_id):
         collector[1].extend(events)

@@ -13,6 +13,7 @@ from django.utils import timezone
 from runs.engine.checkpoint import Checkpoint
 from runs.engine.errors import StepError
 from runs.models import Run, RunEvent, RunStep
+from sparkops.nul import strip_nul
 
 from .dispatch import send_step
 from .state import backoff_delay, node_of, retry_policy
@@ -48,7 +49,7 @@ def record_failure(
     run locked."""
     now = timezone.now()
     policy = retry_policy(run, node_of(run, node_id))
-    error_dict = error.as_dict()
+    error_dict = strip_nul(error.as_dict())
     if error.retryable and failures < policy["max_attempts"] and not run.cancel_requested:
         delay = backoff_delay(policy, failures)
         fields.pop("queued_at", None)  # queued again now: the sweeper's lost-message clock

@@ -16,6 +16,8 @@ from django.utils import timezone
 from policies.enforcement import RunStartRefused
 from runs.models import IdempotencyKey, Run, RunEvent, RunStep
 from sparkops.errors import Conflict, InvalidInput, NotFound, Unprocessable
+from sparkops.nul import MESSAGE as NUL_MESSAGE
+from sparkops.nul import nul_path
 from workflows.definition import validate_input
 from workflows.models import Workflow, WorkflowVersion
 
@@ -58,6 +60,9 @@ def _run_create(
     input = input if input is not None else {}
     if not isinstance(input, dict):
         raise InvalidInput("Invalid run input.", errors={"input": ["Must be a JSON object."]})
+    nul_at = nul_path(input, "input")  # webhook bodies, schedules and mappings come here too
+    if nul_at is not None:
+        raise InvalidInput("Invalid run input.", errors={nul_at: [NUL_MESSAGE]})
     validate_input(definition.get("input_schema"), input)
     decisions, refusal = policy_hooks.before_run_start(workflow=workflow)
     if refusal is not None:

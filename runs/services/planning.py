@@ -24,6 +24,7 @@ from runs.engine.errors import StepError
 from runs.models import Run, RunEvent, RunStep
 from sparkops import logcontext, tracing
 from sparkops.errors import SparkOpsError
+from sparkops.nul import strip_nul
 from workflows.models import Workflow
 from workflows.templating import TemplateError, evaluate_condition, render_value
 
@@ -432,7 +433,7 @@ def _execute_inline(
     if error is None:
         rows.update(
             status=RunStep.Status.SUCCEEDED,
-            output=output,
+            output=strip_nul(output),
             error=None,
             finished_at=finished,
             attempt=attempt,

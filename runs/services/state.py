@@ -16,6 +16,7 @@ from django.conf import settings
 from django.utils import timezone
 
 from runs.models import Run, RunEvent, RunStep
+from sparkops.nul import strip_nul
 from tools.models import Tool
 from workflows.models import WorkflowVersion
 
@@ -106,8 +107,8 @@ def finish_run(
         ]
     started = run.started_at or run.created_at
     run.status = status
-    run.output = output
-    run.error = error
+    run.output = strip_nul(output)
+    run.error = strip_nul(error)
     run.finished_at = now
     run.duration_ms = int((now - started).total_seconds() * 1000)
     run.save(update_fields=["status", "output", "error", "finished_at", "duration_ms"])

@@ -80,6 +80,18 @@ def test_failed_step_fails_the_run_and_cancels_the_rest(cast):
     assert_gap_free(run)
 
 
+def test_a_transform_of_300_big_values_fails_at_the_render_total(cast):
+    # 9 KB of definition that rendered 300 MB before one size budget covered a whole step
+    output = {f"k{i}": "{{ 'a' * (10**6) }}" for i in range(300)}
+    wf = make_workflow(cast.project, cast.owner, [transform("big", output)])
+    run = wait_for_run(start(wf, cast.owner).pk)
+    assert run.status == "failed"
+    step_error = run.error["step_error"]
+    assert step_error["type"] == "template_error"
+    assert "characters in total" in step_error["message"], step_error
+    assert run.steps.get(node_id="big").output is None
+
+
 def test_continue_on_failure(cast):
     wf = make_workflow(
         cast.project,

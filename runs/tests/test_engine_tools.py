@@ -21,6 +21,7 @@ from runs.tests.conftest import (
     wait_task_done,
 )
 from runs.tests.factories import make_workflow
+from sparkops.nul import nul_path
 from sparkops.testing.engine import wait_for_run, wait_for_step, wait_until
 
 pytestmark = pytest.mark.usefixtures("engine")
@@ -322,3 +323,23 @@ def test_secrets_reach_the_server_but_are_never_recorded(cast, tool_server):
     )
     assert token not in recorded
     assert "***" in recorded
+
+
+def test_nul_characters_in_a_tool_response_are_stripped_before_the_write(cast, tool_server):
+    # JSON allows "\u0000"; PostgreSQL's jsonb refuses it, which crashed the step write
+    url = tool_server.route("/nul", lambda hit: (200, {"te\x00xt": "a\x00b", "list": ["\x00c"]}))
+    http_tool(cast.project, cast.owner, "nul", url)
+    wf = make_workflow(
+        cast.project,
+        cast.owner,
+        [tool_node("n", "nul", {})],
+        output={"echo": "{{ steps.n.output }}"},
+    )
+    run = wait_for_run(start(wf, cast.owner).pk)
+    assert run.status == "succeeded", run.error
+    output = RunStep.objects.get(run=run, node_id="n").output
+    assert nul_path(output) is None and nul_path(run.output) is None, output
+    assert output == {"text": "ab", "list": ["c"]}
+    assert run.output == {"echo": {"text": "ab", "list": ["c"]}}
+    calls = events_of(run, "tool.call", "n")
+    assert calls and all(nul_path(event.payload) is None for event in calls)

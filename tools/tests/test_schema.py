@@ -247,3 +247,43 @@ def test_arguments_must_be_an_object():
     with pytest.raises(InvalidInput) as caught:
         validate_arguments(SCHEMA, ["Paris", 3])
     assert caught.value.errors == {"arguments": ["Must be a JSON object (got array)."]}
+
+
+# --- patterns run on RE2 -----------------------------------------------------------------------
+# `(a+)+$` backtracks exponentially in Python's `re`; on 100k characters it would never finish.
+LONG = "a" * 100_000 + "!"
+
+
+def test_argument_patterns_run_in_linear_time():
+    parameters = {
+        "type": "object",
+        "properties": {"q": {"type": "string", "pattern": "^(a+)+$"}},
+        "patternProperties": {"^(a+)+$": {"type": "integer"}},
+        "additionalProperties": False,
+    }
+    clean_tool(name="get_items", kind="http", config=http(), parameters=parameters)
+    with pytest.raises(InvalidInput) as caught:
+        validate_arguments(parameters, {"q": LONG, LONG: 1})
+    errors = caught.value.errors or {}
+    assert set(errors) == {"arguments.q", f"arguments.{LONG}"}
+    assert errors[f"arguments.{LONG}"] == ["Unknown field."]
+    validate_arguments(parameters, {"q": "aaa", "aaaa": 4})
+
+
+@pytest.mark.parametrize(
+    "parameters",
+    [
+        {"type": "object", "properties": {"q": {"type": "string", "pattern": r"(a)\1"}}},
+        {"type": "object", "properties": {}, "patternProperties": {"^(?!x)": {}}},
+        {
+            "type": "object",
+            "properties": {},
+            "patternProperties": {"^x": {}},
+            "unevaluatedProperties": False,
+        },
+    ],
+)
+def test_parameter_patterns_re2_cannot_run_are_refused(parameters: dict[str, Any]):
+    errors = refusal(config=http(), parameters=parameters)
+    assert [key for key in errors if key.startswith("parameters")], errors
+    assert "Not a valid JSON Schema" in str(errors)

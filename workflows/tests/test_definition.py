@@ -534,3 +534,22 @@ def test_input_formats_are_checked() -> None:
     with pytest.raises(InvalidInput) as exc_info:
         validate_input(schema, {"email": "not an email"})
     assert list(exc_info.value.errors) == ["input.email"]
+
+
+def test_input_patterns_run_in_linear_time() -> None:
+    # `(a+)+$` backtracks exponentially in Python's `re`: 100k characters would never finish
+    schema = {"type": "object", "properties": {"topic": {"type": "string", "pattern": "(a+)+$"}}}
+    with pytest.raises(InvalidInput) as caught:
+        validate_input(schema, {"topic": "a" * 100_000 + "!"})
+    assert list(caught.value.errors or {}) == ["input.topic"]
+    validate_input(schema, {"topic": "a" * 100_000})
+
+
+def test_input_schema_patterns_re2_cannot_run_are_refused() -> None:
+    definition = example()
+    definition["input_schema"] = {
+        "type": "object",
+        "properties": {"topic": {"type": "string", "pattern": r"(\w)\1"}},
+    }
+    errors = errors_of(definition)
+    assert list(errors) == ["definition.input_schema.properties.topic.pattern"], errors

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+import tracemalloc
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -10,6 +11,7 @@ import pytest
 
 from sparkops.errors import InvalidInput
 from workflows.templating import (
+    MAX_TOTAL_SIZE,
     TemplateError,
     TemplateSecurityError,
     check_condition,
@@ -411,3 +413,52 @@ def test_referenced_roots_ignores_locals_and_globals() -> None:
         "{{ typo.x }}",
     ]
     assert referenced_roots(value) == {"input", "secrets", "steps", "run", "typo"}
+
+
+# --- one size budget for everything one render_value() call returns ------------------------
+
+
+def rendered_with_peak(value: Any) -> tuple[Any, int]:
+    """render_value's result (or the TemplateError it raised) and the peak of the memory
+    Python allocated while it ran."""
+    tracemalloc.start()
+    try:
+        try:
+            result: Any = render_value(value, CONTEXT)
+        except TemplateError as exc:
+            result = exc
+        return result, tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+
+
+def test_three_hundred_big_values_stop_at_the_total_and_memory_stays_bounded() -> None:
+    # 9 KB of template: each value alone is under the 1M per-value cap; together they held
+    # 300 MB before one budget covered the whole call.
+    transform = {f"k{i}": "{{ 'a' * (10**6) }}" for i in range(300)}
+    error, peak = rendered_with_peak(transform)
+    assert isinstance(error, TemplateSecurityError)
+    assert f"limit of {MAX_TOTAL_SIZE} characters in total" in error.detail
+    assert peak < 2 * MAX_TOTAL_SIZE, peak  # bytes; 300 values would be 300 MB
+
+
+def test_text_templates_share_the_total_too() -> None:
+    transform = {f"k{i}": "x{{ 'a' * 900000 }}" for i in range(300)}
+    error, peak = rendered_with_peak(transform)
+    assert isinstance(error, TemplateSecurityError)
+    assert f"limit of {MAX_TOTAL_SIZE} characters in total" in error.detail
+    assert peak < 2 * MAX_TOTAL_SIZE, peak
+
+
+def test_values_within_the_total_render() -> None:
+    value = {"a": "{{ 'a' * 900000 }}", "b": ["x{{ 'b' * 900000 }}"], "c": "plain"}
+    rendered = render_value(value, CONTEXT)
+    assert len(rendered["a"]) == 900_000 and len(rendered["b"][0]) == 900_001
+    assert rendered["c"] == "plain"
+
+
+def test_a_value_bigger_than_what_is_left_is_refused_before_it_is_built() -> None:
+    value = {"a": "{{ 'a' * 900000 }}", "b": "{{ 'b' * 900000 }}", "c": "{{ 'c' * 300000 }}"}
+    with pytest.raises(TemplateSecurityError, match="characters left of the limit of"):
+        render_value(value, CONTEXT)
+    assert render_value(value, CONTEXT, max_total=3_000_000)["c"] == "c" * 300_000
