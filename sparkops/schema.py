@@ -49,8 +49,8 @@ def document_errors(result: dict[str, Any], **kwargs: Any) -> dict[str, Any]:
                 wanted[401] = "Missing, invalid or expired credentials."
                 wanted[403] = "Your role in the project does not allow this."
             names = {p.get("name") for p in parameters if p.get("in") == "query"}
-            if "{" in path or "page" in names:
-                wanted[404] = "Not found, or not visible to you (or a page past the last)."
+            if "{" in path or names & {"page", "cursor"}:
+                wanted[404] = "Not found or not visible to you; a page past the last; a bad cursor."
             if method in {"post", "put", "patch", "delete"}:
                 wanted[409] = "Conflicts with the current state (a taken name, a finished run)."
             responses = operation.setdefault("responses", {})

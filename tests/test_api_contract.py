@@ -40,6 +40,18 @@ def test_id_filters_still_filter(cast):
     assert [a["id"] for a in response.json()["results"]] == [user.pk]
 
 
+@pytest.mark.parametrize("node_type", [{}, ["agent"], 7])
+def test_a_node_type_that_is_not_a_string_is_a_400(cast, node_type):
+    definition = {"nodes": [{"id": "a", "type": node_type, "prompt": "x"}]}
+    response = cast.client("owner").post(
+        "/api/v1/workflows/validate/",
+        {"project": str(cast.project.pk), "definition": definition},
+        format="json",
+    )
+    assert response.status_code == 400, response.content
+    assert "definition.nodes[0].type" in response.json()["errors"]
+
+
 @pytest.fixture
 def schema(client):
     response = client.get("/api/schema/?format=json")
@@ -57,6 +69,8 @@ def test_schema_documents_the_framework_errors(schema):
     listing = schema["paths"]["/api/v1/agents/"]["get"]
     assert {"400", "401", "403", "404", "429"} <= set(listing["responses"])
     assert all(p["allowEmptyValue"] for p in listing["parameters"] if p["in"] == "query")
+    # Cursor-paginated lists answer 404 for a cursor that does not decode.
+    assert "404" in schema["paths"]["/api/v1/runs/"]["get"]["responses"]
     # The public webhook receiver authenticates by its token: no 401/403 added there.
     hook = schema["paths"]["/api/v1/hooks/{token}/"]["post"]["responses"]
     assert hook["401"]["description"] == "Missing, bad or stale signature."
