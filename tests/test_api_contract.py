@@ -82,6 +82,7 @@ def test_schema_describes_each_stream_event(schema):
     ref = stream["text/event-stream"]["schema"]["$ref"].rsplit("/", 1)[1]
     event = schema["components"]["schemas"][ref]
     assert set(event["properties"]) == {"id", "event", "data", "retry"}
+    assert event["required"] == ["data", "event"]  # the final `end` event carries no id
 
 
 def test_stream_errors_are_json(cast):
