@@ -5,7 +5,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
 
-.PHONY: run test lint format migrate seed superuser worker beat web clean chromium
+.PHONY: run test lint format migrate seed superuser worker beat web clean chromium fuzz
 
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
@@ -48,6 +48,11 @@ test: $(VENV)/.test-installed $(CHROMIUM)
 	SECRET_KEY=migrations-check $(PY) manage.py makemigrations --check --dry-run
 	$(VENV)/bin/lint-imports
 	$(VENV)/bin/pytest
+
+# Schemathesis over the whole API schema against a real server (see .ci/fuzz); CI runs a
+# reduced pass (FUZZ_EXAMPLES=5). FUZZ_DATABASE_URL=postgres://.../name fuzzes on PostgreSQL.
+fuzz: $(VENV)/.test-installed
+	.ci/fuzz
 
 lint: $(VENV)/.test-installed
 	$(VENV)/bin/ruff check .

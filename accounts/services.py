@@ -96,6 +96,7 @@ def hash_api_key(raw_key: str) -> str:
     return hashlib.sha256(raw_key.encode()).hexdigest()
 
 
+@transaction.atomic
 def api_key_create(
     *, user: User, name: str, expires_at: datetime | None = None
 ) -> tuple[APIKey, str]:
@@ -115,6 +116,7 @@ def api_key_create(
     return key, raw_key
 
 
+@transaction.atomic
 def api_key_revoke(*, user: User, key_id: Any) -> APIKey:
     key = APIKey.objects.filter(user=user, pk=key_id, revoked_at__isnull=True).first()
     if key is None:
@@ -132,6 +134,7 @@ def api_key_replace_default(*, user: User) -> tuple[APIKey, str]:
     return api_key_create(user=user, name="default")
 
 
+@transaction.atomic
 def api_key_revoke_default(*, user: User) -> int:
     revoked = APIKey.objects.filter(user=user, name="default", revoked_at__isnull=True).update(
         revoked_at=timezone.now()

@@ -1,5 +1,7 @@
 import django_filters
 
+from sparkops.api import IdFilter
+
 from .models import AuditEvent, Budget, Policy, PolicyDecision
 
 
@@ -16,8 +18,8 @@ class PolicyFilter(django_filters.FilterSet):
 class PolicyDecisionFilter(django_filters.FilterSet):
     project = django_filters.UUIDFilter(field_name="project_id")
     run = django_filters.UUIDFilter(field_name="run_id")
-    policy = django_filters.NumberFilter(field_name="policy_id")
-    budget = django_filters.NumberFilter(field_name="budget_id")
+    policy = IdFilter(field_name="policy_id")
+    budget = IdFilter(field_name="budget_id")
 
     class Meta:
         model = PolicyDecision
@@ -26,8 +28,8 @@ class PolicyDecisionFilter(django_filters.FilterSet):
 
 class BudgetFilter(django_filters.FilterSet):
     project = django_filters.UUIDFilter(field_name="project_id")
-    workflow = django_filters.NumberFilter(field_name="workflow_id")
-    agent = django_filters.NumberFilter(field_name="agent_id")
+    workflow = IdFilter(field_name="workflow_id")
+    agent = IdFilter(field_name="agent_id")
 
     class Meta:
         model = Budget

@@ -232,6 +232,7 @@ def project_transfer(*, project: Project, actor: User, new_owner: User) -> Proje
     return project
 
 
+@transaction.atomic
 def secret_set(
     *, project: Project, actor: User, name: str, value: str, description: str = ""
 ) -> Any:
@@ -276,6 +277,7 @@ def secret_create(
         )
 
 
+@transaction.atomic
 def secret_delete(*, secret: Any, actor: User) -> None:
     audit_record(
         actor=actor,
@@ -287,6 +289,7 @@ def secret_delete(*, secret: Any, actor: User) -> None:
     secret.delete()
 
 
+@transaction.atomic
 def secrets_rotate() -> int:
     """Re-encrypt every secret with the primary key of SPARKOPS_SECRET_KEYS."""
     from . import crypto

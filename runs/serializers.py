@@ -135,3 +135,15 @@ class RunEventSerializer(serializers.ModelSerializer):
         model = RunEvent
         fields = ["seq", "type", "node_id", "attempt", "payload", "created_at"]
         read_only_fields = fields
+
+
+class StreamEventSerializer(serializers.Serializer):
+    """One Server-Sent Event of `GET /runs/{id}/stream/` (OpenAPI 3.0 describes each event)."""
+
+    id = serializers.CharField(
+        required=False,
+        help_text="The event's `seq`; send it back as `Last-Event-ID` (the final `end` has none).",
+    )
+    event = serializers.CharField(help_text="The event type, e.g. `run.status`.")
+    data = serializers.CharField(help_text="The event as JSON (the shape of `/events/` items).")
+    retry = serializers.IntegerField(required=False, help_text="Reconnect delay (ms).")

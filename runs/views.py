@@ -35,6 +35,7 @@ from .serializers import (
     RunRetrySerializer,
     RunSerializer,
     RunStepSerializer,
+    StreamEventSerializer,
 )
 
 ERROR = OpenApiResponse(description="JSON error (`type`, `detail`, `errors`).")
@@ -112,6 +113,15 @@ class RunViewSet(
     ordering_fields: list[str] = []
     lookup_value_regex = "[0-9a-fA-F-]{36}"
     write_role = Role.DEVELOPER
+
+    def finalize_response(self, request, response, *args, **kwargs):  # type: ignore[no-untyped-def]
+        # An error on the stream (401, 404) is a JSON error, not an event stream.
+        if response.status_code >= 400 and isinstance(
+            getattr(request, "accepted_renderer", None), EventStreamRenderer
+        ):
+            request.accepted_renderer = renderers.JSONRenderer()
+            request.accepted_media_type = renderers.JSONRenderer.media_type
+        return super().finalize_response(request, response, *args, **kwargs)
 
     def get_serializer_class(self):  # type: ignore[no-untyped-def]
         if self.action == "retrieve":
@@ -207,7 +217,7 @@ class RunViewSet(
                 description="Resume after this event (or `?after=`).",
             )
         ],
-        responses={(200, "text/event-stream"): OpenApiTypes.STR, 404: ERROR, 429: ERROR},
+        responses={(200, "text/event-stream"): StreamEventSerializer, 404: ERROR, 429: ERROR},
     )
     @action(
         detail=True,

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import django_filters
+from django import forms
 from rest_framework import exceptions, permissions, viewsets
 
 from sparkops.errors import (  # noqa: F401  (re-exported for services)
@@ -15,6 +17,18 @@ from sparkops.errors import (  # noqa: F401  (re-exported for services)
     SparkOpsError,
     Unprocessable,
 )
+
+
+class IdFilter(django_filters.NumberFilter):
+    """A filter by integer id. A fraction, an exponent or a number past a 64-bit id is a 400
+    naming the parameter (a plain NumberFilter passes any decimal to the database)."""
+
+    field_class = forms.IntegerField
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("min_value", 1)
+        kwargs.setdefault("max_value", 2**63 - 1)
+        super().__init__(*args, **kwargs)
 
 
 class ProjectRolePermission(permissions.BasePermission):

@@ -487,9 +487,11 @@ def _check_templates(
         # Without a usable id (already an error) only unknown steps are reported.
         allowed = ancestors.get(node_id, set()) if node_id is not None else None
         base = f"definition.nodes[{index}]"
+        # A `type` that is not a string is already an error; it has no template fields.
+        node_type = node.get("type") if isinstance(node.get("type"), str) else None
         sources = [
             (where, source, False)
-            for field in _TEMPLATE_FIELDS.get(node.get("type"), ())
+            for field in _TEMPLATE_FIELDS.get(node_type, ())
             if field in node
             for where, source in _template_strings(node[field], f"{base}.{field}")
         ]

@@ -100,6 +100,8 @@ def test_bag_decrypts_lazily_records_use_and_redacts(cast):
         bag["MISSING"]
 
 
+# Transactional: the command locks every secret row, which needs a transaction of its own.
+@pytest.mark.django_db(transaction=True)
 def test_rotate_secrets_re_encrypts_with_the_new_primary_key(cast, settings):
     create(cast)
     old_key = Fernet.generate_key().decode()
