@@ -852,7 +852,9 @@ def _native_charged(value: Any, budget: _Budget) -> Any:
     try:
         result = _native(value, remaining)
     except TemplateSecurityError:
-        if start < MAX_VALUE_SIZE:  # the render's total is what ran out
+        # Over the size it was given, and that was what is left of the render's total (not
+        # the per-value cap): say the total ran out. Other refusals (a secret) stand as they are.
+        if remaining[0] < 0 and start < MAX_VALUE_SIZE:
             budget.charge(start + 1)
         raise
     budget.charge(start - remaining[0])
