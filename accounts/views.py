@@ -59,6 +59,7 @@ class RegisterView(PublicAuthView):
         serializer = RegisterSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
         user = services.user_register(**serializer.validated_data)
+        AuthEmailThrottle.refund(request.data.get("email"))
         update_last_login(None, user)
         return Response(token_pair(user), status=status.HTTP_201_CREATED)
 
@@ -76,6 +77,7 @@ class LoginView(PublicAuthView):
         if user is None:
             # One message whether or not the email exists.
             raise exceptions.AuthenticationFailed("Invalid email or password.")
+        AuthEmailThrottle.refund(request.data.get("email"))
         update_last_login(None, user)
         audit_record(
             actor=user, project=None, action="auth.login", obj=user, changes={"via": "jwt"}

@@ -98,6 +98,42 @@ def test_login_is_limited_per_email_across_addresses(rates: Callable[..., None])
     assert login("bob@example.com", ip="10.0.1.200").status_code == 401
 
 
+def test_successful_logins_do_not_spend_the_email_budget(rates: Callable[..., None]) -> None:
+    rates(auth_email="3/min")
+    UserFactory(email="ada@example.com")
+
+    for n in range(10):
+        assert login("ada@example.com", ip=f"10.0.2.{n}").status_code == 200
+
+
+def test_only_failures_count_and_a_success_does_not_reset_them(
+    rates: Callable[..., None],
+) -> None:
+    # Documented choice: a success neither spends the budget nor gives the failures back.
+    rates(auth_email="3/min")
+    UserFactory(email="ada@example.com")
+
+    assert login("ada@example.com", password="guess").status_code == 401
+    assert login("ada@example.com").status_code == 200
+    assert login("ada@example.com", password="guess").status_code == 401
+    assert login("ada@example.com").status_code == 200
+    assert login("ada@example.com", password="guess").status_code == 401
+
+    assert_throttled(login("ada@example.com"))
+
+
+def test_a_registration_does_not_spend_the_new_accounts_login_budget(
+    rates: Callable[..., None],
+) -> None:
+    rates(auth_email="1/min")
+    response = APIClient().post(
+        "/api/v1/auth/register", {"email": "new@example.com", "password": PASSWORD}
+    )
+    assert response.status_code == 201
+
+    assert login("new@example.com").status_code == 200
+
+
 def test_register_is_limited_per_client_address(rates: Callable[..., None]) -> None:
     rates(auth_ip="2/min")
     client = APIClient()
