@@ -43,7 +43,7 @@ VAR_DIR = Path(env.str("SPARKOPS_VAR_DIR", default=str(BASE_DIR / ".var")))
 VAR_DIR.mkdir(parents=True, exist_ok=True)
 
 INSTALLED_APPS = [
-    "django.contrib.admin",
+    "sparkops.console.apps.SparkOpsAdminConfig",  # django.contrib.admin, login throttled
     "django.contrib.auth",
     "django.contrib.contenttypes",
     "django.contrib.sessions",
