@@ -18,6 +18,8 @@ from projects import services as project_services
 from projects.models import Role
 from projects.tests.factories import MembershipFactory, ProjectFactory
 from tests.test_console_scoping import populate
+from workflows import schedules
+from workflows.tests.factories import WorkflowFactory
 
 pytestmark = pytest.mark.django_db
 
@@ -154,3 +156,29 @@ def test_user_list_and_raw_id_popups_show_only_co_members(cast: Any, member: Any
     assert {"owner@example.com", "staff@example.com"} <= emails
     page = client.get(f"/admin/accounts/user/{cast.outsider.pk}/change/")
     assert page.status_code == 302
+
+
+def test_beat_entries_show_staff_only_their_projects_schedules(cast: Any, member: Any) -> None:
+    member.user_permissions.add(
+        *Permission.objects.filter(content_type__app_label="django_celery_beat")
+    )
+    mine = schedules.schedule_create(
+        actor=cast.owner,
+        workflow=WorkflowFactory(project=cast.project, created_by=cast.owner),
+        name="mine",
+        cron="0 * * * *",
+        input={"name": "x"},
+    )
+    theirs = schedules.schedule_create(
+        actor=cast.outsider,
+        workflow=WorkflowFactory(project=cast.other_project, created_by=cast.outsider),
+        name="theirs",
+        cron="0 * * * *",
+        input={"name": "x"},
+    )
+    client = client_of(member)
+
+    listed = client.get("/admin/django_celery_beat/periodictask/").context["cl"].queryset
+    assert [task.pk for task in listed] == [mine.periodic_task_id]
+    page = client.get(f"/admin/django_celery_beat/periodictask/{theirs.periodic_task_id}/change/")
+    assert page.status_code == 302 and page.url == "/admin/"  # "doesn't exist"
