@@ -1,10 +1,22 @@
 from __future__ import annotations
 
+import contextlib
+
 from django import forms
 from django.contrib import admin
+from django.contrib.admin.exceptions import NotRegistered
 from django.contrib.auth.admin import UserAdmin as BaseUserAdmin
 from django.contrib.auth.forms import UserChangeForm as BaseUserChangeForm
 from django.contrib.auth.forms import UserCreationForm as BaseUserCreationForm
+from django.db.models import Q, QuerySet
+from django.http import HttpRequest
+from rest_framework_simplejwt.token_blacklist.admin import (
+    BlacklistedTokenAdmin as BaseBlacklistedTokenAdmin,
+)
+from rest_framework_simplejwt.token_blacklist.admin import (
+    OutstandingTokenAdmin as BaseOutstandingTokenAdmin,
+)
+from rest_framework_simplejwt.token_blacklist.models import BlacklistedToken, OutstandingToken
 
 from .models import APIKey, User
 
@@ -43,6 +55,18 @@ class UserAdmin(BaseUserAdmin):
         (None, {"classes": ("wide",), "fields": ("email", "name", "password1", "password2")}),
     )
 
+    def get_queryset(self, request: HttpRequest) -> QuerySet[User]:
+        # Staff who are not superusers see themselves and the members of their projects (as
+        # the API's member lists do), and so do the user autocompletes and raw-id pop-ups of
+        # every other admin, which read this queryset.
+        queryset = super().get_queryset(request)
+        if request.user.is_superuser:
+            return queryset
+        co_members = User.objects.filter(
+            memberships__project__memberships__user=request.user
+        ).values("pk")
+        return queryset.filter(Q(pk=request.user.pk) | Q(pk__in=co_members))
+
 
 class APIKeyForm(forms.ModelForm):
     class Meta:
@@ -78,3 +102,27 @@ class APIKeyAdmin(admin.ModelAdmin):
         # Keys belong to users, not projects: staff who are not superusers see their own.
         queryset = super().get_queryset(request)
         return queryset if request.user.is_superuser else queryset.filter(user=request.user)
+
+
+for _model in (OutstandingToken, BlacklistedToken):
+    with contextlib.suppress(NotRegistered):
+        admin.site.unregister(_model)
+
+# simplejwt's token admins list every user's refresh tokens, and the change page shows the
+# token itself: enough to take over an account. Staff who are not superusers see their own.
+
+
+@admin.register(OutstandingToken)
+class OutstandingTokenAdmin(BaseOutstandingTokenAdmin):
+    def get_queryset(self, request: HttpRequest) -> QuerySet:
+        queryset = super().get_queryset(request)
+        user = request.user
+        return queryset if user.is_superuser else queryset.filter(user=user)
+
+
+@admin.register(BlacklistedToken)
+class BlacklistedTokenAdmin(BaseBlacklistedTokenAdmin):
+    def get_queryset(self, request: HttpRequest) -> QuerySet:
+        queryset = super().get_queryset(request)
+        user = request.user
+        return queryset if user.is_superuser else queryset.filter(token__user=user)

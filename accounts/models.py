@@ -109,3 +109,17 @@ class APIKey(models.Model):
         if self.revoked_at is not None:
             return False
         return self.expires_at is None or self.expires_at > timezone.now()
+
+
+class DeniedAccessToken(models.Model):
+    """An access token refused before its expiry because its session logged out. Access tokens
+    are stateless, so this table is what every web process checks (the database, not the cache,
+    so the check holds when Redis is down). A row means nothing after `expires_at` (the token
+    itself is refused then) and is purged by the next write."""
+
+    jti = models.CharField(max_length=255, primary_key=True)
+    expires_at = models.DateTimeField(db_index=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    def __str__(self) -> str:
+        return self.jti

@@ -13,12 +13,15 @@ from django.core.exceptions import ValidationError as DjangoValidationError
 from django.db import IntegrityError, transaction
 from django.db.models import Q
 from django.utils import timezone
+from rest_framework_simplejwt.settings import api_settings as jwt_settings
 from rest_framework_simplejwt.token_blacklist.models import BlacklistedToken, OutstandingToken
+from rest_framework_simplejwt.tokens import RefreshToken, Token
+from rest_framework_simplejwt.utils import datetime_from_epoch
 
 from policies.audit import audit_record
 from sparkops.errors import InvalidInput, NotFound
 
-from .models import APIKey, User
+from .models import APIKey, DeniedAccessToken, User
 
 API_KEY_PREFIX = "spk_"
 
@@ -74,6 +77,28 @@ def tokens_revoke_all(*, user: User) -> int:
         [BlacklistedToken(token=token) for token in outstanding], ignore_conflicts=True
     )
     return len(outstanding)
+
+
+@transaction.atomic
+def user_logout(*, refresh: RefreshToken, access: Token | None = None) -> None:
+    """Blacklist the refresh token and deny the access token presented with the request (if
+    any) until it expires: logging out ends the session now, not at the access token's expiry."""
+    refresh.blacklist()
+    if access is not None:
+        access_token_deny(token=access)
+
+
+def access_token_deny(*, token: Token) -> None:
+    """Refuse `token` (by its jti) until it expires. Purges rows whose tokens have expired, so
+    the table holds only tokens that would otherwise still work."""
+    jti = token.get(jwt_settings.JTI_CLAIM)
+    exp = token.get("exp")
+    if not jti or exp is None:  # simplejwt always sets both; a token without them is no access
+        return
+    DeniedAccessToken.objects.filter(expires_at__lte=timezone.now()).delete()
+    DeniedAccessToken.objects.bulk_create(
+        [DeniedAccessToken(jti=jti, expires_at=datetime_from_epoch(exp))], ignore_conflicts=True
+    )
 
 
 @transaction.atomic

@@ -59,15 +59,51 @@ class AuthIPThrottle(SimpleRateThrottle):
         return self.cache_format % {"scope": self.scope, "ident": self.get_ident(request)}
 
 
+def normalized_email(value: Any) -> str | None:
+    if not isinstance(value, str) or not value.strip():
+        return None
+    return value.strip().lower()
+
+
 class AuthEmailThrottle(SimpleRateThrottle):
     """Login and register: per target email, so one account cannot be brute-forced from many
-    addresses."""
+    addresses. The API's login and the admin's login share this one bucket per email.
+
+    Only failed attempts spend the budget: every attempt is counted up front (so parallel
+    guesses cannot all slip past one check), and a success takes its own entry back with
+    `refund()`. A success does not reset the bucket: the owner logging in during an attack
+    must not hand the attacker a fresh budget."""
 
     scope = "auth_email"
     cache = auth_fallback
 
+    def __init__(self, email: str | None = None) -> None:
+        super().__init__()
+        self.email = email
+
     def get_cache_key(self, request: Any, view: Any) -> str | None:
-        email = request.data.get("email") if hasattr(request.data, "get") else None
-        if not isinstance(email, str) or not email:
+        email = self.email
+        if email is None:
+            email = request.data.get("email") if hasattr(request.data, "get") else None
+        return self.key_for(email)
+
+    @classmethod
+    def key_for(cls, email: Any) -> str | None:
+        ident = normalized_email(email)
+        if ident is None:
             return None
-        return self.cache_format % {"scope": self.scope, "ident": email.strip().lower()}
+        return cls.cache_format % {"scope": cls.scope, "ident": ident}
+
+    @classmethod
+    def refund(cls, email: Any) -> None:
+        """Give back the attempt a successful login (or registration) was counted for."""
+        key = cls.key_for(email)
+        if key is None:
+            return
+        throttle = cls()
+        if throttle.rate is None:
+            return
+        history = throttle.cache.get(key, [])
+        if history:
+            history.pop(0)
+            throttle.cache.set(key, history, throttle.duration)

@@ -11,7 +11,7 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 from rest_framework_simplejwt.exceptions import InvalidToken, TokenError
 from rest_framework_simplejwt.serializers import TokenRefreshSerializer
-from rest_framework_simplejwt.tokens import RefreshToken
+from rest_framework_simplejwt.tokens import RefreshToken, Token
 
 from policies.audit import audit_record
 
@@ -59,6 +59,7 @@ class RegisterView(PublicAuthView):
         serializer = RegisterSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
         user = services.user_register(**serializer.validated_data)
+        AuthEmailThrottle.refund(request.data.get("email"))
         update_last_login(None, user)
         return Response(token_pair(user), status=status.HTTP_201_CREATED)
 
@@ -76,6 +77,7 @@ class LoginView(PublicAuthView):
         if user is None:
             # One message whether or not the email exists.
             raise exceptions.AuthenticationFailed("Invalid email or password.")
+        AuthEmailThrottle.refund(request.data.get("email"))
         update_last_login(None, user)
         audit_record(
             actor=user, project=None, action="auth.login", obj=user, changes={"via": "jwt"}
@@ -112,9 +114,12 @@ class LogoutView(APIView):
         serializer = RefreshSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
         try:
-            RefreshToken(serializer.validated_data["refresh"]).blacklist()
+            refresh = RefreshToken(serializer.validated_data["refresh"])
         except TokenError as exc:
             raise InvalidToken(exc.args[0]) from exc
+        # The access token that authenticated this request (none with an API key or a session).
+        access = request.auth if isinstance(request.auth, Token) else None
+        services.user_logout(refresh=refresh, access=access)
         return Response(status=status.HTTP_204_NO_CONTENT)
 
 

@@ -81,7 +81,7 @@ class SecretAdmin(ProjectScopedAdmin, admin.ModelAdmin):
     form = SecretAdminForm
     list_display = ["name", "project", "created_at", "updated_at", "last_used_at"]
     list_select_related = ["project"]
-    list_filter = ["project"]
+    list_filter = [("project", admin.RelatedOnlyFieldListFilter)]  # only projects in view
     search_fields = ["name", "description", "project__name", "project__slug"]
     autocomplete_fields = ["project"]
     readonly_fields = ["created_by", "created_at", "updated_at", "last_used_at"]

@@ -20,7 +20,7 @@ from django_celery_beat.models import PeriodicTask
 
 from projects.models import Membership, Project, Role
 from sparkops.adminkit import PrettyJSONField, add_service_errors
-from sparkops.console.scoping import ProjectScopedAdmin
+from sparkops.console.scoping import ProjectScopedAdmin, scope
 from sparkops.errors import SparkOpsError
 
 from . import event_triggers as event_trigger_services
@@ -280,7 +280,16 @@ class ScheduleFireAdmin(ProjectScopedAdmin, admin.ModelAdmin):
 
 
 class ManagedPeriodicTaskAdmin(BeatPeriodicTaskAdmin):
-    """django-celery-beat's admin, with a warning on the tasks Spark-Ops writes."""
+    """django-celery-beat's admin, with a warning on the tasks Spark-Ops writes. Staff who are
+    not superusers see only the entries of schedules in their projects."""
+
+    def get_queryset(self, request: HttpRequest) -> QuerySet[PeriodicTask]:
+        queryset = super().get_queryset(request)
+        if request.user.is_superuser:
+            return queryset
+        return queryset.filter(
+            pk__in=scope(Schedule.objects.all(), request.user).values("periodic_task_id")
+        )
 
     def _warn(self, request: HttpRequest, obj: Any = None) -> None:
         if obj is None or obj.task == schedule_services.TASK_NAME:

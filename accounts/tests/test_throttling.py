@@ -8,7 +8,6 @@ from typing import Any
 
 import pytest
 from rest_framework.test import APIClient
-from rest_framework.throttling import SimpleRateThrottle
 
 from accounts import services
 from accounts.tests.factories import PASSWORD, UserFactory
@@ -17,24 +16,6 @@ from conftest import client_for
 pytestmark = pytest.mark.django_db
 
 PROJECTS = "/api/v1/projects/"
-LOOSE = "1000/min"
-
-
-@pytest.fixture
-def rates(settings: Any, monkeypatch: pytest.MonkeyPatch) -> Callable[..., None]:
-    """Set throttle rates for one test.
-
-    DRF binds `SimpleRateThrottle.THROTTLE_RATES = api_settings.DEFAULT_THROTTLE_RATES` once,
-    at import: overriding `settings.REST_FRAMEWORK` reloads `api_settings` but not that class
-    attribute, so the dict the throttles read is patched as well."""
-
-    def set_rates(**overrides: str) -> None:
-        defaults = settings.REST_FRAMEWORK["DEFAULT_THROTTLE_RATES"]
-        new = {**dict.fromkeys(defaults, LOOSE), **overrides}
-        settings.REST_FRAMEWORK = {**settings.REST_FRAMEWORK, "DEFAULT_THROTTLE_RATES": new}
-        monkeypatch.setattr(SimpleRateThrottle, "THROTTLE_RATES", new)
-
-    return set_rates
 
 
 def assert_throttled(response: Any) -> None:
@@ -96,6 +77,42 @@ def test_login_is_limited_per_email_across_addresses(rates: Callable[..., None])
     # Even the right password from a fresh address waits: the account is under attack.
     assert_throttled(login("ada@example.com", ip="10.0.1.200"))
     assert login("bob@example.com", ip="10.0.1.200").status_code == 401
+
+
+def test_successful_logins_do_not_spend_the_email_budget(rates: Callable[..., None]) -> None:
+    rates(auth_email="3/min")
+    UserFactory(email="ada@example.com")
+
+    for n in range(10):
+        assert login("ada@example.com", ip=f"10.0.2.{n}").status_code == 200
+
+
+def test_only_failures_count_and_a_success_does_not_reset_them(
+    rates: Callable[..., None],
+) -> None:
+    # Documented choice: a success neither spends the budget nor gives the failures back.
+    rates(auth_email="3/min")
+    UserFactory(email="ada@example.com")
+
+    assert login("ada@example.com", password="guess").status_code == 401
+    assert login("ada@example.com").status_code == 200
+    assert login("ada@example.com", password="guess").status_code == 401
+    assert login("ada@example.com").status_code == 200
+    assert login("ada@example.com", password="guess").status_code == 401
+
+    assert_throttled(login("ada@example.com"))
+
+
+def test_a_registration_does_not_spend_the_new_accounts_login_budget(
+    rates: Callable[..., None],
+) -> None:
+    rates(auth_email="1/min")
+    response = APIClient().post(
+        "/api/v1/auth/register", {"email": "new@example.com", "password": PASSWORD}
+    )
+    assert response.status_code == 201
+
+    assert login("new@example.com").status_code == 200
 
 
 def test_register_is_limited_per_client_address(rates: Callable[..., None]) -> None:
