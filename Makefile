@@ -11,21 +11,30 @@ $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
 
-$(VENV)/.run-installed: requirements.txt | $(VENV)/bin/python
+# The `sparkops` CLI (pyproject.toml), editable: .venv/bin/sparkops runs this checkout.
+CLI := $(PIP) install -q --no-deps -e .
+
+$(VENV)/.run-installed: requirements.txt pyproject.toml | $(VENV)/bin/python
 	$(PIP) install -q -r requirements.txt
+	$(CLI)
 	touch $@
 
-$(VENV)/.test-installed: requirements.txt requirements-dev.txt | $(VENV)/bin/python
+$(VENV)/.test-installed: requirements.txt requirements-dev.txt pyproject.toml | $(VENV)/bin/python
 	$(PIP) install -q -r requirements-dev.txt
+	$(CLI)
 	touch $@ $(VENV)/.run-installed
 
-# A local .env with a fresh SECRET_KEY, so nothing secret is ever committed or defaulted.
+# A local .env with a fresh SECRET_KEY and /metrics token, so nothing secret is ever committed
+# or defaulted. `run` adds the token to a .env written before /metrics needed one.
+TOKEN := $(PYTHON) -c 'import secrets; print(secrets.token_urlsafe(32))'
 .env:
 	@echo "DEBUG=1" > .env
 	@echo "SECRET_KEY=$$($(PYTHON) -c 'import secrets; print(secrets.token_urlsafe(50))')" >> .env
-	@echo "Wrote .env (DEBUG=1, a generated SECRET_KEY); edit it or use real environment variables."
+	@echo "SPARKOPS_METRICS_TOKEN=$$($(TOKEN))" >> .env
+	@echo "Wrote .env (DEBUG=1, a generated SECRET_KEY and /metrics token); edit it or use real environment variables."
 
 run: $(VENV)/.run-installed .env
+	@grep -q '^SPARKOPS_METRICS_TOKEN=' .env || echo "SPARKOPS_METRICS_TOKEN=$$($(TOKEN))" >> .env
 	$(PY) manage.py migrate --noinput
 	$(PY) manage.py seed_demo
 	$(PY) manage.py metrics_reset
@@ -42,11 +51,16 @@ $(CHROMIUM):
 
 chromium: $(CHROMIUM)
 
+# Types (mypy.ini): the django-stubs plugin imports the settings (no database, no Redis is
+# opened), which want a SECRET_KEY when DEBUG is off; .mypy_cache makes a re-run quick.
+MYPY := SECRET_KEY=mypy-only DJANGO_SETTINGS_MODULE=sparkops.settings $(VENV)/bin/mypy
+
 test: $(VENV)/.test-installed $(CHROMIUM)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	SECRET_KEY=migrations-check $(PY) manage.py makemigrations --check --dry-run
 	$(VENV)/bin/lint-imports
+	$(MYPY)
 	$(VENV)/bin/pytest
 
 # Schemathesis over the whole API schema against a real server (see .ci/fuzz); CI runs a
@@ -58,6 +72,7 @@ lint: $(VENV)/.test-installed
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/lint-imports
+	$(MYPY)
 
 format: $(VENV)/.test-installed
 	$(VENV)/bin/ruff check --fix .

@@ -3,7 +3,9 @@ outsider who owns a project of their own. Permission tests then read like senten
 
 from __future__ import annotations
 
+import time
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,9 +25,18 @@ def _fast_and_isolated(settings: Any) -> None:
     settings.CACHES = caches
     # Workflow versions are cached per process by primary key (they are immutable and, in a
     # real database, ids are never reused); a test's rolled-back rows are, so start clean.
+    # (Models and what imports them load here: pytest reads this file before Django is set up.)
     from runs.services.state import _snapshot
 
     _snapshot.cache_clear()
+
+
+@pytest.fixture
+def metrics_token(settings: Any) -> str:
+    """/metrics is closed without a token (or an allow-listed address): tests that scrape it
+    set one; `runs.tests.test_observability.scrape` sends whatever the settings hold."""
+    settings.SPARKOPS_METRICS_TOKEN = token = f"scrape-{uuid.uuid4().hex}"
+    return token
 
 
 def client_for(user: Any = None) -> APIClient:
@@ -51,6 +62,7 @@ class Cast:
 
 @pytest.fixture
 def cast(db: Any) -> Cast:
+    # Models load only once pytest-django has set Django up, after this file is read.
     from accounts.tests.factories import UserFactory
     from projects.models import Role
     from projects.tests.factories import MembershipFactory, ProjectFactory
@@ -86,10 +98,39 @@ def api() -> APIClient:
 @pytest.fixture(scope="session")
 def celery_engine_worker(django_db_setup: Any, django_db_blocker: Any) -> Any:
     """One real Celery worker for the whole session (threads pool, both engine queues)."""
+    # It imports the run models, which load only once Django is set up (after this file).
     from sparkops.testing.engine import celery_worker
 
     with django_db_blocker.unblock(), celery_worker() as worker:
         yield worker
+
+
+@pytest.fixture(autouse=True)
+def _worker_settled(request: Any) -> Iterator[None]:
+    """A test with committed data (transaction=True, `engine`, a live server) is flushed with a
+    TRUNCATE afterwards. When the session's in-process worker is up (an earlier test started it),
+    it may still be working on this test's runs, steps or deliveries, and its transaction and
+    the TRUNCATE deadlock (the next test then starts on the leftover rows). Before the flush: let
+    what it is executing finish and drop what is still queued. Terminating other backends is no
+    option: this process's own connection pool holds some of them."""
+    marker = request.node.get_closest_marker("django_db")
+    if "transactional_db" not in request.fixturenames and not (
+        marker is not None and marker.kwargs.get("transaction")
+    ):
+        yield
+        return
+    # Set up before this fixture, so torn down (flushed) after it.
+    request.getfixturevalue("transactional_db")
+    yield
+    # Loaded once Django is set up (after this file), as in celery_engine_worker below.
+    from celery.worker import state
+
+    from sparkops.testing.engine import purge_queues
+
+    deadline = time.monotonic() + 60
+    while state.active_requests and time.monotonic() < deadline:
+        time.sleep(0.02)
+    purge_queues()
 
 
 @pytest.fixture

@@ -73,6 +73,8 @@ class APIKeyAuthentication(authentication.BaseAuthentication):
         raw_key = self._raw_key(request)
         if raw_key is None:
             return None
+        # DRF imports this class while sparkops.errors loads (rest_framework.views reads its
+        # settings), and the services import sparkops.errors: so they load at call time.
         from accounts.services import api_key_authenticate
 
         key = api_key_authenticate(raw_key=raw_key)

@@ -9,6 +9,7 @@ from typing import Any
 
 from django.conf import settings
 from django.contrib.auth import password_validation
+from django.contrib.auth.hashers import make_password
 from django.core.exceptions import ValidationError as DjangoValidationError
 from django.db import IntegrityError, transaction
 from django.db.models import Q
@@ -18,7 +19,7 @@ from rest_framework_simplejwt.token_blacklist.models import BlacklistedToken, Ou
 from rest_framework_simplejwt.tokens import RefreshToken, Token
 from rest_framework_simplejwt.utils import datetime_from_epoch
 
-from policies.audit import audit_record
+from sparkops.audit import audit_record
 from sparkops.errors import InvalidInput, NotFound
 
 from .models import APIKey, DeniedAccessToken, User
@@ -34,25 +35,34 @@ def _password_errors(password: str, user: User | None) -> list[str]:
     return []
 
 
+# Registration cannot both succeed for new addresses and hide which are taken without email
+# verification, so a taken address gets one generic refusal (no "exists"), after the password
+# checks, and the auth throttles bound how fast anyone can probe (README, Access model).
+REGISTRATION_REFUSED = (
+    "This address cannot be registered. If you have an account, sign in or ask an operator "
+    "to reset your password."
+)
+
+
 @transaction.atomic
 def user_register(*, email: str, password: str, name: str = "") -> User:
     email = User.objects.normalize_email(email).lower()
-    if User.objects.filter(email__iexact=email).exists():
-        raise InvalidInput(
-            "Invalid input.", errors={"email": ["A user with this email already exists."]}
-        )
     errors = _password_errors(password, User(email=email, name=name))
     if errors:
         raise InvalidInput("Invalid input.", errors={"password": errors})
+    if User.objects.filter(email__iexact=email).exists():
+        make_password(password)  # as long as a registration: the timing tells nothing either
+        raise InvalidInput("Invalid input.", errors={"email": [REGISTRATION_REFUSED]})
     try:
         with transaction.atomic():
-            return User.objects.create_user(email=email, password=password, name=name)
+            user = User.objects.create_user(email=email, password=password, name=name)
     except IntegrityError:  # a concurrent registration of the same email won the race
-        raise InvalidInput(
-            "Invalid input.", errors={"email": ["A user with this email already exists."]}
-        ) from None
+        raise InvalidInput("Invalid input.", errors={"email": [REGISTRATION_REFUSED]}) from None
+    audit_record(actor=user, project=None, action="auth.register", obj=user)
+    return user
 
 
+@transaction.atomic
 def user_update(
     *, user: User, name: str | None = None, settings: dict[str, Any] | None = None
 ) -> User:
@@ -65,6 +75,13 @@ def user_update(
         fields.append("settings")
     if fields:
         user.save(update_fields=fields)
+        audit_record(
+            actor=user,
+            project=None,
+            action="user.update",
+            obj=user,
+            changes={name: getattr(user, name) for name in fields},
+        )
     return user
 
 
@@ -86,6 +103,8 @@ def user_logout(*, refresh: RefreshToken, access: Token | None = None) -> None:
     refresh.blacklist()
     if access is not None:
         access_token_deny(token=access)
+    user = User.objects.filter(pk=refresh.payload.get(jwt_settings.USER_ID_CLAIM)).first()
+    audit_record(actor=user, project=None, action="auth.logout", obj=user)
 
 
 def access_token_deny(*, token: Token) -> None:

@@ -13,7 +13,7 @@ from rest_framework_simplejwt.exceptions import InvalidToken, TokenError
 from rest_framework_simplejwt.serializers import TokenRefreshSerializer
 from rest_framework_simplejwt.tokens import RefreshToken, Token
 
-from policies.audit import audit_record
+from sparkops.audit import audit_record
 
 from . import services
 from .models import APIKey, User

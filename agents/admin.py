@@ -5,18 +5,28 @@ from typing import Any
 from django import forms
 from django.contrib import admin, messages
 from django.db.models import QuerySet
-from django.forms.models import construct_instance
 from django.http import HttpRequest
 
-from sparkops.adminkit import PrettyJSONField, json_block
-from sparkops.console.scoping import ProjectScopedAdmin
+from projects.admin_scoping import ProjectScopedAdmin
+from projects.models import Role
+from sparkops.adminkit import (
+    PrettyJSONField,
+    ServiceAdmin,
+    ServiceForm,
+    VersionAdmin,
+    VersionedAdmin,
+    VersionInline,
+    add_service_errors,
+    adopt,
+    for_each_writable,
+)
 from sparkops.errors import SparkOpsError
 
 from . import services
-from .models import Agent, AgentVersion
+from .models import Agent, AgentVersion, ModelPrice
 
 
-class AgentAdminForm(forms.ModelForm):
+class AgentAdminForm(ServiceForm):
     """Validated by `services.agent_clean`, the same check as the API; the admin then saves
     through the services (so versions are written)."""
 
@@ -32,31 +42,7 @@ class AgentAdminForm(forms.ModelForm):
 
     class Meta:
         model = Agent
-        fields = [
-            "project",
-            "name",
-            "slug",
-            "description",
-            "status",
-            "provider",
-            "model",
-            "base_url",
-            "credentials_secret",
-            "system_prompt",
-            "temperature",
-            "max_tokens",
-            "max_iterations",
-            "response_format",
-            "settings",
-            "tools",
-        ]
-
-    def _post_clean(self) -> None:
-        # Only copy the values onto the instance (for the admin's log and messages). No
-        # model.full_clean(): agent_clean below is the one validation, and saving is the
-        # services' job.
-        opts = self._meta
-        self.instance = construct_instance(self, self.instance, opts.fields, opts.exclude)
+        fields = ["project", *Agent.EDITABLE_FIELDS]
 
     def clean(self) -> dict[str, Any]:
         cleaned = super().clean()
@@ -73,37 +59,17 @@ class AgentAdminForm(forms.ModelForm):
         try:
             services.agent_clean(project=project, values=values, agent=current)
         except SparkOpsError as exc:
-            for field, problems in (exc.errors or {"__all__": [exc.detail]}).items():
-                target = field if field in self.fields else None
-                for problem in problems if isinstance(problems, list) else [problems]:
-                    self.add_error(target, str(problem))
+            add_service_errors(self, exc)
         self.service_values = values
         return cleaned
 
 
-class AgentVersionInline(admin.TabularInline):
+class AgentVersionInline(VersionInline):
     model = AgentVersion
-    fields = ["number", "created_by", "created_at", "snapshot_pretty"]
-    readonly_fields = fields
-    extra = 0
-    max_num = 0
-    can_delete = False
-    show_change_link = True
-    ordering = ["-number"]
-
-    @admin.display(description="Snapshot")
-    def snapshot_pretty(self, obj: AgentVersion) -> str:
-        return json_block(obj.snapshot)
-
-    def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
-
-    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
 
 
 @admin.register(Agent)
-class AgentAdmin(ProjectScopedAdmin, admin.ModelAdmin):
+class AgentAdmin(ProjectScopedAdmin, VersionedAdmin):
     form = AgentAdminForm
     list_display = [
         "name",
@@ -146,11 +112,8 @@ class AgentAdmin(ProjectScopedAdmin, admin.ModelAdmin):
         ("Audit", {"fields": ["version", "created_by", "created_at", "updated_at"]}),
     ]
 
-    def get_readonly_fields(self, request: HttpRequest, obj: Any = None) -> list[str]:
-        fields = list(super().get_readonly_fields(request, obj))
-        if obj is not None:
-            fields.append("project")  # an agent stays in its project (secrets, tools)
-        return fields
+    # An agent stays in its project (secrets, tools).
+    create_only = ("project",)
 
     def save_model(self, request: HttpRequest, obj: Agent, form: Any, change: bool) -> None:
         values = dict(form.service_values)
@@ -161,12 +124,7 @@ class AgentAdmin(ProjectScopedAdmin, admin.ModelAdmin):
             agent = services.agent_create(
                 actor=request.user, project=form.cleaned_data["project"], **values
             )
-        # The admin goes on with `obj` (log entry, redirect): make it the saved row.
-        obj.pk = agent.pk
-        obj.slug = agent.slug
-        obj.version = agent.version
-        obj._state.adding = False
-        obj._state.db = agent._state.db
+        adopt(obj, agent)
 
     def save_related(self, request: HttpRequest, form: Any, formsets: Any, change: bool) -> None:
         # Tools were set by the service (with the version); only inlines are left, and the
@@ -178,8 +136,6 @@ class AgentAdmin(ProjectScopedAdmin, admin.ModelAdmin):
         # Agents used by a workflow are shown as protected, so the admin refuses to delete
         # them the same way agent_delete does.
         deleted, counts, perms_needed, protected = super().get_deleted_objects(objs, request)
-        # Versions cannot be deleted by hand, but they go with their agent.
-        perms_needed = set(perms_needed) - {str(AgentVersion._meta.verbose_name)}
         protected = list(protected)
         for agent in objs:
             for name in services.agent_usage(agent=agent):
@@ -189,23 +145,13 @@ class AgentAdmin(ProjectScopedAdmin, admin.ModelAdmin):
     def delete_model(self, request: HttpRequest, obj: Agent) -> None:
         services.agent_delete(agent=obj, actor=request.user)
 
-    def delete_queryset(self, request: HttpRequest, queryset: QuerySet[Agent]) -> None:
-        for agent in queryset:
-            services.agent_delete(agent=agent, actor=request.user)
-
     def _set_status(self, request: HttpRequest, queryset: QuerySet[Agent], status: str) -> None:
-        changed = 0
-        for agent in queryset:
-            if not self.may_write(request, agent):
-                self.message_user(
-                    request, f"{agent}: your role does not allow this.", messages.ERROR
-                )
-                continue
-            try:
-                services.agent_set_status(agent=agent, actor=request.user, status=status)
-                changed += 1
-            except SparkOpsError as exc:
-                self.message_user(request, f"{agent}: {exc.detail}", messages.ERROR)
+        changed = for_each_writable(
+            self,
+            request,
+            queryset,
+            lambda agent: services.agent_set_status(agent=agent, actor=request.user, status=status),
+        )
         self.message_user(request, f"{changed} agent(s) set to {status}.", messages.SUCCESS)
 
     @admin.action(description="Enable selected agents")
@@ -218,33 +164,77 @@ class AgentAdmin(ProjectScopedAdmin, admin.ModelAdmin):
 
 
 @admin.register(AgentVersion)
-class AgentVersionAdmin(ProjectScopedAdmin, admin.ModelAdmin):
-    """Versions are immutable: readable, never added, changed or deleted by hand."""
-
-    scope_through = "agent"
-    project_path = "agent.project"
-
-    list_display = ["agent", "number", "project", "created_by", "created_at"]
-    list_select_related = ["agent__project", "created_by"]
+class AgentVersionAdmin(ProjectScopedAdmin, VersionAdmin):
+    versioned = "agent"
     list_filter = [("agent__project", admin.RelatedOnlyFieldListFilter)]
     search_fields = ["agent__name", "agent__slug", "agent__project__name"]
-    fields = ["agent", "number", "created_by", "created_at", "snapshot_pretty"]
-    readonly_fields = fields
-    ordering = ["agent", "-number"]
 
-    @admin.display(description="Project", ordering="agent__project__name")
-    def project(self, obj: AgentVersion) -> Any:
-        return obj.agent.project
 
-    @admin.display(description="Snapshot")
-    def snapshot_pretty(self, obj: AgentVersion) -> str:
-        return json_block(obj.snapshot)
+class ModelPriceAdminForm(ServiceForm):
+    """Checked by the same services as the API (`model_price_clean`, the uniqueness check)."""
 
-    def has_add_permission(self, request: HttpRequest) -> bool:
-        return False
+    class Meta:
+        model = ModelPrice
+        fields = ["project", *ModelPrice.EDITABLE_FIELDS]
 
-    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
+    def clean(self) -> dict[str, Any]:
+        super().clean()
+        cleaned = self.cleaned_data
+        if self.errors:
+            return cleaned
+        values = {name: cleaned.get(name) for name in ModelPrice.EDITABLE_FIELDS}
+        if values["valid_from"] is None:
+            values.pop("valid_from")
+        project = self.instance.project if self.instance.pk else cleaned.get("project")
+        candidate = ModelPrice(pk=self.instance.pk, project=project, **values)
+        try:
+            services.model_price_clean(values)
+            services.model_price_check_unique(price=candidate)
+        except SparkOpsError as exc:
+            add_service_errors(self, exc)
+        self.service_values = values
+        return cleaned
 
-    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
+
+@admin.register(ModelPrice)
+class ModelPriceAdmin(ProjectScopedAdmin, ServiceAdmin):
+    """Operators keep the global price table; staff who are not superusers see the overrides
+    of their projects and change those of projects they administer. Saves go through the
+    services, as in the API."""
+
+    write_role = Role.ADMIN
+    form = ModelPriceAdminForm
+    list_display = [
+        "provider",
+        "model_pattern",
+        "scope",
+        "input_per_million",
+        "output_per_million",
+        "cached_input_per_million",
+        "valid_from",
+    ]
+    list_filter = ["provider", ("project", admin.EmptyFieldListFilter)]
+    list_select_related = ["project"]
+    search_fields = ["model_pattern", "project__name", "project__slug"]
+    autocomplete_fields = ["project"]
+    readonly_fields = ["created_at", "updated_at"]
+    create_only = ("project",)
+
+    @admin.display(description="Scope", ordering="project__name")
+    def scope(self, obj: ModelPrice) -> str:
+        return obj.project.name if obj.project_id else "global"
+
+    def save_model(self, request: HttpRequest, obj: ModelPrice, form: Any, change: bool) -> None:
+        values = dict(form.service_values)
+        if change:
+            saved = services.model_price_update(
+                price=ModelPrice.objects.get(pk=obj.pk), actor=request.user, **values
+            )
+        else:
+            saved = services.model_price_create(
+                actor=request.user, project=form.cleaned_data.get("project"), **values
+            )
+        adopt(obj, saved)
+
+    def delete_model(self, request: HttpRequest, obj: ModelPrice) -> None:
+        services.model_price_delete(price=obj, actor=request.user)

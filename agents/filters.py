@@ -1,8 +1,8 @@
 import django_filters
 
-from sparkops.api import IdFilter
+from projects.api import IdFilter
 
-from .models import Agent
+from .models import Agent, ModelPrice
 
 
 class AgentFilter(django_filters.FilterSet):
@@ -14,3 +14,16 @@ class AgentFilter(django_filters.FilterSet):
     class Meta:
         model = Agent
         fields = ["project", "status", "provider", "tool"]
+
+
+class ModelPriceFilter(django_filters.FilterSet):
+    project = django_filters.UUIDFilter(field_name="project_id")
+    is_global = django_filters.BooleanFilter(
+        field_name="project",
+        lookup_expr="isnull",
+        label="Only global prices (true) or only project overrides (false)",
+    )
+
+    class Meta:
+        model = ModelPrice
+        fields = ["project", "is_global", "provider"]

@@ -1,4 +1,5 @@
-"""Model prices: the most specific `ModelPrice` pattern valid at call time prices a call."""
+"""Model prices: the most specific `ModelPrice` pattern valid at call time prices a call (a
+project's own rows first)."""
 
 from __future__ import annotations
 
@@ -6,7 +7,9 @@ from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
 from fnmatch import fnmatchcase
+from typing import Any
 
+from django.db.models import Q
 from django.utils import timezone
 
 from .models import ModelPrice
@@ -40,17 +43,28 @@ def _specificity(pattern: str) -> tuple[int, int]:
     return (0 if wildcards else 1, len(pattern) - wildcards)
 
 
-def price_for(provider: str, model: str, at: datetime | None = None) -> Price | None:
+def price_for(
+    provider: str, model: str, at: datetime | None = None, *, project_id: Any = None
+) -> Price | None:
+    """The price of `model` at `at`: among the rows valid then (the newest of each pattern),
+    a row of `project_id` beats every global row; within one scope, the most specific pattern
+    wins."""
     at = at or timezone.now()
-    rows = ModelPrice.objects.filter(provider=provider, valid_from__lte=at).order_by("-valid_from")
-    best: tuple[tuple[int, int], ModelPrice] | None = None
-    seen: set[str] = set()
+    scope = Q(project__isnull=True)
+    if project_id is not None:
+        scope |= Q(project_id=project_id)
+    rows = ModelPrice.objects.filter(scope, provider=provider, valid_from__lte=at).order_by(
+        "-valid_from"
+    )
+    best: tuple[tuple[int, int, int], ModelPrice] | None = None
+    seen: set[tuple[Any, str]] = set()
     for row in rows:
-        if row.model_pattern in seen:  # an older price of the same pattern
+        key = (row.project_id, row.model_pattern)
+        if key in seen:  # an older price of the same pattern
             continue
-        seen.add(row.model_pattern)
+        seen.add(key)
         if fnmatchcase(model, row.model_pattern):
-            rank = _specificity(row.model_pattern)
+            rank = (1 if row.project_id is not None else 0, *_specificity(row.model_pattern))
             if best is None or rank > best[0]:
                 best = (rank, row)
     if best is None:

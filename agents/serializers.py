@@ -7,7 +7,7 @@ from rest_framework import serializers
 
 from projects.serializers import ProjectField
 
-from .models import Agent, AgentVersion
+from .models import Agent, AgentVersion, ModelPrice
 from .services import MAX_ITERATIONS, MAX_PROMPT_CHARS, MAX_TOKENS
 
 
@@ -81,6 +81,11 @@ class AgentSerializer(serializers.ModelSerializer):
     tools = ToolIdsField(
         required=False, help_text="Ids of tools of the agent's project, or global tools."
     )
+    mcp_tools = serializers.JSONField(
+        required=False,
+        help_text='Tools of the project\'s MCP servers: [{"server": "name", "tools": ["t1"]}] '
+        "(tools null or absent: all of the server's tools), called `<server>__<tool>`.",
+    )
     status = AgentStatusField(required=False)
     created_by = serializers.UUIDField(source="created_by_id", read_only=True, allow_null=True)
 
@@ -89,21 +94,7 @@ class AgentSerializer(serializers.ModelSerializer):
         fields = [
             "id",
             "project",
-            "name",
-            "slug",
-            "description",
-            "provider",
-            "model",
-            "base_url",
-            "credentials_secret",
-            "system_prompt",
-            "temperature",
-            "max_tokens",
-            "max_iterations",
-            "response_format",
-            "tools",
-            "settings",
-            "status",
+            *Agent.EDITABLE_FIELDS,
             "version",
             "created_by",
             "created_at",
@@ -167,3 +158,27 @@ class AgentTestResultSerializer(serializers.Serializer):
     model = serializers.CharField()
     provider = serializers.CharField()
     finish_reason = serializers.CharField(allow_null=True)
+
+
+class ModelPriceSerializer(serializers.ModelSerializer):
+    """USD per million tokens. Shape only; who may write which row is `agents.services`'."""
+
+    project = ProjectField(
+        required=False,
+        allow_null=True,
+        help_text="A project of yours whose own price this is (you need the admin role in it); "
+        "null for a global price (staff only). Fixed after creation.",
+    )
+    provider = serializers.ChoiceField(choices=Agent.Provider.choices)
+    input_per_million = serializers.DecimalField(max_digits=12, decimal_places=6, min_value=0)
+    output_per_million = serializers.DecimalField(max_digits=12, decimal_places=6, min_value=0)
+    cached_input_per_million = serializers.DecimalField(
+        max_digits=12, decimal_places=6, min_value=0, required=False, allow_null=True
+    )
+
+    class Meta:
+        model = ModelPrice
+        fields = ["id", "project", *ModelPrice.EDITABLE_FIELDS, "created_at", "updated_at"]
+        read_only_fields = ["id", "created_at", "updated_at"]
+        # Uniqueness is the service's (a 409), not a generic 400 from the serializer.
+        validators: list[Any] = []

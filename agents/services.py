@@ -18,16 +18,19 @@ from django.utils.text import slugify
 from jsonschema.exceptions import SchemaError
 
 from accounts.models import User
-from policies.audit import audit_record
-from projects.models import Project, Secret
+from projects.models import Membership, Project, Role, Secret
 from projects.secrets import SecretBag
 from sparkops import egress
-from sparkops.errors import Conflict, InvalidInput, SparkOpsError
+from sparkops.audit import audit_record
+from sparkops.errors import Conflict, Forbidden, InvalidInput, SparkOpsError
 from sparkops.regex import check_user_schema
+from sparkops.services import duplicate_as, object_update
 from sparkops.versioning import version_record, version_restore_fields
+from tools.mcp_services import check_attachments
 from tools.models import Tool
 
-from .models import Agent, AgentVersion
+from . import signals
+from .models import Agent, AgentVersion, ModelPrice
 from .providers import (
     ChatMessage,
     ChatRequest,
@@ -40,42 +43,13 @@ from .providers import (
 from .providers.base import config_error
 from .providers.simulated import SimulatedProvider
 
-# Every field a caller may set (besides `project`, fixed at creation).
-CONFIG_FIELDS = (
-    "name",
-    "slug",
-    "description",
-    "provider",
-    "model",
-    "base_url",
-    "credentials_secret",
-    "system_prompt",
-    "temperature",
-    "max_tokens",
-    "max_iterations",
-    "response_format",
-    "settings",
-    "status",
-)
-EDITABLE = frozenset((*CONFIG_FIELDS, "tools"))
+# The plain fields a caller may set (the many-to-many `tools` is set apart).
+CONFIG_FIELDS = tuple(name for name in Agent.EDITABLE_FIELDS if name != "tools")
+EDITABLE = frozenset(Agent.EDITABLE_FIELDS)
 # What a version pins and a rollback restores. Not the slug (workflows address the agent by
 # it, so a rollback must not move it) and not the status (switching an agent off and on is
 # operations, not configuration, and a rollback must not silently re-enable it).
-VERSIONED_FIELDS = [
-    "name",
-    "description",
-    "provider",
-    "model",
-    "base_url",
-    "credentials_secret",
-    "system_prompt",
-    "temperature",
-    "max_tokens",
-    "max_iterations",
-    "response_format",
-    "settings",
-    "tools",
-]
+VERSIONED_FIELDS = [name for name in Agent.EDITABLE_FIELDS if name not in ("slug", "status")]
 DEFAULTS: dict[str, Any] = {
     "slug": "",
     "description": "",
@@ -89,6 +63,7 @@ DEFAULTS: dict[str, Any] = {
     "settings": {},
     "status": Agent.Status.ACTIVE,
     "tools": [],
+    "mcp_tools": [],
 }
 
 # Providers that cannot be called without an API key.
@@ -224,6 +199,11 @@ def agent_clean(
         add("settings", problem)
     if clean.get("status") not in Agent.Status.values:
         add("status", f"Must be one of: {', '.join(Agent.Status.values)}.")
+    if clean.get("mcp_tools") is None:
+        clean["mcp_tools"] = []
+    if changed("mcp_tools"):
+        for problem in check_attachments(project, clean["mcp_tools"]):
+            add("mcp_tools", problem)
     if "tools" in clean:
         tools, problems = _resolve_tools(project, clean["tools"] or [])
         for problem in problems:
@@ -368,11 +348,8 @@ def agent_create(*, actor: User | None, project: Project, **fields: Any) -> Agen
     tools = clean.pop("tools")
     if not clean["slug"]:
         clean["slug"] = _unique_slug(project, clean["name"])
-    try:
-        with transaction.atomic():
-            agent = Agent.objects.create(project=project, created_by=actor, **clean)
-    except IntegrityError:
-        raise _slug_conflict() from None
+    with duplicate_as(_slug_conflict):
+        agent = Agent.objects.create(project=project, created_by=actor, **clean)
     agent.tools.set(tools)
     version_record(obj=agent, fields=VERSIONED_FIELDS, actor=actor)
     audit_record(
@@ -388,42 +365,27 @@ def agent_create(*, actor: User | None, project: Project, **fields: Any) -> Agen
 @transaction.atomic
 def agent_update(*, agent: Agent, actor: User | None, **fields: Any) -> Agent:
     """Applies `fields` (any of EDITABLE); a new version is written only if the versioned
-    configuration actually changed. Returns the saved agent (a fresh instance)."""
+    configuration actually changed. Returns `agent`, reloaded and saved."""
     _refuse_unknown(fields)
-    # The row lock serialises concurrent edits of one agent, so two of them never compute the
-    # same next version number.
-    locked = Agent.objects.select_for_update().get(pk=agent.pk)
-    values = {name: getattr(locked, name) for name in CONFIG_FIELDS}
-    values.update(fields)
-    clean = agent_clean(project=locked.project, values=values, agent=locked)
-    tools = clean.pop("tools", None)
-    changed = [name for name in CONFIG_FIELDS if getattr(locked, name) != clean[name]]
-    for name in changed:
-        setattr(locked, name, clean[name])
-    if changed:
-        try:
-            with transaction.atomic():
-                locked.save(update_fields=[*changed, "updated_at"])
-        except IntegrityError:
-            raise _slug_conflict() from None
-    if tools is not None and {t.pk for t in tools} != set(
-        locked.tools.values_list("pk", flat=True)
-    ):
-        locked.tools.set(tools)
-        if not changed:
-            locked.save(update_fields=["updated_at"])
-    version_record(obj=locked, fields=VERSIONED_FIELDS, actor=actor)
-    audit_record(
+
+    def clean(locked: Agent) -> dict[str, Any]:
+        values = {name: getattr(locked, name) for name in CONFIG_FIELDS}
+        return agent_clean(project=locked.project, values={**values, **fields}, agent=locked)
+
+    update = object_update(
+        agent,
         actor=actor,
-        project=locked.project,
-        action="agent.update",
-        obj=locked,
-        changes={
-            **{n: clean[n] for n in changed},
-            **({"tools": [t.pk for t in tools]} if tools is not None else {}),
-        },
+        clean=clean,
+        versioned_fields=VERSIONED_FIELDS,
+        conflict=_slug_conflict,
     )
-    return locked
+    changes = {name: value for name, value in update.changed.items() if name != "tools"}
+    if "tools" in update.cleaned:
+        changes["tools"] = [tool.pk for tool in update.cleaned["tools"]]
+    audit_record(
+        actor=actor, project=agent.project, action="agent.update", obj=agent, changes=changes
+    )
+    return agent
 
 
 def agent_set_status(*, agent: Agent, actor: User | None, status: str) -> Agent:
@@ -453,29 +415,11 @@ def agent_rollback(*, agent: Agent, actor: User | None, version: int) -> Agent:
 
 
 def agent_usage(*, agent: Agent) -> list[str]:
-    """Names of the project's (non-archived) workflows with an agent node naming this agent
-    (by slug, or by id)."""
-    from workflows.models import Workflow
-
-    names = {agent.slug, str(agent.pk)}
-    users = []
-    workflows = (
-        Workflow.objects.filter(project_id=agent.project_id)
-        .exclude(status=Workflow.Status.ARCHIVED)
-        .only("name", "definition")
-    )
-    for workflow in workflows:
-        definition = workflow.definition if isinstance(workflow.definition, dict) else {}
-        nodes = definition.get("nodes")
-        for node in nodes if isinstance(nodes, list) else []:
-            if (
-                isinstance(node, dict)
-                and node.get("type") == "agent"
-                and str(node.get("agent")) in names
-            ):
-                users.append(workflow.name)
-                break
-    return users
+    """Names of what uses this agent (the project's non-archived workflows with an agent node
+    naming it). Workflows sit above agents, so they answer through `signals.agent_used_by`."""
+    return [
+        name for _, names in signals.agent_used_by.send(sender=Agent, agent=agent) for name in names
+    ]
 
 
 @transaction.atomic
@@ -489,6 +433,114 @@ def agent_delete(*, agent: Agent, actor: User | None) -> None:
         )
     audit_record(actor=actor, project=agent.project, action="agent.delete", obj=agent)
     agent.delete()
+
+
+# --- model prices ----------------------------------------------------------------------------
+
+PRICE_FIELDS = frozenset(ModelPrice.EDITABLE_FIELDS)
+_RATES = ("input_per_million", "output_per_million", "cached_input_per_million")
+
+
+def model_price_require_write(*, actor: Any, project: Project | None) -> None:
+    """Global prices are staff's; a project's own prices, its admins' (and staff's)."""
+    if actor is not None and getattr(actor, "is_staff", False):
+        return
+    if project is None:
+        raise Forbidden("Only staff can change global model prices.")
+    if not Membership.objects.has_role(actor, project, Role.ADMIN):
+        raise Forbidden("Only the project's admins can change its model prices.")
+
+
+def model_price_clean(fields: dict[str, Any]) -> dict[str, Any]:
+    unknown = set(fields) - PRICE_FIELDS
+    errors: dict[str, list[str]] = {name: ["This field cannot be set here."] for name in unknown}
+    if "provider" in fields and fields["provider"] not in Agent.Provider.values:
+        errors["provider"] = [f"One of: {', '.join(Agent.Provider.values)}."]
+    if "model_pattern" in fields and not str(fields["model_pattern"] or "").strip():
+        errors["model_pattern"] = ["A model name or pattern (`gpt-4o-mini*`) is required."]
+    for name in _RATES:
+        value = fields.get(name)
+        if value is not None and value < 0:
+            errors[name] = ["Must be zero or more."]
+    if errors:
+        raise InvalidInput("Invalid input.", errors=dict(sorted(errors.items())))
+    cleaned = dict(fields)
+    if "model_pattern" in cleaned:
+        cleaned["model_pattern"] = str(cleaned["model_pattern"]).strip()
+    return cleaned
+
+
+def _price_taken() -> Conflict:
+    return Conflict(
+        "A price for this provider and pattern, valid from the same moment, already exists "
+        "in this scope.",
+        errors={"model_pattern": ["Already priced from this valid_from."]},
+    )
+
+
+def model_price_check_unique(*, price: ModelPrice) -> None:
+    """One price per (scope, provider, pattern, valid_from): a 409 before the save (the admin
+    form calls this too); the constraint catches a lost race the same way."""
+    taken = ModelPrice.objects.filter(
+        project=price.project,
+        provider=price.provider,
+        model_pattern=price.model_pattern,
+        valid_from=price.valid_from,
+    )
+    if price.pk is not None:
+        taken = taken.exclude(pk=price.pk)
+    if taken.exists():
+        raise _price_taken()
+
+
+def _price_save(price: ModelPrice, update_fields: list[str] | None = None) -> None:
+    model_price_check_unique(price=price)
+    try:
+        with transaction.atomic():
+            price.save(update_fields=update_fields)
+    except IntegrityError as exc:
+        raise _price_taken() from exc
+
+
+@transaction.atomic
+def model_price_create(*, actor: Any, project: Project | None = None, **fields: Any) -> ModelPrice:
+    model_price_require_write(actor=actor, project=project)
+    cleaned = model_price_clean(fields)
+    missing = [
+        name
+        for name in ("provider", "model_pattern", "input_per_million", "output_per_million")
+        if cleaned.get(name) is None
+    ]
+    if missing:
+        raise InvalidInput(
+            "Invalid input.", errors={name: ["This field is required."] for name in missing}
+        )
+    price = ModelPrice(project=project, **cleaned)
+    _price_save(price)
+    audit_record(
+        actor=actor, project=project, action="model_price.create", obj=price, changes=fields
+    )
+    return price
+
+
+@transaction.atomic
+def model_price_update(*, price: ModelPrice, actor: Any, **fields: Any) -> ModelPrice:
+    model_price_require_write(actor=actor, project=price.project)
+    cleaned = model_price_clean(fields)
+    for name, value in cleaned.items():
+        setattr(price, name, value)
+    _price_save(price, update_fields=[*cleaned, "updated_at"])
+    audit_record(
+        actor=actor, project=price.project, action="model_price.update", obj=price, changes=fields
+    )
+    return price
+
+
+@transaction.atomic
+def model_price_delete(*, price: ModelPrice, actor: Any) -> None:
+    model_price_require_write(actor=actor, project=price.project)
+    audit_record(actor=actor, project=price.project, action="model_price.delete", obj=price)
+    price.delete()
 
 
 # --- provider calls ---------------------------------------------------------------------------

@@ -7,6 +7,7 @@ from . import views
 router = SimpleRouter()
 router.trailing_slash = "/?"
 router.register("agents", views.AgentViewSet, basename="agent")
+router.register("model-prices", views.ModelPriceViewSet, basename="model-price")
 router.register(
     rf"projects/(?P<project_pk>{UUID_RE})/agents",
     views.ProjectAgentViewSet,

@@ -11,19 +11,27 @@ from drf_spectacular.utils import (
     extend_schema,
     extend_schema_view,
 )
-from rest_framework import mixins, viewsets
+from rest_framework import mixins, permissions, viewsets
 from rest_framework.decorators import action
 from rest_framework.exceptions import NotFound
 from rest_framework.request import Request
 from rest_framework.response import Response
 
-from projects.models import Project
-from sparkops.api import ProjectScopedViewSet
+from projects.api import (
+    VERSION_DIFF_PARAMETERS,
+    Forbidden,
+    InvalidInput,
+    ProjectRolePermission,
+    ProjectScopedViewSet,
+    VersionDiffSerializer,
+    version_diff_of,
+)
+from projects.models import Project, Role
 from tools.models import Tool
 
 from . import services
-from .filters import AgentFilter
-from .models import Agent
+from .filters import AgentFilter, ModelPriceFilter
+from .models import Agent, ModelPrice
 from .serializers import (
     AgentRollbackSerializer,
     AgentSerializer,
@@ -32,6 +40,7 @@ from .serializers import (
     AgentUpdateSerializer,
     AgentVersionPageSerializer,
     AgentVersionSerializer,
+    ModelPriceSerializer,
 )
 
 ERROR = OpenApiResponse(description="JSON error with `type`, `detail` and field `errors`.")
@@ -120,6 +129,15 @@ class AgentViewSet(ProjectScopedViewSet):
             raise NotFound(f"Agent '{agent.slug}' has no version {number}.")
         return Response(AgentVersionSerializer(version).data)
 
+    @extend_schema(
+        parameters=VERSION_DIFF_PARAMETERS,
+        responses={200: VersionDiffSerializer, 400: ERROR},
+    )
+    @action(detail=True, methods=["get"], filter_backends=[])
+    def diff(self, request: Request, pk: Any = None) -> Response:
+        """What changed between two versions: each field with its value before and after."""
+        return Response(version_diff_of(self.get_object(), request))
+
     @extend_schema(request=AgentRollbackSerializer, responses={200: AgentSerializer, 400: ERROR})
     @action(detail=True, methods=["post"])
     def rollback(self, request: Request, pk: Any = None) -> Response:
@@ -195,6 +213,8 @@ class ProjectAgentViewSet(
     write_role = ProjectScopedViewSet.write_role
     required_role = ProjectScopedViewSet.required_role
     project_of = ProjectScopedViewSet.project_of
+    check_writable = ProjectScopedViewSet.check_writable
+    archived_actions = ProjectScopedViewSet.archived_actions
 
     def get_queryset(self):  # type: ignore[override]
         if getattr(self, "swagger_fake_view", False):
@@ -203,3 +223,61 @@ class ProjectAgentViewSet(
             Project.objects.for_user(self.request.user), pk=self.kwargs["project_pk"]
         )
         return self.queryset.for_user(self.request.user).filter(project=project)
+
+
+class ModelPricePermission(ProjectRolePermission):
+    """A project's prices: its roles (admin to write). Global prices: everyone reads them; only
+    staff change them, and others get 403, not 404, since they can see them."""
+
+    def has_object_permission(self, request: Any, view: Any, obj: Any) -> bool:
+        if obj.project_id is not None:
+            return super().has_object_permission(request, view, obj)
+        if request.method in permissions.SAFE_METHODS:
+            return True
+        if not request.user.is_staff:
+            raise Forbidden("Only staff can change global model prices.")
+        return True
+
+
+@extend_schema(tags=["model prices"])
+@extend_schema_view(
+    create=extend_schema(responses={201: ModelPriceSerializer, 400: ERROR, 403: ERROR, 409: ERROR}),
+    update=extend_schema(responses={200: ModelPriceSerializer, 400: ERROR, 409: ERROR}),
+    partial_update=extend_schema(responses={200: ModelPriceSerializer, 400: ERROR, 409: ERROR}),
+)
+class ModelPriceViewSet(ProjectScopedViewSet):
+    """Model prices in USD per million tokens: the global ones and your projects' own. A model
+    call is priced by the most specific pattern valid at call time, its project's rows first.
+    Global prices are written by staff; a project's by its admins."""
+
+    queryset = ModelPrice.objects.all()
+    serializer_class = ModelPriceSerializer
+    filterset_class = ModelPriceFilter
+    permission_classes = [permissions.IsAuthenticated, ModelPricePermission]
+    search_fields = ["model_pattern"]
+    ordering_fields = ["provider", "model_pattern", "valid_from", "created_at"]
+    ordering = ["provider", "model_pattern", "-valid_from", "id"]
+    write_role = Role.ADMIN
+
+    def perform_create(self, serializer: ModelPriceSerializer) -> None:
+        data = dict(serializer.validated_data)
+        project = data.pop("project", None)
+        if project is not None:
+            self.check_project_role(project, Role.ADMIN)
+        serializer.instance = services.model_price_create(
+            actor=self.request.user, project=project, **data
+        )
+
+    def perform_update(self, serializer: ModelPriceSerializer) -> None:
+        data = dict(serializer.validated_data)
+        price = serializer.instance
+        if "project" in data and data.pop("project") != price.project:
+            raise InvalidInput(
+                "Invalid input.", errors={"project": ["A price's project cannot change."]}
+            )
+        serializer.instance = services.model_price_update(
+            price=price, actor=self.request.user, **data
+        )
+
+    def perform_destroy(self, instance: ModelPrice) -> None:
+        services.model_price_delete(price=instance, actor=self.request.user)

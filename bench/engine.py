@@ -10,7 +10,9 @@ Starts its own worker process (threads pool) and prints JSON:
 (b) throughput of a 500-node fan-out vs a raw Celery group of 500 no-op tasks (ratio; target
     >= 0.4);
 (c) 100 concurrent runs of a 5-step workflow: runs/s and p50/p95 run latency;
-(d) database queries per step for 10- and 50-step chains (should be constant).
+(d) database queries per step for 10- and 50-step chains (should be constant);
+(e) a `map` node over as many items as the fan-out has nodes, against that fan-out (ratio;
+    target <= 1.5, issue #16).
 The engine is measured twice: with its default (transforms and builtin tools run inline) and
 with every step queued (SPARKOPS_INLINE_STEPS=0, the path of HTTP tools and model calls).
 """
@@ -33,8 +35,10 @@ BASE_DIR = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(BASE_DIR))
 
 
-def configure_environment(workdir: Path) -> None:
-    """A database and broker of the benchmark's own, so it never touches real data."""
+def configure_environment(workdir: Path, database: str = "") -> None:
+    """A database and broker of the benchmark's own, so it never touches real data. The
+    database is BENCH_DATABASE (default sparkops_bench) on the server of DATABASE_URL."""
+    database = database or os.environ.get("BENCH_DATABASE", "sparkops_bench")
     os.environ.setdefault("SECRET_KEY", "bench-" + "x" * 50)
     os.environ["SPARKOPS_VAR_DIR"] = str(workdir / "var")
     os.environ.setdefault("LOG_LEVEL", "WARNING")
@@ -47,9 +51,9 @@ def configure_environment(workdir: Path) -> None:
         with psycopg.connect(
             admin.replace("postgres://", "postgresql://", 1), autocommit=True
         ) as conn:
-            conn.execute("DROP DATABASE IF EXISTS sparkops_bench WITH (FORCE)")
-            conn.execute("CREATE DATABASE sparkops_bench")
-        os.environ["DATABASE_URL"] = urlunsplit(parts._replace(path="/sparkops_bench"))
+            conn.execute(f"DROP DATABASE IF EXISTS {database} WITH (FORCE)")
+            conn.execute(f"CREATE DATABASE {database}")
+        os.environ["DATABASE_URL"] = urlunsplit(parts._replace(path=f"/{database}"))
     else:
         os.environ["DATABASE_URL"] = f"sqlite:///{workdir / 'bench.sqlite3'}"
 
@@ -182,23 +186,25 @@ def main() -> None:
         for n in (10, 50):
             wf = workflow(f"queries-{mode}-{n}", chain_nodes(n))
             run = runs.run_create(workflow=wf, input={}, actor=user)
-            with (
-                override_settings(SPARKOPS_INLINE_STEPS=MODES[mode]),
-                CaptureQueriesContext(connection) as ctx,
-            ):
-                runs.run_enqueue(run_id=run.pk)
+            counted = 0  # the engine's statements only, not this loop's own reads
+            with override_settings(SPARKOPS_INLINE_STEPS=MODES[mode]):
+                with CaptureQueriesContext(connection) as ctx:
+                    runs.run_enqueue(run_id=run.pk)
+                counted += len(ctx.captured_queries)
                 for _ in range(2 * n):
                     run.refresh_from_db()
                     if run.is_finished:
                         break
                     step = run.steps.filter(status="queued").first()
-                    if step is None:
-                        runs.run_advance(run_id=run.pk)
-                    else:
-                        runs.step_execute(step_id=step.pk, attempt=step.attempt)
+                    with CaptureQueriesContext(connection) as ctx:
+                        if step is None:
+                            runs.run_advance(run_id=run.pk)
+                        else:
+                            runs.step_execute(step_id=step.pk, attempt=step.attempt)
+                    counted += len(ctx.captured_queries)
             run.refresh_from_db()
             assert run.status == "succeeded", run.error
-            query_counts[f"{mode}_chain_{n}"] = len(ctx.captured_queries)
+            query_counts[f"{mode}_chain_{n}"] = counted
     purge_queues()
 
     marker = workdir / "markers"
@@ -278,6 +284,25 @@ def main() -> None:
             engine_fan = time.perf_counter() - started
             assert Run.objects.get(pk=run.pk).status == "succeeded"
 
+            # (e) the same fan-out as one `map` node over a list of as many items
+            wf = workflow(
+                f"map-{mode}",
+                [
+                    {
+                        "id": "m",
+                        "type": "map",
+                        "items": list(range(args.fanout)),
+                        "node": {"type": "tool", "tool": "noop", "args": {"i": "{{ item }}"}},
+                        "max_concurrency": 1000,
+                    }
+                ],
+            )
+            started = time.perf_counter()
+            run = runs.run_create(workflow=wf, input={}, actor=user)
+            wait_runs([run.pk])
+            engine_map = time.perf_counter() - started
+            assert Run.objects.get(pk=run.pk).status == "succeeded"
+
             # (c) concurrent runs of a 5-step workflow (a diamond plus a tail)
             wf = workflow(f"five-{mode}", nodes)
             started = time.perf_counter()
@@ -306,6 +331,13 @@ def main() -> None:
                 "engine_steps_per_s": round(args.fanout / engine_fan, 1),
                 "ratio_to_raw": round(raw_fan / engine_fan, 2),
                 "target": ">= 0.4",
+            },
+            "map": {
+                "items": args.fanout,
+                "seconds": round(engine_map, 3),
+                "fan_out_seconds": round(engine_fan, 3),
+                "ratio_to_fan_out": round(engine_map / engine_fan, 2),
+                "target": "<= 1.5",
             },
             "concurrent_runs": {
                 "runs": args.runs,

@@ -4,39 +4,30 @@ decisions, spend rows, usage and the audit log are read-only."""
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
-from django import forms
 from django.contrib import admin
 from django.db.models import QuerySet
-from django.forms.models import construct_instance
 from django.http import HttpRequest
-from django.utils.html import format_html
 
-from projects.models import Role
-from sparkops.adminkit import PrettyJSONField, add_service_errors
-from sparkops.console.scoping import ProjectScopedAdmin
+from projects.admin_scoping import ProjectScopedAdmin, staff_member
+from projects.models import Membership, Role
+from sparkops.adminkit import (
+    PrettyJSONField,
+    ReadOnlyAdmin,
+    ReadOnlyInline,
+    ServiceAdmin,
+    ServiceForm,
+    add_service_errors,
+    adopt,
+    json_block,
+)
+from sparkops.audit import AuditEvent
 from sparkops.errors import SparkOpsError
 
 from . import services
 from .budgets import spent
-from .models import AuditEvent, Budget, BudgetSpend, Policy, PolicyDecision, UsageRecord
-
-
-def pretty(value: Any) -> str:
-    return format_html(
-        '<pre style="margin:0">{}</pre>',
-        json.dumps(value, indent=2, sort_keys=True, ensure_ascii=False),
-    )
-
-
-class ServiceForm(forms.ModelForm):
-    """Validation is the services' (called from clean()); saving too (the admin's save_model)."""
-
-    def _post_clean(self) -> None:
-        opts = self._meta
-        self.instance = construct_instance(self, self.instance, opts.fields, opts.exclude)
+from .models import Budget, BudgetSpend, Policy, PolicyDecision, UsageRecord
 
 
 class PolicyAdminForm(ServiceForm):
@@ -44,10 +35,11 @@ class PolicyAdminForm(ServiceForm):
 
     class Meta:
         model = Policy
-        fields = ["project", "name", "description", "kind", "mode", "enabled", "priority", "rule"]
+        fields = ["project", *Policy.EDITABLE_FIELDS]
 
     def clean(self) -> dict[str, Any]:
-        cleaned = super().clean()
+        super().clean()
+        cleaned = self.cleaned_data
         if self.errors:
             return cleaned
         values = {name: cleaned.get(name) for name in services.POLICY_FIELDS}
@@ -61,7 +53,7 @@ class PolicyAdminForm(ServiceForm):
 
 
 @admin.register(Policy)
-class PolicyAdmin(ProjectScopedAdmin, admin.ModelAdmin):
+class PolicyAdmin(ProjectScopedAdmin, ServiceAdmin):
     # Staff who are not superusers see their projects' policies and the global ones, and
     # change them with the API's role (admin; global ones: any staff, as in the API).
     write_role = Role.ADMIN
@@ -77,14 +69,11 @@ class PolicyAdmin(ProjectScopedAdmin, admin.ModelAdmin):
         ("Rule", {"fields": ["kind", "mode", "priority", "rule"]}),
         ("Audit", {"fields": ["created_by", "created_at", "updated_at"]}),
     ]
+    create_only = ("project",)
 
     @admin.display(description="Scope", ordering="project__name")
     def scope(self, obj: Policy) -> str:
         return str(obj.project) if obj.project_id else "global"
-
-    def get_readonly_fields(self, request: HttpRequest, obj: Any = None) -> list[str]:
-        fields = list(super().get_readonly_fields(request, obj))
-        return [*fields, "project"] if obj is not None else fields
 
     def save_model(self, request: HttpRequest, obj: Policy, form: Any, change: bool) -> None:
         values = dict(form.service_values)
@@ -96,35 +85,20 @@ class PolicyAdmin(ProjectScopedAdmin, admin.ModelAdmin):
             saved = services.policy_create(
                 actor=request.user, project=form.cleaned_data.get("project"), **values
             )
-        obj.pk = saved.pk
-        obj._state.adding = False
-        obj._state.db = saved._state.db
+        adopt(obj, saved)
 
     def delete_model(self, request: HttpRequest, obj: Policy) -> None:
         services.policy_delete(policy=obj, actor=request.user)
-
-    def delete_queryset(self, request: HttpRequest, queryset: QuerySet[Policy]) -> None:
-        for policy in queryset:
-            services.policy_delete(policy=policy, actor=request.user)
 
 
 class BudgetAdminForm(ServiceForm):
     class Meta:
         model = Budget
-        fields = [
-            "project",
-            "name",
-            "workflow",
-            "agent",
-            "period",
-            "limit_usd",
-            "soft_threshold",
-            "action",
-            "enabled",
-        ]
+        fields = ["project", *Budget.EDITABLE_FIELDS]
 
     def clean(self) -> dict[str, Any]:
-        cleaned = super().clean()
+        super().clean()
+        cleaned = self.cleaned_data
         if self.errors:
             return cleaned
         project = self.instance.project if self.instance.pk else cleaned.get("project")
@@ -139,24 +113,15 @@ class BudgetAdminForm(ServiceForm):
         return cleaned
 
 
-class BudgetSpendInline(admin.TabularInline):
+class BudgetSpendInline(ReadOnlyInline):
     model = BudgetSpend
-    fields = ["period_start", "spend", "calls", "threshold_crossed_at", "limit_reached_at"]
+    fields = ("period_start", "spend", "calls", "threshold_crossed_at", "limit_reached_at")
     readonly_fields = fields
-    extra = 0
-    max_num = 0
-    can_delete = False
     ordering = ["-period_start"]
-
-    def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
-
-    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
 
 
 @admin.register(Budget)
-class BudgetAdmin(ProjectScopedAdmin, admin.ModelAdmin):
+class BudgetAdmin(ProjectScopedAdmin, ServiceAdmin):
     write_role = Role.ADMIN
     form = BudgetAdminForm
     list_display = [
@@ -177,16 +142,13 @@ class BudgetAdmin(ProjectScopedAdmin, admin.ModelAdmin):
     autocomplete_fields = ["project", "workflow", "agent"]
     readonly_fields = ["current_spend", "created_by", "created_at", "updated_at"]
     inlines = [BudgetSpendInline]
+    create_only = ("project",)
 
     @admin.display(description="Spent this period (USD)")
     def current_spend(self, obj: Budget) -> str:
         if obj.pk is None:
             return "-"
         return f"{spent(obj):.6f}"
-
-    def get_readonly_fields(self, request: HttpRequest, obj: Any = None) -> list[str]:
-        fields = list(super().get_readonly_fields(request, obj))
-        return [*fields, "project"] if obj is not None else fields
 
     def save_model(self, request: HttpRequest, obj: Budget, form: Any, change: bool) -> None:
         values = dict(form.service_values)
@@ -198,9 +160,7 @@ class BudgetAdmin(ProjectScopedAdmin, admin.ModelAdmin):
             saved = services.budget_create(
                 actor=request.user, project=form.cleaned_data["project"], **values
             )
-        obj.pk = saved.pk
-        obj._state.adding = False
-        obj._state.db = saved._state.db
+        adopt(obj, saved)
 
     def save_related(self, request: HttpRequest, form: Any, formsets: Any, change: bool) -> None:
         # The scope was set by the service; the only inline (spend rows) is read-only.
@@ -210,26 +170,9 @@ class BudgetAdmin(ProjectScopedAdmin, admin.ModelAdmin):
     def delete_model(self, request: HttpRequest, obj: Budget) -> None:
         services.budget_delete(budget=obj, actor=request.user)
 
-    def delete_queryset(self, request: HttpRequest, queryset: QuerySet[Budget]) -> None:
-        for budget in queryset:
-            services.budget_delete(budget=budget, actor=request.user)
-
-
-class ReadOnlyAdmin(ProjectScopedAdmin, admin.ModelAdmin):
-    """Records written by the platform: viewable, never added, changed or deleted by hand."""
-
-    def has_add_permission(self, request: HttpRequest) -> bool:
-        return False
-
-    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
-
-    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
-
 
 @admin.register(PolicyDecision)
-class PolicyDecisionAdmin(ReadOnlyAdmin):
+class PolicyDecisionAdmin(ProjectScopedAdmin, ReadOnlyAdmin):
     list_display = [
         "created_at",
         "source_name",
@@ -244,7 +187,7 @@ class PolicyDecisionAdmin(ReadOnlyAdmin):
     list_select_related = ["project", "run"]
     search_fields = ["source_name", "reason", "node_id", "project__name", "project__slug"]
     date_hierarchy = "created_at"
-    fields = [
+    fields = (
         "created_at",
         "project",
         "policy",
@@ -261,35 +204,38 @@ class PolicyDecisionAdmin(ReadOnlyAdmin):
         "reason",
         "details_pretty",
         "key",
-    ]
+    )
     readonly_fields = fields
 
     @admin.display(description="Details")
     def details_pretty(self, obj: PolicyDecision) -> str:
-        return pretty(obj.details)
+        return json_block(obj.details)
+
+
+_SPEND_COLUMNS = (
+    "budget",
+    "period_start",
+    "spend",
+    "calls",
+    "threshold_crossed_at",
+    "limit_reached_at",
+)
 
 
 @admin.register(BudgetSpend)
-class BudgetSpendAdmin(ReadOnlyAdmin):
+class BudgetSpendAdmin(ProjectScopedAdmin, ReadOnlyAdmin):
     scope_through = "budget"
     project_path = "budget.project"
-    list_display = [
-        "budget",
-        "period_start",
-        "spend",
-        "calls",
-        "threshold_crossed_at",
-        "limit_reached_at",
-    ]
+    list_display = _SPEND_COLUMNS
     list_select_related = ["budget__project"]
     list_filter = [("budget__project", admin.RelatedOnlyFieldListFilter)]
     search_fields = ["budget__name", "budget__project__name"]
-    fields = [*list_display, "updated_at"]
+    fields = (*_SPEND_COLUMNS, "updated_at")
     readonly_fields = fields
 
 
 @admin.register(UsageRecord)
-class UsageRecordAdmin(ReadOnlyAdmin):
+class UsageRecordAdmin(ProjectScopedAdmin, ReadOnlyAdmin):
     list_display = [
         "created_at",
         "project",
@@ -305,7 +251,7 @@ class UsageRecordAdmin(ReadOnlyAdmin):
     list_select_related = ["project", "workflow", "agent"]
     search_fields = ["model", "node_id", "project__name", "project__slug"]
     date_hierarchy = "created_at"
-    fields = [
+    fields = (
         "created_at",
         "project",
         "run",
@@ -319,12 +265,12 @@ class UsageRecordAdmin(ReadOnlyAdmin):
         "output_tokens",
         "cost",
         "price_unknown",
-    ]
+    )
     readonly_fields = fields
 
 
 @admin.register(AuditEvent)
-class AuditEventAdmin(ReadOnlyAdmin):
+class AuditEventAdmin(ProjectScopedAdmin, ReadOnlyAdmin):
     """Append-only: no add, change or delete, even for superusers."""
 
     list_display = [
@@ -339,7 +285,7 @@ class AuditEventAdmin(ReadOnlyAdmin):
     list_filter = ["action", "object_type"]
     search_fields = ["actor_email", "action", "object_repr", "object_id"]
     date_hierarchy = "created_at"
-    fields = [
+    fields = (
         "created_at",
         "actor_id",
         "actor_email",
@@ -350,8 +296,19 @@ class AuditEventAdmin(ReadOnlyAdmin):
         "object_repr",
         "changes_pretty",
         "ip",
-    ]
+    )
     readonly_fields = fields
+
+    def get_queryset(self, request: HttpRequest) -> QuerySet[AuditEvent]:
+        # The audit log's readers, as in the API: admins and owners of the project (the model
+        # sits in the bottom layer, which knows no roles, so the rule lives here).
+        queryset = admin.ModelAdmin.get_queryset(self, request)
+        if request.user.is_superuser:
+            return queryset
+        projects = Membership.objects.filter(
+            user=staff_member(request), role__in=[Role.OWNER, Role.ADMIN]
+        )
+        return queryset.filter(project_id__in=projects.values("project_id"))
 
     @admin.display(description="Project")
     def project_ref(self, obj: AuditEvent) -> str:
@@ -359,4 +316,4 @@ class AuditEventAdmin(ReadOnlyAdmin):
 
     @admin.display(description="Changes")
     def changes_pretty(self, obj: AuditEvent) -> str:
-        return pretty(obj.changes)
+        return json_block(obj.changes)

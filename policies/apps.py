@@ -6,4 +6,5 @@ class PoliciesConfig(AppConfig):
     name = "policies"
 
     def ready(self) -> None:
+        # Receivers import models, which exist only once the app registry is ready.
         from . import receivers  # noqa: F401  (connects the signal receivers)

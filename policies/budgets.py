@@ -24,7 +24,7 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 from django.db import transaction
-from django.db.models import F
+from django.db.models import Count, F, Sum
 from django.utils import timezone
 
 from .models import Budget, BudgetSpend, UsageRecord
@@ -75,6 +75,35 @@ def spent(budget: Budget, at: datetime | None = None) -> Decimal:
         .first()
     )
     return value if value is not None else ZERO
+
+
+def budget_seed(*, budget: Budget, at: datetime | None = None) -> Decimal:
+    """Set the spend of the period containing `at` (now) to what the budget's scope already
+    spent in it, from the usage records: a budget created (or re-scoped) mid-period starts
+    from the real spend, not from zero. Call inside the transaction that writes the budget.
+
+    A charge whose transaction was open while the budget was being written and commits after it
+    can be missed (it neither saw the budget nor was seen by the sum): one call at most per
+    worker in flight at that instant, the same bound as `budget_check`."""
+    at = at or timezone.now()
+    start, end = period_bounds(budget.period, project_zone(budget.project), at)
+    records = UsageRecord.objects.filter(project_id=budget.project_id, created_at__gte=start)
+    if end is not None:
+        records = records.filter(created_at__lt=end)
+    if budget.workflow_id is not None:
+        records = records.filter(workflow_id=budget.workflow_id)
+    if budget.agent_id is not None:
+        records = records.filter(agent_id=budget.agent_id)
+    totals = records.filter(cost__gt=0).aggregate(spend=Sum("cost"), calls=Count("pk"))
+    spend = totals["spend"] or ZERO
+    marks: dict[str, Any] = {"spend": spend, "calls": totals["calls"] or 0}
+    marks["threshold_crossed_at"] = at if spend >= budget.threshold_usd else None
+    marks["limit_reached_at"] = at if spend >= budget.limit_usd else None
+    if spend:
+        BudgetSpend.objects.update_or_create(budget=budget, period_start=start, defaults=marks)
+    else:
+        BudgetSpend.objects.filter(budget=budget, period_start=start).update(**marks)
+    return spend
 
 
 @dataclass(frozen=True)

@@ -1,8 +1,9 @@
 import django_filters
 
-from sparkops.api import IdFilter
+from projects.api import IdFilter
+from sparkops.audit import AuditEvent
 
-from .models import AuditEvent, Budget, Policy, PolicyDecision
+from .models import Budget, Policy, PolicyDecision
 
 
 class PolicyFilter(django_filters.FilterSet):

@@ -9,7 +9,7 @@ from typing import Any
 from django.conf import settings
 from django.http import HttpRequest, HttpResponse
 
-from .audit import client_ip
+from sparkops.audit import client_ip
 
 
 def request_ip(request: HttpRequest) -> str | None:

@@ -7,10 +7,14 @@ import uuid
 from decimal import Decimal
 from typing import Any
 
-from django.conf import settings as django_settings
 from django.db import models
 
-from projects.models import Membership, Project, Role
+from projects.models import Project
+
+# Registered in this app (its table, migrations and admin URL); the code is at the bottom layer
+# because every app's services record audit events (see sparkops/audit.py).
+from sparkops.audit import AuditEvent  # noqa: F401
+from sparkops.models import Authored, ProjectPartitionedQuerySet
 
 
 class PolicyQuerySet(models.QuerySet["Policy"]):
@@ -31,7 +35,7 @@ class PolicyQuerySet(models.QuerySet["Policy"]):
         ).order_by("priority", "id")
 
 
-class Policy(models.Model):
+class Policy(Authored):
     class Kind(models.TextChoices):
         ALLOWED_MODELS = "allowed_models", "Allowed models"
         MAX_TOKENS_PER_CALL = "max_tokens_per_call", "Max tokens per call"
@@ -47,6 +51,10 @@ class Policy(models.Model):
     class Mode(models.TextChoices):
         ENFORCE = "enforce", "Enforce"
         AUDIT = "audit", "Audit (record only)"
+
+    # What a caller may set, besides `project` (chosen on create, fixed afterwards): the one
+    # list the service, the API serializer and the admin form take theirs from.
+    EDITABLE_FIELDS = ("name", "description", "kind", "mode", "enabled", "priority", "rule")
 
     project = models.ForeignKey(
         Project,
@@ -65,15 +73,6 @@ class Policy(models.Model):
         default=100, help_text="Evaluation order: lower numbers are evaluated first."
     )
     rule = models.JSONField(default=dict, blank=True, help_text="Validated per kind.")
-    created_by = models.ForeignKey(
-        django_settings.AUTH_USER_MODEL,
-        on_delete=models.SET_NULL,
-        null=True,
-        blank=True,
-        related_name="+",
-    )
-    created_at = models.DateTimeField(auto_now_add=True)
-    updated_at = models.DateTimeField(auto_now=True)
 
     objects = PolicyQuerySet.as_manager()
 
@@ -110,7 +109,7 @@ class BudgetQuerySet(models.QuerySet["Budget"]):
         return self.filter(scope, agents, project_id=project_id, enabled=True)
 
 
-class Budget(models.Model):
+class Budget(Authored):
     class Period(models.TextChoices):
         DAILY = "daily", "Daily"
         MONTHLY = "monthly", "Monthly"
@@ -119,6 +118,19 @@ class Budget(models.Model):
     class Action(models.TextChoices):
         BLOCK = "block", "Block (refuse new runs and further paid calls)"
         NOTIFY = "notify", "Notify only"
+
+    # What a caller may set, besides `project` (chosen on create, fixed afterwards): the one
+    # list the service, the API serializer and the admin form take theirs from.
+    EDITABLE_FIELDS = (
+        "name",
+        "workflow",
+        "agent",
+        "period",
+        "limit_usd",
+        "soft_threshold",
+        "action",
+        "enabled",
+    )
 
     project = models.ForeignKey(Project, on_delete=models.CASCADE, related_name="budgets")
     name = models.CharField(max_length=200)
@@ -145,15 +157,6 @@ class Budget(models.Model):
     )
     action = models.CharField(max_length=16, choices=Action.choices, default=Action.BLOCK)
     enabled = models.BooleanField(default=True)
-    created_by = models.ForeignKey(
-        django_settings.AUTH_USER_MODEL,
-        on_delete=models.SET_NULL,
-        null=True,
-        blank=True,
-        related_name="+",
-    )
-    created_at = models.DateTimeField(auto_now_add=True)
-    updated_at = models.DateTimeField(auto_now=True)
 
     objects = BudgetQuerySet.as_manager()
 
@@ -235,9 +238,10 @@ class UsageRecord(models.Model):
         return f"{self.provider}:{self.model} {self.cost}"
 
 
-class PolicyDecisionQuerySet(models.QuerySet["PolicyDecision"]):
+class PolicyDecisionQuerySet(ProjectPartitionedQuerySet["PolicyDecision"]):
     def for_user(self, user: Any) -> PolicyDecisionQuerySet:
-        return self.filter(project__in=Project.objects.for_user(user))
+        """Projects resolved first: a page is an index range per project (as for runs)."""
+        return self.in_projects(Project.objects.ids_for_user(user))
 
 
 class PolicyDecision(models.Model):
@@ -302,69 +306,3 @@ class PolicyDecision(models.Model):
         if self.pk is not None:
             raise ValueError("Policy decisions are append-only.")
         super().save(*args, **kwargs)
-
-
-class AuditEventQuerySet(models.QuerySet["AuditEvent"]):
-    def for_user(self, user: Any) -> AuditEventQuerySet:
-        """Events of projects where the user is an admin or the owner."""
-        if user is None or not user.is_authenticated:
-            return self.none()
-        projects = Membership.objects.filter(user=user, role__in=[Role.OWNER, Role.ADMIN])
-        return self.filter(project_id__in=projects.values("project_id"))
-
-    def update(self, **kwargs: Any) -> int:
-        raise ValueError("Audit events are append-only.")
-
-    def delete(self) -> Any:
-        raise ValueError("Audit events are append-only.")
-
-
-class AuditEvent(models.Model):
-    """Who did what to which object, from where. Append-only: no update, no delete. A deleted
-    project's or user's events keep its id (the foreign keys have no database constraint and
-    nothing cascades), and `actor_email` keeps who it was."""
-
-    actor = models.ForeignKey(
-        django_settings.AUTH_USER_MODEL,
-        on_delete=models.DO_NOTHING,
-        db_constraint=False,
-        null=True,
-        blank=True,
-        related_name="+",
-    )
-    actor_email = models.CharField(max_length=254, blank=True)
-    project = models.ForeignKey(
-        Project,
-        on_delete=models.DO_NOTHING,
-        db_constraint=False,
-        null=True,
-        blank=True,
-        related_name="+",
-    )
-    action = models.CharField(max_length=64, db_index=True)
-    object_type = models.CharField(max_length=100, blank=True)
-    object_id = models.CharField(max_length=64, blank=True)
-    object_repr = models.CharField(max_length=200, blank=True)
-    changes = models.JSONField(default=dict, blank=True, help_text="Secrets are masked.")
-    ip = models.GenericIPAddressField(null=True, blank=True)
-    created_at = models.DateTimeField(auto_now_add=True, db_index=True)
-
-    objects = AuditEventQuerySet.as_manager()
-
-    class Meta:
-        ordering = ["-created_at", "-id"]
-        indexes = [
-            models.Index(fields=["project", "-created_at"]),
-            models.Index(fields=["object_type", "object_id"]),
-        ]
-
-    def __str__(self) -> str:
-        return f"{self.actor_email or 'system'} {self.action} {self.object_repr}"
-
-    def save(self, *args: Any, **kwargs: Any) -> None:
-        if self.pk is not None:
-            raise ValueError("Audit events are append-only.")
-        super().save(*args, **kwargs)
-
-    def delete(self, *args: Any, **kwargs: Any) -> Any:
-        raise ValueError("Audit events are append-only.")

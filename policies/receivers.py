@@ -7,7 +7,7 @@ from typing import Any
 from django.contrib.auth.signals import user_logged_in, user_login_failed
 from django.dispatch import receiver
 
-from .audit import audit_record
+from sparkops.audit import audit_record
 
 
 @receiver(user_logged_in, dispatch_uid="policies.user_logged_in")

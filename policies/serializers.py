@@ -3,14 +3,16 @@ from __future__ import annotations
 from decimal import Decimal
 from typing import Any
 
+from django.utils import timezone
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
 from projects.serializers import ProjectField
+from sparkops.audit import AuditEvent
 
-from .budgets import ZERO, period_bounds, project_zone
-from .models import AuditEvent, Budget, Policy, PolicyDecision
+from .budgets import ZERO, period_bounds, project_zone, spent
+from .models import Budget, Policy, PolicyDecision
 from .rules import RULE_SCHEMAS
 
 RULE_HELP = "Validated per kind: " + "; ".join(
@@ -38,13 +40,7 @@ class PolicySerializer(serializers.ModelSerializer):
             "id",
             "project",
             "is_global",
-            "name",
-            "description",
-            "kind",
-            "mode",
-            "enabled",
-            "priority",
-            "rule",
+            *Policy.EDITABLE_FIELDS,
             "created_at",
             "updated_at",
         ]
@@ -53,7 +49,10 @@ class PolicySerializer(serializers.ModelSerializer):
 
 
 class PolicyUpdateSerializer(PolicySerializer):
-    project = serializers.UUIDField(source="project_id", read_only=True, allow_null=True)
+    # An update never moves a policy between projects: the field is replaced by a read-only one.
+    project = serializers.UUIDField(  # type: ignore[assignment]
+        source="project_id", read_only=True, allow_null=True
+    )
 
 
 class PolicyDecisionSerializer(serializers.ModelSerializer):
@@ -113,14 +112,7 @@ class BudgetSerializer(serializers.ModelSerializer):
         fields = [
             "id",
             "project",
-            "name",
-            "workflow",
-            "agent",
-            "period",
-            "limit_usd",
-            "soft_threshold",
-            "action",
-            "enabled",
+            *Budget.EDITABLE_FIELDS,
             "current",
             "created_at",
             "updated_at",
@@ -146,11 +138,10 @@ class BudgetSerializer(serializers.ModelSerializer):
         start, end = period_bounds(obj.period, project_zone(obj.project), _now())
         latest = getattr(obj, "latest_start", None)
         if latest is None and not hasattr(obj, "latest_start"):
-            from .budgets import spent
-
             amount = spent(obj)
         else:
-            amount = obj.latest_spend if latest == start else ZERO
+            # Annotated on the queryset by the viewset, not a model field.
+            amount = obj.latest_spend if latest == start else ZERO  # type: ignore[attr-defined]
         amount = amount or ZERO
         state = "ok"
         if amount >= obj.limit_usd:
@@ -168,18 +159,19 @@ class BudgetSerializer(serializers.ModelSerializer):
 
 
 def _now() -> Any:
-    from django.utils import timezone
-
     return timezone.now()
 
 
 class BudgetUpdateSerializer(BudgetSerializer):
-    project = serializers.UUIDField(source="project_id", read_only=True)
+    # An update never moves a budget between projects: the field is replaced by a read-only one.
+    project = serializers.UUIDField(source="project_id", read_only=True)  # type: ignore[assignment]
 
 
 class UsageRowSerializer(serializers.Serializer):
     key = serializers.JSONField(help_text="Day, workflow id, agent id or provider/model.")
-    label = serializers.CharField()
+    # A response field named `label`; DRF's metaclass takes declared fields off the class, so
+    # Field.label (the stubs' view of this name) is untouched.
+    label = serializers.CharField()  # type: ignore[assignment]
     cost = serializers.DecimalField(max_digits=18, decimal_places=6)
     input_tokens = serializers.IntegerField()
     output_tokens = serializers.IntegerField()

@@ -6,26 +6,21 @@ from __future__ import annotations
 from decimal import Decimal
 from typing import Any
 
-from django.db import IntegrityError, transaction
+from django.db import transaction
 
+from agents.models import Agent
 from projects.models import Membership, Project, Role
+from sparkops.audit import audit_record
 from sparkops.errors import Conflict, Forbidden, InvalidInput
+from sparkops.services import duplicate_as, object_update
+from workflows.models import Workflow
 
-from .audit import audit_record
+from .budgets import budget_seed
 from .models import Budget, Policy
 from .rules import decimal_or_none, rule_errors
 
-POLICY_FIELDS = ("name", "description", "kind", "mode", "enabled", "priority", "rule")
-BUDGET_FIELDS = (
-    "name",
-    "workflow",
-    "agent",
-    "period",
-    "limit_usd",
-    "soft_threshold",
-    "action",
-    "enabled",
-)
+POLICY_FIELDS = Policy.EDITABLE_FIELDS
+BUDGET_FIELDS = Budget.EDITABLE_FIELDS
 MAX_LIMIT_USD = Decimal("100000000")
 
 
@@ -81,11 +76,8 @@ def policy_create(*, actor: Any, project: Project | None, **fields: Any) -> Poli
     clean = policy_clean(values={**defaults, **fields})
     if Policy.objects.filter(project=project, name=clean["name"]).exists():
         raise _policy_name_conflict()
-    try:
-        with transaction.atomic():
-            policy = Policy.objects.create(project=project, created_by=actor, **clean)
-    except IntegrityError:
-        raise _policy_name_conflict() from None
+    with duplicate_as(_policy_name_conflict):
+        policy = Policy.objects.create(project=project, created_by=actor, **clean)
     audit_record(actor=actor, project=project, action="policy.create", obj=policy, changes=clean)
     return policy
 
@@ -96,34 +88,29 @@ def policy_update(*, policy: Policy, actor: Any, **fields: Any) -> Policy:
     unknown = set(fields) - set(POLICY_FIELDS)
     if unknown:
         raise InvalidInput(f"Cannot change {', '.join(sorted(unknown))}.")
-    policy = Policy.objects.select_for_update().get(pk=policy.pk)
-    values = {name: getattr(policy, name) for name in POLICY_FIELDS}
-    clean = policy_clean(values={**values, **fields})
-    changed = [name for name in POLICY_FIELDS if clean[name] != values[name]]
-    if not changed:
-        return policy
-    if (
-        "name" in changed
-        and Policy.objects.filter(project=policy.project, name=clean["name"])
-        .exclude(pk=policy.pk)
-        .exists()
-    ):
-        raise _policy_name_conflict()
-    for name in changed:
-        setattr(policy, name, clean[name])
-    try:
-        with transaction.atomic():
-            policy.save(update_fields=[*changed, "updated_at"])
-    except IntegrityError:
-        raise _policy_name_conflict() from None
-    audit_record(
-        actor=actor,
-        project=policy.project,
-        action="policy.update",
-        obj=policy,
-        changes={name: clean[name] for name in changed},
-    )
+
+    def clean(locked: Policy) -> dict[str, Any]:
+        values = {name: getattr(locked, name) for name in POLICY_FIELDS}
+        cleaned = policy_clean(values={**values, **fields})
+        if cleaned["name"] != locked.name and _taken(Policy, locked, cleaned["name"]):
+            raise _policy_name_conflict()
+        return cleaned
+
+    update = object_update(policy, actor=actor, clean=clean, conflict=_policy_name_conflict)
+    if update.changed:
+        audit_record(
+            actor=actor,
+            project=policy.project,
+            action="policy.update",
+            obj=policy,
+            changes=update.changed,
+        )
     return policy
+
+
+def _taken(model: Any, obj: Any, name: str) -> bool:
+    """Whether another policy or budget of `obj`'s project (or another global one) has `name`."""
+    return bool(model.objects.filter(project=obj.project, name=name).exclude(pk=obj.pk).exists())
 
 
 @transaction.atomic
@@ -139,9 +126,6 @@ def policy_delete(*, policy: Policy, actor: Any) -> None:
 def budget_clean(*, project: Project, values: dict[str, Any]) -> dict[str, Any]:
     """Check a complete budget: the scope belongs to the project, a positive limit, a threshold
     in percent. Raises InvalidInput keyed by field."""
-    from agents.models import Agent
-    from workflows.models import Workflow
-
     clean = dict(values)
     errors: dict[str, list[str]] = {}
     name = clean.get("name")
@@ -205,11 +189,9 @@ def budget_create(*, actor: Any, project: Project, **fields: Any) -> Budget:
     clean = budget_clean(project=project, values={**defaults, **fields})
     if Budget.objects.filter(project=project, name=clean["name"]).exists():
         raise _budget_name_conflict()
-    try:
-        with transaction.atomic():
-            budget = Budget.objects.create(project=project, created_by=actor, **clean)
-    except IntegrityError:
-        raise _budget_name_conflict() from None
+    with duplicate_as(_budget_name_conflict):
+        budget = Budget.objects.create(project=project, created_by=actor, **clean)
+    budget_seed(budget=budget)
     audit_record(
         actor=actor,
         project=project,
@@ -226,33 +208,31 @@ def budget_update(*, budget: Budget, actor: Any, **fields: Any) -> Budget:
     unknown = set(fields) - set(BUDGET_FIELDS)
     if unknown:
         raise InvalidInput(f"Cannot change {', '.join(sorted(unknown))}.")
-    budget = Budget.objects.select_for_update().select_related("project").get(pk=budget.pk)
-    values = {name: getattr(budget, name) for name in BUDGET_FIELDS}
-    clean = budget_clean(project=budget.project, values={**values, **fields})
-    changed = [name for name in BUDGET_FIELDS if clean[name] != values[name]]
-    if not changed:
-        return budget
-    if (
-        "name" in changed
-        and Budget.objects.filter(project=budget.project, name=clean["name"])
-        .exclude(pk=budget.pk)
-        .exists()
-    ):
-        raise _budget_name_conflict()
-    for name in changed:
-        setattr(budget, name, clean[name])
-    try:
-        with transaction.atomic():
-            budget.save(update_fields=[*changed, "updated_at"])
-    except IntegrityError:
-        raise _budget_name_conflict() from None
-    audit_record(
+
+    def clean(locked: Budget) -> dict[str, Any]:
+        values = {name: getattr(locked, name) for name in BUDGET_FIELDS}
+        cleaned = budget_clean(project=locked.project, values={**values, **fields})
+        if cleaned["name"] != locked.name and _taken(Budget, locked, cleaned["name"]):
+            raise _budget_name_conflict()
+        return cleaned
+
+    update = object_update(
+        budget,
         actor=actor,
-        project=budget.project,
-        action="budget.update",
-        obj=budget,
-        changes=_budget_changes(clean, changed),
+        clean=clean,
+        conflict=_budget_name_conflict,
+        lock=Budget.objects.select_for_update().select_related("project"),
     )
+    if set(update.changed) & {"period", "workflow", "agent"}:
+        budget_seed(budget=budget)  # the current period's spend under the new scope
+    if update.changed:
+        audit_record(
+            actor=actor,
+            project=budget.project,
+            action="budget.update",
+            obj=budget,
+            changes=_budget_changes(update.cleaned, update.changed),
+        )
     return budget
 
 

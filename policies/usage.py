@@ -21,12 +21,13 @@ MAX_RANGE_DAYS = 366
 
 
 def _totals(rows: QuerySet[Any]) -> QuerySet[Any]:
-    return rows.annotate(
+    totals: QuerySet[Any] = rows.annotate(
         cost=Sum("cost"),
         input_tokens=Sum("input_tokens"),
         output_tokens=Sum("output_tokens"),
         calls=Count("id"),
     )
+    return totals
 
 
 def _row(key: Any, label: str, values: dict[str, Any]) -> dict[str, Any]:

@@ -1,8 +1,8 @@
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
-from django.db.models import OuterRef, Subquery
+from django.db.models import OuterRef, QuerySet, Subquery
 from django.shortcuts import get_object_or_404
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import (
@@ -13,22 +13,27 @@ from drf_spectacular.utils import (
 )
 from rest_framework import mixins, permissions, viewsets
 from rest_framework.decorators import action
+from rest_framework.exceptions import PermissionDenied
 from rest_framework.request import Request
 from rest_framework.response import Response
+from rest_framework.serializers import BaseSerializer
 from rest_framework.views import APIView
 
-from projects.models import Membership, Project, Role
-from sparkops.api import (
+from agents.models import Agent
+from projects.api import (
     NotFound,
     ProjectRolePermission,
     ProjectScopedGenericViewSet,
     ProjectScopedViewSet,
 )
+from projects.models import Membership, Project, Role
+from sparkops.audit import AuditEvent
 from sparkops.pagination import CreatedCursorPagination
+from workflows.models import Workflow
 
 from . import enforcement, services, usage
 from .filters import AuditEventFilter, BudgetFilter, PolicyDecisionFilter, PolicyFilter
-from .models import AuditEvent, Budget, BudgetSpend, Policy, PolicyDecision
+from .models import Budget, BudgetSpend, Policy, PolicyDecision
 from .serializers import (
     AuditEventSerializer,
     BudgetSerializer,
@@ -82,7 +87,7 @@ class PolicyViewSet(ProjectScopedViewSet):
             return PolicyUpdateSerializer
         return PolicySerializer
 
-    def perform_create(self, serializer: PolicySerializer) -> None:
+    def perform_create(self, serializer: BaseSerializer[Policy]) -> None:
         data = dict(serializer.validated_data)
         project = data.pop("project", None)
         if project is not None:
@@ -91,9 +96,11 @@ class PolicyViewSet(ProjectScopedViewSet):
             actor=self.request.user, project=project, **data
         )
 
-    def perform_update(self, serializer: PolicySerializer) -> None:
+    def perform_update(self, serializer: BaseSerializer[Policy]) -> None:
+        # An update's serializer always holds the object `get_object()` found.
+        policy = cast(Policy, serializer.instance)
         serializer.instance = services.policy_update(
-            policy=serializer.instance, actor=self.request.user, **serializer.validated_data
+            policy=policy, actor=self.request.user, **serializer.validated_data
         )
 
     def perform_destroy(self, instance: Policy) -> None:
@@ -106,9 +113,6 @@ class PolicyViewSet(ProjectScopedViewSet):
     def evaluate(self, request: Request) -> Response:
         """Dry run: what the project's policies (and `block` budgets) would decide for a sample
         input at one evaluation point. Nothing is recorded or changed."""
-        from agents.models import Agent
-        from workflows.models import Workflow
-
         body = EvaluateSerializer(data=request.data, context=self.get_serializer_context())
         body.is_valid(raise_exception=True)
         data = dict(body.validated_data)
@@ -185,7 +189,7 @@ class BudgetViewSet(ProjectScopedViewSet):
                 data[name] = data.pop(f"{name}_id")
         return data
 
-    def perform_create(self, serializer: BudgetSerializer) -> None:
+    def perform_create(self, serializer: BaseSerializer[Budget]) -> None:
         data = self._scope(dict(serializer.validated_data))
         project = data.pop("project")
         self.check_project_role(project)
@@ -193,9 +197,11 @@ class BudgetViewSet(ProjectScopedViewSet):
             pk=services.budget_create(actor=self.request.user, project=project, **data).pk
         )
 
-    def perform_update(self, serializer: BudgetSerializer) -> None:
+    def perform_update(self, serializer: BaseSerializer[Budget]) -> None:
         data = self._scope(dict(serializer.validated_data))
-        budget = services.budget_update(budget=serializer.instance, actor=self.request.user, **data)
+        # An update's serializer always holds the object `get_object()` found.
+        budget = cast(Budget, serializer.instance)
+        budget = services.budget_update(budget=budget, actor=self.request.user, **data)
         serializer.instance = _with_spend(Budget.objects.select_related("project")).get(
             pk=budget.pk
         )
@@ -215,8 +221,6 @@ def _project_for(request: Request, project_pk: Any, role: str) -> Project:
     """The project, 404 for non-members; 403 below `role`."""
     project = get_object_or_404(Project.objects.for_user(request.user), pk=project_pk)
     if not Membership.objects.has_role(request.user, project, role):
-        from rest_framework.exceptions import PermissionDenied
-
         raise PermissionDenied("Your role in this project does not allow this.")
     return project
 
@@ -264,7 +268,7 @@ class ProjectAuditViewSet(mixins.ListModelMixin, viewsets.GenericViewSet):
     search_fields = ["action", "object_repr", "actor_email"]
     ordering_fields: list[str] = []
 
-    def get_queryset(self):  # type: ignore[override]
+    def get_queryset(self) -> QuerySet[AuditEvent]:
         if getattr(self, "swagger_fake_view", False):
             return AuditEvent.objects.none()
         project = _project_for(self.request, self.kwargs["project_pk"], Role.ADMIN)

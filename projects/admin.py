@@ -5,10 +5,10 @@ import re
 from django import forms
 from django.contrib import admin
 
-from sparkops.console.scoping import ProjectScopedAdmin
+from projects.admin_scoping import ProjectScopedAdmin
 
 from . import services
-from .models import Membership, Project, Role, Secret
+from .models import Invitation, Membership, Project, Role, Secret
 
 
 class MembershipInline(admin.TabularInline):
@@ -43,6 +43,32 @@ class MembershipAdmin(ProjectScopedAdmin, admin.ModelAdmin):
     search_fields = ["user__email", "project__name", "project__slug"]
     autocomplete_fields = ["user", "project"]
     readonly_fields = ["created_at", "updated_at"]
+
+
+@admin.register(Invitation)
+class InvitationAdmin(ProjectScopedAdmin, admin.ModelAdmin):
+    """Invitations are made through the API (by project admins) and answered by the invited
+    person; operators see them and may revoke pending ones here."""
+
+    scope_through = "project"
+    write_role = Role.ADMIN
+    list_display = ["email", "project", "role", "status", "invited_by", "created_at", "expires_at"]
+    list_filter = ["status", "role"]
+    list_select_related = ["project", "invited_by"]
+    search_fields = ["email", "project__name", "project__slug"]
+    readonly_fields = [f.name for f in Invitation._meta.fields]
+    actions = ["revoke"]
+
+    def has_add_permission(self, request, obj=None):  # type: ignore[no-untyped-def]
+        return False
+
+    @admin.action(description="Revoke the selected pending invitations")
+    def revoke(self, request, queryset):  # type: ignore[no-untyped-def]
+        revoked = 0
+        for invitation in queryset.filter(status=Invitation.Status.PENDING):
+            services.invitation_revoke(invitation=invitation, actor=request.user)
+            revoked += 1
+        self.message_user(request, f"Revoked {revoked} invitation(s).")
 
 
 class SecretAdminForm(forms.ModelForm):

@@ -5,6 +5,10 @@ from typing import Any
 
 from django.conf import settings as django_settings
 from django.db import models
+from django.utils import timezone
+
+from sparkops.errors import Conflict
+from sparkops.models import Authored
 
 
 class Role(models.TextChoices):
@@ -29,6 +33,17 @@ class ProjectQuerySet(models.QuerySet["Project"]):
             return self.none()
         member_of = Membership.objects.filter(user=user).values("project_id")
         return self.filter(models.Q(pk__in=member_of) | models.Q(is_public=True))
+
+    def ids_for_user(self, user: Any) -> list[uuid.UUID]:
+        """The ids of `for_user(user)`, resolved now in one small query (memberships by the
+        user's index, public projects). Lists of big tables filter on this list
+        (`project_id IN (…)`), which PostgreSQL answers from their (project, created_at)
+        indexes; the subquery of `for_user`, with its `OR is_public`, made it scan the table."""
+        if user is None or not user.is_authenticated:
+            return []
+        member_of = Membership.objects.filter(user=user).order_by().values_list("project_id")
+        public = self.model.objects.filter(is_public=True).order_by().values_list("pk")
+        return sorted({pk for (pk,) in member_of.union(public)})
 
     def member_of(self, user: Any) -> ProjectQuerySet:
         """Only projects with a membership (public ones excluded)."""
@@ -67,6 +82,23 @@ class Project(models.Model):
     def __str__(self) -> str:
         return self.name
 
+    @property
+    def is_archived(self) -> bool:
+        return self.status == self.Status.ARCHIVED
+
+
+def project_ensure_writable(project: Project | None) -> None:
+    """Archived projects are read-only: every write into one (its catalog, triggers, secrets,
+    governance, members) and every new run is refused with 409 naming the state. Restoring the
+    project lifts it. The project row itself (archive, restore, transfer, delete) is not
+    "into" it and stays writable."""
+    if project is not None and project.status == Project.Status.ARCHIVED:
+        raise Conflict(
+            f"Project '{project.name}' is archived: it is read-only and starts no runs. "
+            "Restore it to change it.",
+            extra={"project_status": project.status},
+        )
+
 
 class MembershipQuerySet(models.QuerySet["Membership"]):
     def role_of(self, user: Any, project: Project) -> str | None:
@@ -100,6 +132,72 @@ class Membership(models.Model):
 
     def __str__(self) -> str:
         return f"{self.user} in {self.project} as {self.role}"
+
+
+class InvitationQuerySet(models.QuerySet["Invitation"]):
+    def pending(self) -> InvitationQuerySet:
+        return self.filter(status=Invitation.Status.PENDING, expires_at__gt=timezone.now())
+
+    def addressed_to(self, user: Any) -> InvitationQuerySet:
+        """Invitations whose email is the user's own (nobody else sees them)."""
+        if user is None or not user.is_authenticated:
+            return self.none()
+        return self.filter(email=user.email.lower())
+
+
+class Invitation(models.Model):
+    """An offer of a role in a project, made to an email address. It becomes a membership only
+    when the person signed in with that address accepts it, with the token the inviter passed
+    on: nobody is added without consent, and the answer to the inviter is the same whether an
+    account exists for the address. The token is needed because registration verifies no
+    address: an account with the address proves nothing on its own."""
+
+    class Status(models.TextChoices):
+        PENDING = "pending", "Pending"
+        ACCEPTED = "accepted", "Accepted"
+        DECLINED = "declined", "Declined"
+        REVOKED = "revoked", "Revoked"
+        # Set when a new invitation to the address replaces one that lapsed while pending.
+        EXPIRED = "expired", "Expired"
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    project = models.ForeignKey(Project, on_delete=models.CASCADE, related_name="invitations")
+    email = models.EmailField(max_length=254, help_text="Stored lower-case.")
+    role = models.CharField(max_length=16, choices=Role.choices, default=Role.VIEWER)
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.PENDING)
+    invited_by = models.ForeignKey(
+        django_settings.AUTH_USER_MODEL,
+        on_delete=models.SET_NULL,
+        null=True,
+        blank=True,
+        related_name="invitations_sent",
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+    expires_at = models.DateTimeField()
+    responded_at = models.DateTimeField(null=True, blank=True)
+    # SHA-256 of the token shown once to the inviter; accepting needs the token itself.
+    token_hash = models.CharField(max_length=64, blank=True, default="", editable=False)
+
+    objects = InvitationQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["-created_at"]
+        indexes = [models.Index(fields=["email", "status"])]
+        constraints = [
+            # One open invitation per address and project; answered ones stay as history.
+            models.UniqueConstraint(
+                fields=["project", "email"],
+                condition=models.Q(status="pending"),
+                name="projects_invitation_one_pending",
+            )
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.email} to {self.project} as {self.role} ({self.status})"
+
+    @property
+    def is_expired(self) -> bool:
+        return self.status == self.Status.PENDING and self.expires_at <= timezone.now()
 
 
 def with_caller_role(queryset: ProjectQuerySet, user: Any) -> ProjectQuerySet:
@@ -163,7 +261,7 @@ class WebhookEndpointQuerySet(models.QuerySet["WebhookEndpoint"]):
         return self.filter(project__in=projects)
 
 
-class WebhookEndpoint(models.Model):
+class WebhookEndpoint(Authored):
     """Where a project's events are POSTed, signed per the Standard Webhooks spec. The secret
     is encrypted at rest; after a rotation the previous one keeps signing for a window."""
 
@@ -188,15 +286,6 @@ class WebhookEndpoint(models.Model):
     failing_since = models.DateTimeField(null=True, blank=True)
     disabled_reason = models.TextField(blank=True)
     disabled_at = models.DateTimeField(null=True, blank=True)
-    created_by = models.ForeignKey(
-        django_settings.AUTH_USER_MODEL,
-        on_delete=models.SET_NULL,
-        null=True,
-        blank=True,
-        related_name="+",
-    )
-    created_at = models.DateTimeField(auto_now_add=True)
-    updated_at = models.DateTimeField(auto_now=True)
 
     objects = WebhookEndpointQuerySet.as_manager()
 
@@ -264,3 +353,58 @@ class WebhookDelivery(models.Model):
 
     def __str__(self) -> str:
         return f"{self.event_type} → {self.endpoint_id} ({self.status})"
+
+
+# --- Files ------------------------------------------------------------------------------------
+
+
+class FileQuerySet(models.QuerySet["File"]):
+    def for_user(self, user: Any) -> FileQuerySet:
+        """Files of the projects the user can read (members and public projects)."""
+        return self.filter(project_id__in=Project.objects.ids_for_user(user))
+
+
+class File(models.Model):
+    """A file a project keeps: uploaded, or written by a run's step. The bytes live in the
+    `files` storage (STORAGES["files"]: the local filesystem on the embedded default, S3 in
+    production) under `path`; this row is what the API lists and runs refer to
+    (`{"file": "<id>"}`). `content_type` is sniffed from the bytes, never the client's word."""
+
+    class Source(models.TextChoices):
+        UPLOAD = "upload", "Uploaded"
+        RUN = "run", "Written by a run"
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    project = models.ForeignKey(Project, on_delete=models.CASCADE, related_name="files")
+    name = models.CharField(max_length=255)
+    content_type = models.CharField(max_length=127)
+    size = models.PositiveBigIntegerField()
+    checksum = models.CharField(max_length=64, help_text="SHA-256 of the bytes, hex.")
+    path = models.CharField(max_length=255, unique=True, editable=False)
+    source = models.CharField(max_length=8, choices=Source.choices, default=Source.UPLOAD)
+    # The run (and step node) that wrote it; ids, not keys: projects sits below runs.
+    run_id = models.UUIDField(null=True, blank=True, db_index=True)
+    node_id = models.CharField(max_length=100, blank=True)
+    uploaded_by = models.ForeignKey(
+        django_settings.AUTH_USER_MODEL,
+        on_delete=models.SET_NULL,
+        null=True,
+        blank=True,
+        related_name="+",
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+    expires_at = models.DateTimeField(
+        null=True, blank=True, help_text="When the retention job deletes it; empty: kept."
+    )
+
+    objects = FileQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+        indexes = [
+            models.Index(fields=["project", "-created_at"]),
+            models.Index(fields=["expires_at"]),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.name} ({self.size} bytes)"

@@ -6,7 +6,7 @@ Redaction covers the encodings a value travels in, not only the value itself (se
 `secret_variants`), and every value read is also registered with `sparkops.logcontext`, whose
 logging filter replaces it in every log line of the current unit of work. Templates never see
 the plain string: `template_view()` hands them `SecretValue` objects, which the sandbox renders
-as a whole value but refuses to transform (see `workflows.templating`)."""
+as a whole value but refuses to transform (see `sparkops.templating`)."""
 
 from __future__ import annotations
 
@@ -20,10 +20,10 @@ from django.utils import timezone
 
 from sparkops import logcontext
 from sparkops.errors import InvalidInput
+from sparkops.secret_values import SecretValue, TemplateSecrets
 
 from . import crypto
 from .models import Project, Secret
-from .secret_values import SecretValue, TemplateSecrets
 
 __all__ = ["REDACTED", "SecretBag", "SecretValue", "TemplateSecrets", "redact", "secret_variants"]
 

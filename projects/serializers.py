@@ -2,11 +2,12 @@ from __future__ import annotations
 
 from typing import Any
 
+from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
-from accounts.serializers import UserSerializer
+from accounts.models import User
 
-from .models import Membership, Project, Role, Secret
+from .models import Invitation, Membership, Project, Role, Secret
 
 
 class ProjectSerializer(serializers.ModelSerializer):
@@ -49,14 +50,84 @@ class ProjectSerializer(serializers.ModelSerializer):
     validate_metadata = _json_object
 
 
+class MemberUserSerializer(serializers.ModelSerializer):
+    """What members see of each other: no settings, staff flag or login times."""
+
+    class Meta:
+        model = User
+        fields = ["id", "email", "name"]
+        read_only_fields = fields
+
+
 class MembershipSerializer(serializers.ModelSerializer):
-    user = UserSerializer(read_only=True)
-    email = serializers.EmailField(write_only=True, help_text="An existing user's email.")
+    user = MemberUserSerializer(read_only=True)
 
     class Meta:
         model = Membership
-        fields = ["id", "user", "email", "role", "created_at", "updated_at"]
-        read_only_fields = ["id", "user", "created_at", "updated_at"]
+        fields = ["id", "user", "role", "created_at", "updated_at"]
+        read_only_fields = fields
+
+
+class InvitationSerializer(serializers.ModelSerializer):
+    """What project admins see of an invitation (and create one with: `email`, `role`)."""
+
+    email = serializers.EmailField(
+        max_length=254, help_text="Any address, with or without an account."
+    )
+    status = serializers.SerializerMethodField()
+    invited_by = serializers.UUIDField(source="invited_by_id", read_only=True, allow_null=True)
+
+    class Meta:
+        model = Invitation
+        fields = [
+            "id",
+            "project",
+            "email",
+            "role",
+            "status",
+            "invited_by",
+            "created_at",
+            "expires_at",
+            "responded_at",
+        ]
+        read_only_fields = [
+            "id",
+            "project",
+            "status",
+            "invited_by",
+            "created_at",
+            "expires_at",
+            "responded_at",
+        ]
+
+    @extend_schema_field(serializers.ChoiceField(choices=Invitation.Status.values))
+    def get_status(self, obj: Invitation) -> str:
+        return "expired" if obj.is_expired else obj.status
+
+
+class InvitationCreatedSerializer(InvitationSerializer):
+    token = serializers.CharField(
+        read_only=True,
+        help_text="Shown once: pass it on to the person invited, who accepts with it.",
+    )
+
+    class Meta(InvitationSerializer.Meta):
+        fields = [*InvitationSerializer.Meta.fields, "token"]
+        read_only_fields = fields
+
+
+class InvitationAcceptSerializer(serializers.Serializer):
+    token = serializers.CharField(max_length=200, help_text="The token the inviter passed on.")
+
+
+class ReceivedInvitationSerializer(InvitationSerializer):
+    """What the invited person sees: the project's name, not its members."""
+
+    project_name = serializers.CharField(source="project.name", read_only=True)
+
+    class Meta(InvitationSerializer.Meta):
+        fields = [*InvitationSerializer.Meta.fields, "project_name"]
+        read_only_fields = fields
 
 
 class MembershipUpdateSerializer(serializers.Serializer):

@@ -2,18 +2,25 @@
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import secrets
+from datetime import timedelta
 from typing import Any
 
 from django.apps import apps
+from django.conf import settings
 from django.db import IntegrityError, transaction
+from django.utils import timezone
 from django.utils.text import slugify
 
 from accounts.models import User
-from policies.audit import audit_record
-from sparkops.errors import Conflict, Forbidden, InvalidInput
+from sparkops.audit import audit_record
+from sparkops.errors import Conflict, Forbidden, InvalidInput, NotFound
 
-from .models import Membership, Project, Role, role_at_least
+from . import crypto
+from .models import Invitation, Membership, Project, Role, Secret, role_at_least
+from .signals import project_status_changed
 
 # Models holding a project's content, counted before a delete (app label -> model). A model
 # that does not exist yet is simply not counted.
@@ -23,7 +30,6 @@ PROJECT_CONTENT_MODELS = {
     "workflows": "workflows.Workflow",
     "runs": "runs.Run",
 }
-ACTIVE_RUN_STATUSES = ("pending", "queued", "running", "waiting_approval")
 
 
 def _content_model(label: str) -> Any:
@@ -85,9 +91,12 @@ def project_update(*, project: Project, actor: User, **fields: Any) -> Project:
     slug = fields.get("slug")
     if slug and Project.objects.filter(slug=slug).exclude(pk=project.pk).exists():
         raise Conflict("A project with this slug already exists.", errors={"slug": ["Taken."]})
+    status_changed = "status" in fields and fields["status"] != project.status
     for name, value in fields.items():
         setattr(project, name, value)
     project.save(update_fields=[*fields, "updated_at"])
+    if status_changed:
+        project_status_changed.send(sender=Project, project=project)
     audit_record(actor=actor, project=project, action="project.update", obj=project, changes=fields)
     return project
 
@@ -109,7 +118,7 @@ def project_content_counts(*, project: Project) -> dict[str, int]:
 def project_delete(*, project: Project, actor: User, cascade: bool = False) -> None:
     run_model = _content_model(PROJECT_CONTENT_MODELS["runs"])
     if run_model is not None:
-        active = run_model.objects.filter(project=project, status__in=ACTIVE_RUN_STATUSES).count()
+        active = run_model.objects.filter(project=project).active().count()
         if active:
             raise Conflict(
                 f"The project has {active} run(s) in progress; cancel them first.",
@@ -143,12 +152,130 @@ def _require_owner_for(actor_role: str | None, *roles: str) -> None:
         raise Forbidden("Only an owner can grant, change or remove the owner role.")
 
 
+def _normalised_email(email: str) -> str:
+    return User.objects.normalize_email(email.strip()).lower()
+
+
+INVITATION_TOKEN_PREFIX = "spi_"
+
+
+def invitation_token_hash(raw_token: str) -> str:
+    return hashlib.sha256(raw_token.encode()).hexdigest()
+
+
 @transaction.atomic
-def membership_add(*, project: Project, actor: User, email: str, role: str) -> Membership:
+def invitation_create(
+    *, project: Project, actor: User, email: str, role: str
+) -> tuple[Invitation, str]:
+    """Offers `role` to whoever signs in with `email` and holds the token. Returns the
+    invitation and the raw token, which exists only in this return value (the inviter passes
+    it on). The answer is the same whether an account exists for the address or not, so
+    inviting reveals nothing about other users; the person joins only by accepting
+    (`invitation_accept`)."""
     _require_owner_for(Membership.objects.role_of(actor, project), role)
-    user = User.objects.filter(email__iexact=email.strip()).first()
-    if user is None:
-        raise InvalidInput("Invalid input.", errors={"email": ["No user with this email address."]})
+    email = _normalised_email(email)
+    if Membership.objects.filter(project=project, user__email__iexact=email).exists():
+        # Only project admins get here, and they can list the members anyway.
+        raise Conflict("This address belongs to a member of the project already.")
+    now = timezone.now()
+    # One that lapsed while pending no longer blocks a new invitation to the address.
+    Invitation.objects.filter(
+        project=project, email=email, status=Invitation.Status.PENDING, expires_at__lte=now
+    ).update(status=Invitation.Status.EXPIRED)
+    raw_token = f"{INVITATION_TOKEN_PREFIX}{secrets.token_urlsafe(32)}"
+    try:
+        with transaction.atomic():
+            invitation = Invitation.objects.create(
+                project=project,
+                email=email,
+                role=role,
+                invited_by=actor,
+                expires_at=now + timedelta(days=settings.SPARKOPS_INVITATION_DAYS),
+                token_hash=invitation_token_hash(raw_token),
+            )
+    except IntegrityError:
+        raise Conflict(
+            "This address has an open invitation to the project already; revoke it first."
+        ) from None
+    _audit_invitation(invitation, actor, "create")
+    return invitation, raw_token
+
+
+def _audit_invitation(invitation: Invitation, actor: User, verb: str) -> None:
+    audit_record(
+        actor=actor,
+        project=invitation.project,
+        action=f"invitation.{verb}",
+        obj=invitation,
+        changes={"email": invitation.email, "role": invitation.role},
+    )
+
+
+def _lock_pending(invitation: Invitation) -> Invitation:
+    invitation = Invitation.objects.select_for_update().get(pk=invitation.pk)
+    if invitation.status != Invitation.Status.PENDING:
+        raise Conflict(f"This invitation was {invitation.status} already.")
+    return invitation
+
+
+def _respond(invitation: Invitation, status: str, *, actor: User, verb: str) -> None:
+    """Close a pending invitation (accepted, declined, revoked), audited as `invitation.<verb>`."""
+    invitation.status = status
+    invitation.responded_at = timezone.now()
+    invitation.save(update_fields=["status", "responded_at"])
+    _audit_invitation(invitation, actor, verb)
+
+
+@transaction.atomic
+def invitation_revoke(*, invitation: Invitation, actor: User) -> Invitation:
+    invitation = _lock_pending(invitation)
+    _require_owner_for(Membership.objects.role_of(actor, invitation.project), invitation.role)
+    # Expiry (below) would purge a pending row; marking it expired first would hide the revoke.
+    _respond(invitation, Invitation.Status.REVOKED, actor=actor, verb="revoke")
+    return invitation
+
+
+def _lock_addressed(invitation: Invitation, actor: User) -> Invitation:
+    invitation = _lock_pending(invitation)
+    if invitation.email != actor.email.lower():
+        raise NotFound("Not found.")
+    if invitation.is_expired:
+        raise Conflict("This invitation has expired; ask a project admin for a new one.")
+    return invitation
+
+
+@transaction.atomic
+def invitation_accept(*, invitation: Invitation, actor: User, token: str) -> Membership:
+    """Needs both the invited address's account and the token: registration verifies no
+    address, so whoever registered it first must not be able to walk in on the account alone."""
+    invitation = _lock_addressed(invitation, actor)
+    if not hmac.compare_digest(invitation.token_hash, invitation_token_hash(token)):
+        raise InvalidInput(
+            "Invalid input.", errors={"token": ["This is not the token of this invitation."]}
+        )
+    try:
+        with transaction.atomic():
+            membership = Membership.objects.create(
+                project=invitation.project, user=actor, role=invitation.role
+            )
+    except IntegrityError:
+        raise Conflict("You are a member of this project already.") from None
+    _respond(invitation, Invitation.Status.ACCEPTED, actor=actor, verb="accept")
+    return membership
+
+
+@transaction.atomic
+def invitation_decline(*, invitation: Invitation, actor: User) -> Invitation:
+    invitation = _lock_addressed(invitation, actor)
+    _respond(invitation, Invitation.Status.DECLINED, actor=actor, verb="decline")
+    return invitation
+
+
+@transaction.atomic
+def membership_add(*, project: Project, actor: User, user: User, role: str) -> Membership:
+    """Adds an existing user directly, without their consent: operators only (the Django
+    admin, management commands). The API invites instead (`invitation_create`)."""
+    _require_owner_for(Membership.objects.role_of(actor, project), role)
     try:
         with transaction.atomic():
             membership = Membership.objects.create(project=project, user=user, role=role)
@@ -237,9 +364,6 @@ def secret_set(
     *, project: Project, actor: User, name: str, value: str, description: str = ""
 ) -> Any:
     """Create or replace a secret's value (write-only: values are never read back)."""
-    from . import crypto
-    from .models import Secret
-
     secret, created = Secret.objects.select_for_update().get_or_create(
         project=project,
         name=name,
@@ -267,8 +391,6 @@ def secret_set(
 def secret_create(
     *, project: Project, actor: User, name: str, value: str, description: str = ""
 ) -> Any:
-    from .models import Secret
-
     if Secret.objects.filter(project=project, name=name).exists():
         raise Conflict(f"A secret named '{name}' already exists; replace its value instead.")
     with transaction.atomic():
@@ -292,9 +414,6 @@ def secret_delete(*, secret: Any, actor: User) -> None:
 @transaction.atomic
 def secrets_rotate() -> int:
     """Re-encrypt every secret with the primary key of SPARKOPS_SECRET_KEYS."""
-    from . import crypto
-    from .models import Secret
-
     count = 0
     for secret in Secret.objects.select_for_update().iterator():
         rotated = crypto.rotate(secret.value_encrypted)
@@ -302,60 +421,3 @@ def secrets_rotate() -> int:
             Secret.objects.filter(pk=secret.pk).update(value_encrypted=rotated)
             count += 1
     return count
-
-
-@transaction.atomic
-def project_clone(*, project: Project, actor: User, name: str) -> Project:
-    """Copy the project's tools, agents and workflows (already validated, so copied as they
-    are, each with a fresh version 1) into a new project owned by `actor`. Secrets, runs and
-    members are not copied; agents keep the *names* of the secrets they use, so adding those
-    secrets to the new project makes them work."""
-    from agents.models import Agent
-    from agents.services import VERSIONED_FIELDS as AGENT_FIELDS
-    from sparkops.versioning import version_record
-    from tools.models import Tool
-    from tools.services import VERSIONED_FIELDS as TOOL_FIELDS
-    from workflows.models import Workflow
-    from workflows.services import VERSIONED_FIELDS as WORKFLOW_FIELDS
-
-    clone = project_create(
-        actor=actor,
-        name=name,
-        description=project.description,
-        settings=project.settings,
-        metadata={**project.metadata, "cloned_from": str(project.pk)},
-    )
-    tool_map: dict[int, Tool] = {}
-    for tool in Tool.objects.filter(project=project):
-        source_pk = tool.pk
-        tool.pk = None
-        tool.project = clone
-        tool.created_by = actor
-        tool.version = 1
-        tool.save()
-        version_record(obj=tool, fields=TOOL_FIELDS, actor=actor, force=True)
-        tool_map[source_pk] = tool
-    for agent in Agent.objects.filter(project=project).prefetch_related("tools"):
-        tools = [tool_map.get(t.pk, t) for t in agent.tools.all()]  # global tools stay as they are
-        agent.pk = None
-        agent.project = clone
-        agent.created_by = actor
-        agent.version = 1
-        agent.save()
-        agent.tools.set(tools)
-        version_record(obj=agent, fields=AGENT_FIELDS, actor=actor, force=True)
-    for workflow in Workflow.objects.filter(project=project):
-        workflow.pk = None
-        workflow.project = clone
-        workflow.created_by = actor
-        workflow.version = 1
-        workflow.save()
-        version_record(obj=workflow, fields=WORKFLOW_FIELDS, actor=actor, force=True)
-    audit_record(
-        actor=actor,
-        project=clone,
-        action="project.clone",
-        obj=clone,
-        changes={"source": str(project.pk)},
-    )
-    return clone

@@ -4,18 +4,16 @@ from __future__ import annotations
 
 from celery import shared_task
 
+from projects import webhooks
+
 
 @shared_task(name="projects.webhook_deliver", acks_late=True, ignore_result=True)
 def webhook_deliver(delivery_id: int) -> None:
     """One delivery attempt (a no-op if the row is not due or another sender holds it)."""
-    from projects import webhooks
-
     webhooks.delivery_attempt(delivery_id=delivery_id)
 
 
 @shared_task(name="projects.webhook_outbox", acks_late=True, ignore_result=True)
 def webhook_outbox() -> dict[str, int]:
     """Beat: re-send due retries and deliveries whose task was lost."""
-    from projects import webhooks
-
     return webhooks.outbox_sweep()

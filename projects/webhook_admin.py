@@ -5,32 +5,26 @@ SSRF-safe client, unknown event types)."""
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from django import forms
 from django.contrib import admin, messages
 from django.db.models import QuerySet
 from django.http import HttpRequest
-from django.utils.html import format_html
 
-from sparkops.console.scoping import ProjectScopedAdmin
+from projects.admin_scoping import ProjectScopedAdmin
+from sparkops.adminkit import PrettyJSONField, ServiceAdmin, add_service_errors, adopt, json_block
 from sparkops.errors import SparkOpsError
 
 from . import webhooks
 from .models import Role, WebhookDelivery, WebhookEndpoint
 
 
-class EventsField(forms.JSONField):
-    def prepare_value(self, value: Any) -> Any:
-        if isinstance(value, forms.fields.InvalidJSONInput):
-            return value
-        return json.dumps(value)
-
-
 class WebhookEndpointForm(forms.ModelForm):
     url = forms.URLField(max_length=2000, assume_scheme="https")
-    events = EventsField(
+    events = PrettyJSONField(
+        rows=2,
+        indent=None,
         initial=["*"],
         help_text=f'A JSON list of event types, or ["*"]: {", ".join(WebhookEndpoint.EVENTS)}.',
     )
@@ -47,14 +41,12 @@ class WebhookEndpointForm(forms.ModelForm):
         try:
             cleaned.update(webhooks.endpoint_clean(fields))
         except SparkOpsError as exc:
-            for key, messages_ in (exc.errors or {"__all__": [exc.detail]}).items():
-                for message in messages_:
-                    self.add_error(key if key in self.fields else None, message)
+            add_service_errors(self, exc)
         return cleaned
 
 
 @admin.register(WebhookEndpoint)
-class WebhookEndpointAdmin(ProjectScopedAdmin, admin.ModelAdmin):
+class WebhookEndpointAdmin(ProjectScopedAdmin, ServiceAdmin):
     form = WebhookEndpointForm
     write_role = Role.ADMIN
     list_display = ["url", "project", "events_list", "enabled", "failing_since", "disabled_at"]
@@ -72,12 +64,7 @@ class WebhookEndpointAdmin(ProjectScopedAdmin, admin.ModelAdmin):
         "updated_at",
     ]
     actions = ["ping_endpoints", "rotate_secrets"]
-
-    def get_readonly_fields(self, request: HttpRequest, obj: Any = None) -> list[str]:
-        fields = list(super().get_readonly_fields(request, obj))
-        if obj is not None:
-            fields.append("project")
-        return fields
+    create_only = ("project",)
 
     @admin.display(description="Events")
     def events_list(self, obj: WebhookEndpoint) -> str:
@@ -94,20 +81,13 @@ class WebhookEndpointAdmin(ProjectScopedAdmin, admin.ModelAdmin):
         saved, secret = webhooks.endpoint_create(
             actor=request.user, project=data["project"], **fields
         )
-        for field in WebhookEndpoint._meta.concrete_fields:
-            setattr(obj, field.attname, getattr(saved, field.attname))
-        obj._state.adding = False
-        obj._state.db = saved._state.db
+        adopt(obj, saved)
         self.message_user(
             request, f"Signing secret (shown once, copy it now): {secret}", messages.WARNING
         )
 
     def delete_model(self, request: HttpRequest, obj: WebhookEndpoint) -> None:
         webhooks.endpoint_delete(endpoint=obj, actor=request.user)
-
-    def delete_queryset(self, request: HttpRequest, queryset: QuerySet[WebhookEndpoint]) -> None:
-        for endpoint in queryset:
-            webhooks.endpoint_delete(endpoint=endpoint, actor=request.user)
 
     @admin.action(description="Send a ping to selected endpoints")
     def ping_endpoints(self, request: HttpRequest, queryset: QuerySet[WebhookEndpoint]) -> None:
@@ -167,11 +147,11 @@ class WebhookDeliveryAdmin(ProjectScopedAdmin, admin.ModelAdmin):
 
     @admin.display(description="Payload")
     def payload_pretty(self, obj: WebhookDelivery) -> str:
-        return format_html("<pre>{}</pre>", json.dumps(obj.payload, indent=2, ensure_ascii=False))
+        return json_block(obj.payload)
 
     @admin.display(description="Attempts")
     def log_pretty(self, obj: WebhookDelivery) -> str:
-        return format_html("<pre>{}</pre>", json.dumps(obj.log, indent=2, ensure_ascii=False))
+        return json_block(obj.log)
 
     def has_add_permission(self, request: HttpRequest) -> bool:
         return False

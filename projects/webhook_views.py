@@ -18,7 +18,8 @@ from rest_framework.decorators import action
 from rest_framework.request import Request
 from rest_framework.response import Response
 
-from sparkops.api import InvalidInput, ProjectScopedViewSet
+from projects.api import InvalidInput, ProjectScopedViewSet
+from sparkops.pagination import CreatedCursorPagination
 
 from . import webhooks
 from .models import Role, WebhookDelivery, WebhookEndpoint
@@ -99,9 +100,13 @@ class WebhookEndpointViewSet(ProjectScopedViewSet):
         ],
         responses={200: WebhookDeliverySerializer(many=True)},
     )
-    @action(detail=True, methods=["get"], filter_backends=[])
+    @action(
+        detail=True, methods=["get"], filter_backends=[], pagination_class=CreatedCursorPagination
+    )
     def deliveries(self, request: Request, pk: Any = None) -> Response:
-        """The delivery log, newest first: status, attempts, response, latency, next retry."""
+        """The delivery log, newest first: status, attempts, response, latency, next retry.
+        Cursor pages (`next`/`previous`, no `count`), like runs and the audit log: a log that
+        grows has no COUNT(*) per page."""
         endpoint = self.get_object()
         queryset = endpoint.deliveries.order_by("-created_at", "-id")
         for name in ("status", "event_type"):

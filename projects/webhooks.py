@@ -10,6 +10,8 @@ short backoff is a task countdown; a long one waits in the database for the outb
 (beat), which also re-sends rows whose task was lost. An endpoint that keeps failing for
 24 h is disabled with the reason. After a secret rotation, messages carry two signatures
 (new and previous secret) for 24 h.
+
+Run events become messages in `runs.webhooks`, above the engine; budgets emit theirs directly.
 """
 
 from __future__ import annotations
@@ -29,7 +31,10 @@ from django.utils import timezone
 from standardwebhooks.webhooks import Webhook
 
 from accounts.models import User
-from sparkops import egress
+from sparkops import egress, metrics
+from sparkops.audit import audit_record
+from sparkops.celery import app
+from sparkops.db import release_connection
 from sparkops.errors import Conflict, InvalidInput
 
 from . import crypto
@@ -120,6 +125,13 @@ def endpoint_create(
     endpoint = WebhookEndpoint.objects.create(
         project=project, secret_encrypted=crypto.encrypt(secret), created_by=actor, **cleaned
     )
+    audit_record(
+        actor=actor,
+        project=project,
+        action="webhook_endpoint.create",
+        obj=endpoint,
+        changes=cleaned,
+    )
     return endpoint, secret
 
 
@@ -140,6 +152,13 @@ def endpoint_update(
     for name, value in cleaned.items():
         setattr(endpoint, name, value)
     endpoint.save(update_fields=[*update, "updated_at"])
+    audit_record(
+        actor=actor,
+        project=endpoint.project_id,
+        action="webhook_endpoint.update",
+        obj=endpoint,
+        changes=cleaned,
+    )
     return endpoint
 
 
@@ -159,11 +178,17 @@ def endpoint_rotate_secret(*, endpoint: WebhookEndpoint, actor: User | None) -> 
             "updated_at",
         ]
     )
+    audit_record(
+        actor=actor, project=endpoint.project_id, action="webhook_endpoint.rotate", obj=endpoint
+    )
     return secret
 
 
 @transaction.atomic
 def endpoint_delete(*, endpoint: WebhookEndpoint, actor: User | None) -> None:
+    audit_record(
+        actor=actor, project=endpoint.project_id, action="webhook_endpoint.delete", obj=endpoint
+    )
     endpoint.delete()
 
 
@@ -174,8 +199,6 @@ def _send_task(delivery_id: int, countdown: float | None = None) -> None:
     """After commit, never raising: a lost send is found by the outbox sweep."""
 
     def send() -> None:
-        from sparkops.celery import app
-
         options: dict[str, Any] = {"queue": "steps"}
         if countdown:
             options["countdown"] = countdown
@@ -217,7 +240,7 @@ def event_emit(
     endpoints: list[WebhookEndpoint] | None = None,
 ) -> list[WebhookDelivery]:
     """Queue `event_type` for every enabled endpoint of the project that subscribes to it. Call
-    inside the transaction that records the event (budgets call this for `budget.threshold`)."""
+    inside the transaction that records the event."""
     if endpoints is None:
         endpoints = list(WebhookEndpoint.objects.filter(project_id=project_id, enabled=True))
     message = _message(event_type, data, at)
@@ -236,7 +259,11 @@ def endpoint_ping(*, endpoint: WebhookEndpoint, actor: User | None) -> WebhookDe
         "project": {"id": str(endpoint.project_id)},
         "message": "Ping from Spark-Ops.",
     }
-    return _delivery(endpoint, PING, _message(PING, data))
+    delivery = _delivery(endpoint, PING, _message(PING, data))
+    audit_record(
+        actor=actor, project=endpoint.project_id, action="webhook_endpoint.ping", obj=endpoint
+    )
+    return delivery
 
 
 @transaction.atomic
@@ -252,105 +279,14 @@ def delivery_redeliver(*, delivery: WebhookDelivery, actor: User | None) -> Webh
     locked.retry_until = timezone.now() + _retry_window()
     locked.save(update_fields=["status", "next_retry_at", "claimed_until", "retry_until"])
     _send_task(locked.pk)
-    return locked
-
-
-# --- run events (receiver of runs.signals.events_appended) ------------------------------------
-
-_RUN_STATUSES = {
-    "succeeded": "run.succeeded",
-    "failed": "run.failed",
-    "cancelled": "run.cancelled",
-    "timed_out": "run.timed_out",
-}
-
-
-def run_event_types(events: list[Any]) -> list[tuple[str, Any]]:
-    """(webhook event type, RunEvent) for the events webhooks report; no queries."""
-    found = []
-    for event in events:
-        if event.type == "run.status":
-            status = (event.payload or {}).get("status")
-            if status == "running":
-                found.append(("run.started", event))
-            elif status in _RUN_STATUSES:
-                found.append((_RUN_STATUSES[status], event))
-        elif event.type == "approval.requested":
-            found.append(("approval.requested", event))
-    return found
-
-
-def _run_data(run: Any, status: str) -> dict[str, Any]:
-    workflow = run.workflow
-    return {
-        "project": {"id": str(run.project_id), "slug": run.project.slug},
-        "run": {
-            "id": str(run.pk),
-            "status": status,
-            "trigger": run.trigger,
-            "workflow": {"id": workflow.pk, "slug": workflow.slug, "name": workflow.name},
-            "chain_depth": run.chain_depth,
-            "created_at": run.created_at.isoformat() if run.created_at else None,
-            "started_at": run.started_at.isoformat() if run.started_at else None,
-            "finished_at": run.finished_at.isoformat() if run.finished_at else None,
-            "duration_ms": run.duration_ms,
-            "output": run.output if status == "succeeded" else None,
-            "error": run.error,
-            "cost": str(run.cost),
-            "input_tokens": run.input_tokens,
-            "output_tokens": run.output_tokens,
-        },
-    }
-
-
-def run_events_record(*, run_id: Any, events: list[Any]) -> list[WebhookDelivery]:
-    """Outbox rows for a run's reportable events. Called in the engine's transaction; costs no
-    query unless an event is reportable, then one (endpoints), plus the run if any subscribes."""
-    from runs.models import Run, RunEvent
-
-    found = run_event_types(events)
-    if not found:
-        return []
-    endpoints = list(
-        WebhookEndpoint.objects.filter(
-            enabled=True, project__in=Run.objects.filter(pk=run_id).values("project_id")
-        )
+    audit_record(
+        actor=actor,
+        project=locked.endpoint.project_id,
+        action="webhook_endpoint.redeliver",
+        obj=locked.endpoint,
+        changes={"delivery": locked.pk},
     )
-    wanted = [
-        (kind, event)
-        for kind, event in found
-        if any(endpoint.subscribes_to(kind) for endpoint in endpoints)
-    ]
-    if not wanted:
-        return []
-    run = Run.objects.select_related("project", "workflow").get(pk=run_id)
-    deliveries: list[WebhookDelivery] = []
-    for kind, event in wanted:
-        if kind == "run.started" and (
-            RunEvent.objects.filter(
-                run_id=run_id,
-                type="run.status",
-                payload__status__in=["running", "waiting_approval"],
-                seq__lt=event.seq,
-            ).exists()
-        ):
-            continue  # resumed after an approval, not started
-        status = (event.payload or {}).get("status") or run.status
-        data = _run_data(run, status if kind.startswith("run.") else run.status)
-        if kind == "approval.requested":
-            payload = event.payload or {}
-            data["step"] = event.node_id
-            data["message"] = payload.get("message", "")
-            if "tool" in payload:  # a tool call a model made, held by a policy
-                data["call"] = {key: payload.get(key) for key in ("tool", "arguments", "iteration")}
-        deliveries += event_emit(
-            project_id=run.project_id,
-            event_type=kind,
-            data=data,
-            at=event.created_at,
-            endpoints=endpoints,
-        )
-    return deliveries
+    return locked
 
 
 # --- sending ---------------------------------------------------------------------------------
@@ -396,6 +332,7 @@ def delivery_attempt(*, delivery_id: int) -> WebhookDelivery | None:
             body=body,
         ),
     }
+    release_connection()  # deliveries run on the steps queue: no connection held for the wait
     try:
         response = egress.request(
             "POST",
@@ -486,9 +423,22 @@ def _record(
     )
     if delivery.status == WebhookDelivery.Status.PENDING and countdown is not None:
         _send_task(delivery.pk, countdown=countdown)  # longer waits: the outbox sweep sends
+    outcome = _outcome(delivery, ok=ok, retry=retry)
+    transaction.on_commit(lambda: metrics.webhook_deliveries.labels(outcome).inc())
     if delivery.event_type != PING:
         _endpoint_health(delivery.endpoint_id, ok=ok, now=now, error=delivery.error)
     return delivery
+
+
+def _outcome(delivery: WebhookDelivery, *, ok: bool, retry: bool) -> str:
+    """The attempt's label in sparkops_webhook_deliveries_total: delivered; retrying (a retry
+    is scheduled); gave_up (retryable, but the schedule or the 24 h window is spent); failed
+    (final: a 4xx, a 3xx, a refused address, a disabled endpoint)."""
+    if ok:
+        return "delivered"
+    if delivery.status == WebhookDelivery.Status.PENDING:
+        return "retrying"
+    return "gave_up" if retry else "failed"
 
 
 def _endpoint_health(endpoint_id: int, *, ok: bool, now: datetime, error: str) -> None:

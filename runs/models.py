@@ -8,11 +8,22 @@ from django.conf import settings as django_settings
 from django.db import models
 
 from projects.models import Project
+from sparkops.models import ProjectPartitionedQuerySet
 
 
-class RunQuerySet(models.QuerySet["Run"]):
+class RunQuerySet(ProjectPartitionedQuerySet["Run"]):
     def for_user(self, user: Any) -> RunQuerySet:
-        return self.filter(project__in=Project.objects.for_user(user))
+        """The caller's projects are resolved first (one small query), so a list is an index
+        range per project (see ProjectPartitionedQuerySet), not a scan of the table."""
+        return self.in_projects(Project.objects.ids_for_user(user))
+
+    def listed(self) -> RunQuerySet:
+        """What the API shows of a run: its own columns, and only the name of its workflow and
+        the number of its version (their definition and snapshot are kilobytes a row)."""
+        own = [field.name for field in Run._meta.concrete_fields]
+        return self.select_related("workflow", "version").only(
+            *own, "workflow__name", "version__number"
+        )
 
     def active(self) -> RunQuerySet:
         return self.filter(status__in=Run.ACTIVE_STATUSES)
@@ -36,6 +47,8 @@ class Run(models.Model):
         WEBHOOK = "webhook", "Webhook"
         EVENT = "event", "Event"
         RETRY = "retry", "Retry"
+        MCP = "mcp", "MCP"
+        WORKFLOW = "workflow", "Workflow node"
 
     ACTIVE_STATUSES = (
         Status.PENDING,
@@ -65,6 +78,14 @@ class Run(models.Model):
         default=False, help_text="Retry from failure: succeeded steps of the parent are reused."
     )
     chain_depth = models.PositiveIntegerField(default=0)
+    # A child run: the `workflow` step of the parent run that started it.
+    parent_step = models.ForeignKey(
+        "runs.RunStep",
+        on_delete=models.SET_NULL,
+        null=True,
+        blank=True,
+        related_name="child_runs",
+    )
     created_by = models.ForeignKey(
         django_settings.AUTH_USER_MODEL,
         on_delete=models.SET_NULL,
@@ -84,6 +105,10 @@ class Run(models.Model):
     # Last RunEvent seq handed out; advanced by one atomic UPDATE per event (gap-free).
     event_seq = models.PositiveIntegerField(default=0)
     cancel_requested = models.BooleanField(default=False)
+    # The sweeper's bookkeeping of the run's planning message (enqueue or advance): when it last
+    # sent one again and how many times, so it waits a growing backoff before the next.
+    resent_at = models.DateTimeField(null=True, blank=True)
+    resends = models.PositiveIntegerField(default=0)
 
     objects = RunQuerySet.as_manager()
 
@@ -91,6 +116,10 @@ class Run(models.Model):
         ordering = ["-created_at"]
         indexes = [
             models.Index(fields=["project", "-created_at"]),
+            # Newest first over many projects at once (a caller of more projects than are
+            # merged per project, sparkops.models.MAX_MERGED_PARTITIONS), ties by id as the
+            # cursor pages order them.
+            models.Index(fields=["-created_at", "-id"]),
             models.Index(fields=["workflow", "status", "created_at"]),
             models.Index(fields=["status", "created_at"]),
         ]
@@ -105,7 +134,27 @@ class Run(models.Model):
 
 class RunStepQuerySet(models.QuerySet["RunStep"]):
     def for_user(self, user: Any) -> RunStepQuerySet:
-        return self.filter(run__project__in=Project.objects.for_user(user))
+        return self.filter(run__project_id__in=Project.objects.ids_for_user(user))
+
+    def listed(self) -> RunStepQuerySet:
+        """All but the saved agent loop (`state`): the API never shows it, and it can be large."""
+        return self.defer("state")
+
+    def summary(self) -> RunStepQuerySet:
+        """The columns of a run detail's step summary (not the inputs, outputs or state)."""
+        return self.only(
+            "run",
+            "node_id",
+            "type",
+            "status",
+            "attempt",
+            "started_at",
+            "finished_at",
+            "error",
+            "input_tokens",
+            "output_tokens",
+            "cost",
+        )
 
 
 class RunStep(models.Model):
@@ -138,6 +187,11 @@ class RunStep(models.Model):
     finished_at = models.DateTimeField(null=True, blank=True)
     next_attempt_at = models.DateTimeField(null=True, blank=True)
     heartbeat_at = models.DateTimeField(null=True, blank=True)
+    # The sweeper's bookkeeping of the attempt's message: when it last sent it (a message taken
+    # for lost, or a retry that waited in the database) and how many times it re-sent a lost
+    # one; the backoff before the next re-send grows with `resends`.
+    resent_at = models.DateTimeField(null=True, blank=True)
+    resends = models.PositiveIntegerField(default=0)
     worker = models.CharField(max_length=200, blank=True)
     input_tokens = models.PositiveBigIntegerField(default=0)
     output_tokens = models.PositiveBigIntegerField(default=0)
@@ -145,6 +199,10 @@ class RunStep(models.Model):
     reused_from = models.ForeignKey(
         "self", on_delete=models.SET_NULL, null=True, blank=True, related_name="+"
     )
+    # An item of a `map` node: its position in the list (the row's node_id is `<map>[<index>]`)
+    # and the item itself, what the item node's templates read as `item`.
+    item_index = models.PositiveIntegerField(null=True, blank=True)
+    item = models.JSONField(null=True, blank=True)
     decided_by = models.ForeignKey(
         django_settings.AUTH_USER_MODEL,
         on_delete=models.SET_NULL,
@@ -194,7 +252,7 @@ class RunStep(models.Model):
 
 class RunEventQuerySet(models.QuerySet["RunEvent"]):
     def for_user(self, user: Any) -> RunEventQuerySet:
-        return self.filter(run__project__in=Project.objects.for_user(user))
+        return self.filter(run__project_id__in=Project.objects.ids_for_user(user))
 
 
 class RunEvent(models.Model):
@@ -260,3 +318,15 @@ class IdempotencyKey(models.Model):
 
     def __str__(self) -> str:
         return f"{self.key} → {self.run_id}"
+
+
+class Lease(models.Model):
+    """A named lease on a singleton job (the sweeper): taken by one conditional UPDATE, so it
+    works the same on PostgreSQL and SQLite, and it expires on its own if its holder dies."""
+
+    name = models.CharField(max_length=64, primary_key=True)
+    holder = models.CharField(max_length=200, blank=True)
+    expires_at = models.DateTimeField(null=True, blank=True)
+
+    def __str__(self) -> str:
+        return f"{self.name} ({self.holder or 'free'})"

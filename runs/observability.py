@@ -13,28 +13,45 @@ import functools
 import logging
 import time
 from collections.abc import Callable, Iterator
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, Concatenate, ParamSpec, TypeVar
 
 from django.db import transaction
+from django.db.models import Count, Min, Q
+from django.utils import timezone
 from opentelemetry.trace import SpanKind
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
 
+from projects.models import Project
+from runs.engine.errors import StepError, StepPaused, StepSuperseded
+from runs.services.state import node_of
 from sparkops import logcontext, metrics, tracing
+from workflows.models import Workflow
+
+from .models import Run, RunStep
 
 logger = logging.getLogger("sparkops.engine")
 
-F = TypeVar("F", bound=Callable[..., Any])
+if TYPE_CHECKING:
+    from runs.models import Run
+
+P = ParamSpec("P")
+R = TypeVar("R")
+RunT = TypeVar("RunT", bound="Run")
 WAITING = ("pending", "queued")
 
 
 # --- planning (run_advance_locked) ----------------------------------------------------------------
 
 
-def run_scope(func: F) -> F:
+def run_scope(
+    func: Callable[Concatenate[RunT, P], R],
+) -> Callable[Concatenate[RunT, P], R]:
     """Wraps `run_advance_locked(run)`: its log lines carry the run, and a run it admits is
     counted as started (with its queue wait) once the transaction commits."""
 
     @functools.wraps(func)
-    def wrapper(run: Any, *args: Any, **kwargs: Any) -> Any:
+    def wrapper(run: RunT, *args: P.args, **kwargs: P.kwargs) -> R:
         with logcontext.scope(run_id=str(run.pk), project_id=run.project_id):
             was_waiting = run.status in WAITING
             result = func(run, *args, **kwargs)
@@ -43,7 +60,7 @@ def run_scope(func: F) -> F:
                 transaction.on_commit(lambda: _run_started(*started), robust=True)
             return result
 
-    return wrapper  # type: ignore[return-value]
+    return wrapper
 
 
 def _run_started(
@@ -61,8 +78,6 @@ def _run_started(
 
 
 def _names(workflow_id: Any) -> tuple[str, str]:
-    from workflows.models import Workflow
-
     row = Workflow.objects.filter(pk=workflow_id).values_list("project__slug", "slug").first()
     return (str(row[0]), str(row[1])) if row else ("unknown", "unknown")
 
@@ -70,28 +85,26 @@ def _names(workflow_id: Any) -> tuple[str, str]:
 # --- executing a step (step_execute) ------------------------------------------------------------
 
 
-def step_scope(func: F) -> F:
+def step_scope(func: Callable[P, R]) -> Callable[P, R]:
     """Wraps `step_execute`: one log scope per step attempt (what `step_span` binds stays on
     every later line of the attempt, its failure or success included), and one trace-context
     scope (the step span stays current while its result is written and its successors sent)."""
 
     @functools.wraps(func)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
         with (
             logcontext.scope(step_id=kwargs.get("step_id"), attempt=kwargs.get("attempt")),
             tracing.context_scope(),
         ):
             return func(*args, **kwargs)
 
-    return wrapper  # type: ignore[return-value]
+    return wrapper
 
 
 @contextlib.contextmanager
 def step_span(step: Any, attempt: int) -> Iterator[Any]:
     """Around the execution of one step attempt: the step span (child of the run span), log
     context, the attempt's duration and queue wait."""
-    from runs.engine.errors import StepError, StepPaused, StepSuperseded
-
     run = step.run
     logcontext.bind(
         run_id=str(step.run_id), project_id=run.project_id, step=step.node_id, attempt=attempt
@@ -160,8 +173,6 @@ def _run_context(run_id: Any) -> Any:
 
 
 def _node(run: Any, node_id: str) -> dict[str, Any]:
-    from runs.services.state import node_of
-
     try:
         return node_of(run, node_id)
     except KeyError:
@@ -217,15 +228,15 @@ def model_call(provider: str, request: Any) -> Iterator[ModelCall]:
             raise
 
 
-def tool_call(func: F) -> F:
+def tool_call(func: Callable[P, R]) -> Callable[P, R]:
     """Wraps `call_tool(*, tool, ...)`: an `execute_tool {name}` span (GenAI conventions).
     Latency and errors are counted from the tool.call events."""
 
     @functools.wraps(func)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
         if not tracing.enabled():
             return func(*args, **kwargs)
-        tool = kwargs["tool"]
+        tool: Any = kwargs["tool"]
         attributes = {
             "gen_ai.operation.name": "execute_tool",
             "gen_ai.tool.name": tool.name,
@@ -240,19 +251,20 @@ def tool_call(func: F) -> F:
             except Exception as exc:
                 tracing.set_error(span, str(getattr(exc, "type", exc.__class__.__name__)), str(exc))
                 raise
+            outcome: Any = result  # a ToolResult (runs.engine.toolcalls)
             tracing.set_attributes(
                 span,
                 {
-                    "sparkops.tool.ok": result.ok,
-                    "http.response.status_code": result.http_status,
-                    "sparkops.tool.latency_ms": round(result.latency_ms, 2),
+                    "sparkops.tool.ok": outcome.ok,
+                    "http.response.status_code": outcome.http_status,
+                    "sparkops.tool.latency_ms": round(outcome.latency_ms, 2),
                 },
             )
-            if not result.ok:
-                tracing.set_error(span, "tool_error", result.error or "")
+            if not outcome.ok:
+                tracing.set_error(span, "tool_error", outcome.error or "")
             return result
 
-    return wrapper  # type: ignore[return-value]
+    return wrapper
 
 
 # --- signal receivers (connected in runs.apps) ------------------------------------------------
@@ -278,8 +290,6 @@ def on_usage_charged(sender: Any, run: Any, cost: Any, **kwargs: Any) -> None:
 
 
 def _spend(project_id: Any, cost: Any) -> None:
-    from projects.models import Project
-
     slug = Project.objects.filter(pk=project_id).values_list("slug", flat=True).first()
     metrics.spend.labels(str(slug or project_id)).inc(float(cost))
 
@@ -348,3 +358,39 @@ def _run_finished(
         status,
         extra={"run_id": str(run_id), "project_id": project_id, "workflow": workflow},
     )
+
+
+class DatabaseCollector(Collector):
+    """Gauges read from the database at scrape time (two indexed queries)."""
+
+    def collect(self) -> Iterator[Metric]:
+        active = GaugeMetricFamily(
+            "sparkops_runs_active", "Runs not finished yet, by status.", labels=["status"]
+        )
+        counts = dict(
+            Run.objects.active()
+            .order_by()
+            .values_list("status")
+            .annotate(n=Count("pk"))
+            .values_list("status", "n")
+        )
+        for status in Run.ACTIVE_STATUSES:
+            active.add_metric([str(status)], counts.get(status, 0))
+        yield active
+
+        now = timezone.now()
+        ready = RunStep.objects.filter(status=RunStep.Status.QUEUED).filter(
+            Q(next_attempt_at__isnull=True) | Q(next_attempt_at__lte=now)
+        )
+        backlog = ready.aggregate(n=Count("pk"), oldest=Min("queued_at"))
+        yield GaugeMetricFamily(
+            "sparkops_steps_queued",
+            "Step attempts queued and due (waiting for a worker).",
+            value=backlog["n"] or 0,
+        )
+        oldest = backlog["oldest"]
+        yield GaugeMetricFamily(
+            "sparkops_steps_queued_oldest_age_seconds",
+            "Age of the oldest due, queued step attempt (0 when none).",
+            value=max((now - oldest).total_seconds(), 0.0) if oldest else 0.0,
+        )

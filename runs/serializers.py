@@ -2,6 +2,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from django.db.models import QuerySet
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
@@ -33,6 +34,7 @@ class RunStepSerializer(serializers.ModelSerializer):
             "output_tokens",
             "cost",
             "reused_from",
+            "item_index",
             "decided_by",
             "decided_at",
             "decision_comment",
@@ -78,6 +80,7 @@ class RunSerializer(serializers.ModelSerializer):
             "parent_run",
             "reuse_succeeded",
             "chain_depth",
+            "parent_step",
             "created_by",
             "created_at",
             "queued_at",
@@ -104,7 +107,7 @@ class RunDetailSerializer(RunSerializer):
 class WorkflowField(serializers.PrimaryKeyRelatedField):
     """A workflow in one of the caller's projects (role is checked by the view)."""
 
-    def get_queryset(self):  # type: ignore[override]
+    def get_queryset(self) -> QuerySet[Workflow]:
         request = self.context.get("request")
         return Workflow.objects.for_user(getattr(request, "user", None)).select_related("project")
 
@@ -145,5 +148,9 @@ class StreamEventSerializer(serializers.Serializer):
         help_text="The event's `seq`; send it back as `Last-Event-ID` (the final `end` has none).",
     )
     event = serializers.CharField(help_text="The event type, e.g. `run.status`.")
-    data = serializers.CharField(help_text="The event as JSON (the shape of `/events/` items).")
+    # The SSE field named `data`; DRF's metaclass takes declared fields off the class, so
+    # Serializer.data (the stubs' view of this name) is untouched.
+    data = serializers.CharField(  # type: ignore[assignment]
+        help_text="The event as JSON (the shape of `/events/` items)."
+    )
     retry = serializers.IntegerField(required=False, help_text="Reconnect delay (ms).")

@@ -9,32 +9,34 @@ from __future__ import annotations
 
 from celery import shared_task
 
+from runs import services
 from sparkops.errors import DATABASE_RETRY
+
+# Celery discovers `<app>.tasks` modules only; the triggers' task registers through this import.
+from .triggers import subworkflows
+from .triggers import tasks as trigger_tasks  # noqa: F401
 
 
 @shared_task(name="runs.enqueue", acks_late=True, ignore_result=True, **DATABASE_RETRY)
 def enqueue(run_id: str) -> None:
-    from runs import services
-
     services.run_enqueue(run_id=run_id)
 
 
 @shared_task(name="runs.advance", acks_late=True, ignore_result=True, **DATABASE_RETRY)
 def advance(run_id: str) -> None:
-    from runs import services
-
     services.run_advance(run_id=run_id)
 
 
 @shared_task(name="runs.step_execute", acks_late=True, ignore_result=True, **DATABASE_RETRY)
 def step_execute(step_id: int, attempt: int) -> None:
-    from runs import services
-
     services.step_execute(step_id=step_id, attempt=attempt)
+
+
+@shared_task(name="runs.child_start", acks_late=True, ignore_result=True, **DATABASE_RETRY)
+def child_start(step_id: int, attempt: int) -> None:
+    subworkflows.child_start(step_id=step_id, attempt=attempt)
 
 
 @shared_task(name="runs.sweep", acks_late=True, ignore_result=True)
 def sweep() -> dict[str, int]:
-    from runs import services
-
     return services.sweep()

@@ -3,10 +3,11 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, cast
 
 from django.conf import settings
 from django.db import close_old_connections, connection
+from django.db.models import Prefetch, QuerySet
 from django.http import StreamingHttpResponse
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import (
@@ -19,19 +20,24 @@ from rest_framework import mixins, renderers, status
 from rest_framework.decorators import action
 from rest_framework.request import Request
 from rest_framework.response import Response
+from rest_framework.serializers import BaseSerializer
 
+from projects.api import ProjectScopedGenericViewSet
 from projects.models import Role
-from sparkops.api import ProjectScopedGenericViewSet
+from sparkops.db import release_connection
 from sparkops.pagination import CreatedCursorPagination, SeqCursorPagination
+from workflows.models import Workflow
+from workflows.views import CONFLICT, INVALID
 
-from . import services, streams
+from . import deltas, services, streams
 from .filters import RunFilter
-from .models import Run, RunEvent, RunStep
+from .models import Run, RunEvent, RunQuerySet, RunStep
 from .serializers import (
     DecisionSerializer,
     RunCreateSerializer,
     RunDetailSerializer,
     RunEventSerializer,
+    RunInputSerializer,
     RunRetrySerializer,
     RunSerializer,
     RunStepSerializer,
@@ -105,7 +111,7 @@ class RunViewSet(
 ):
     """Workflow runs. Viewers read; developers start, cancel, retry and decide approvals."""
 
-    queryset = Run.objects.select_related("workflow", "version")
+    queryset = Run.objects.all()
     serializer_class = RunSerializer
     filterset_class = RunFilter
     pagination_class = CreatedCursorPagination
@@ -113,8 +119,12 @@ class RunViewSet(
     ordering_fields: list[str] = []
     lookup_value_regex = "[0-9a-fA-F-]{36}"
     write_role = Role.DEVELOPER
+    # Stopping work stays possible in an archived project; approving or retrying starts work.
+    archived_actions = frozenset({"cancel", "reject"})
 
-    def finalize_response(self, request, response, *args, **kwargs):  # type: ignore[no-untyped-def]
+    def finalize_response(
+        self, request: Request, response: Response, *args: Any, **kwargs: Any
+    ) -> Response:
         # An error on the stream (401, 404) is a JSON error, not an event stream.
         if response.status_code >= 400 and isinstance(
             getattr(request, "accepted_renderer", None), EventStreamRenderer
@@ -123,15 +133,22 @@ class RunViewSet(
             request.accepted_media_type = renderers.JSONRenderer.media_type
         return super().finalize_response(request, response, *args, **kwargs)
 
-    def get_serializer_class(self):  # type: ignore[no-untyped-def]
+    def get_serializer_class(self) -> type[BaseSerializer[Any]]:
         if self.action == "retrieve":
             return RunDetailSerializer
         return super().get_serializer_class()
 
-    def filter_queryset(self, queryset):  # type: ignore[no-untyped-def]
+    def filter_queryset(self, queryset: QuerySet[Any, Any]) -> QuerySet[Any, Any]:
         queryset = super().filter_queryset(queryset)
+        if self.action in ("list", "retrieve"):
+            queryset = cast(RunQuerySet, queryset).listed()
+        elif self.action not in ("steps", "events", "stream"):
+            queryset = queryset.select_related("workflow", "version")  # what services read
+        if self.detail:
+            # The permission check reads the run's project: joined, not a query of its own.
+            queryset = queryset.select_related("project")
         if self.action == "retrieve":
-            queryset = queryset.prefetch_related("steps")
+            queryset = queryset.prefetch_related(Prefetch("steps", RunStep.objects.summary()))
         return queryset
 
     def create(self, request: Request, *args: Any, **kwargs: Any) -> Response:
@@ -160,7 +177,7 @@ class RunViewSet(
     @action(detail=True, methods=["get"], pagination_class=None, filter_backends=[])
     def steps(self, request: Request, pk: Any = None) -> Response:
         run = self.get_object()
-        steps = RunStep.objects.filter(run=run).order_by("id")
+        steps = RunStep.objects.listed().filter(run=run).order_by("id")
         return Response(RunStepSerializer(steps, many=True).data)
 
     @extend_schema(
@@ -259,10 +276,14 @@ def _event_stream(run_id: Any, after: int, slot: streams.StreamSlot) -> Iterator
     keepalive = streams.keepalive_seconds()
     deadline = time.monotonic() + float(settings.SPARKOPS_STREAM_MAX_SECONDS)
     last_sent = time.monotonic()
+    tail = deltas.Tail(run_id)  # from here on: the model's pieces sent after the client joined
     yield "retry: 2000\n\n"
     try:
         while time.monotonic() < deadline:
             slot.refresh()
+            # Pieces already sent go out before the events read next (the `llm.call` recorded
+            # after them among those).
+            yield from _delta_frames(tail.wait(0))
             events = list(
                 RunEvent.objects.filter(run_id=run_id, seq__gt=after).order_by("seq")[:500]
             )
@@ -282,7 +303,42 @@ def _event_stream(run_id: Any, after: int, slot: streams.StreamSlot) -> Iterator
                 if getattr(connection, "pool", None):
                     # Back to the pool between polls: a held stream must not hold one of the
                     # process's DB_POOL_MAX_SIZE connections for minutes.
-                    connection.close()
-                time.sleep(poll)
+                    release_connection()
+                pieces = tail.wait(poll)
+                if pieces:
+                    yield from _delta_frames(pieces)
+                    last_sent = time.monotonic()
     finally:
-        close_old_connections()
+        tail.close()
+        # An abandoned stream is closed by the garbage collector, in whatever thread (greenlet)
+        # runs then, perhaps inside that one's transaction: closing its connection there would
+        # break the transaction ("Cannot open a new connection in an atomic block").
+        if not connection.in_atomic_block:
+            close_old_connections()
+
+
+def _delta_frames(pieces: list[dict[str, Any]]) -> Iterator[str]:
+    """`llm.delta` events: no `id`, they are not stored and a reconnect does not replay them."""
+    for piece in pieces:
+        yield f"event: llm.delta\ndata: {json.dumps(piece, default=str)}\n\n"
+
+
+class WorkflowRunViewSet(ProjectScopedGenericViewSet):
+    """`POST /api/v1/workflows/{id}/run`, routed on the workflows' prefix from runs/urls.py: it
+    starts a run, so it lives above the engine, not with the rest of the workflow API."""
+
+    queryset = Workflow.objects.select_related("project")
+
+    @extend_schema(
+        request=RunInputSerializer,
+        parameters=[IDEMPOTENCY_HEADER],
+        responses={201: RunDetailSerializer, 400: INVALID, 409: CONFLICT},
+        tags=["runs"],
+    )
+    @action(detail=True, methods=["post"], filter_backends=[])
+    def run(self, request: Request, pk: Any = None) -> Response:
+        """Start a run of the current version with `{"input": {...}}` (same as POST /runs/)."""
+        workflow = self.get_object()
+        body = RunInputSerializer(data=request.data)
+        body.is_valid(raise_exception=True)
+        return start_run(request, workflow, body.validated_data["input"], "api")

@@ -149,5 +149,5 @@ class ResilientRedisCache(RedisCache):
     def delete_many(self, keys: Any, version: Any = None) -> None:
         self._guard("delete_many", None, super().delete_many, keys, version)
 
-    def clear(self) -> Any:
-        return self._guard("clear", False, super().clear)
+    def clear(self) -> None:
+        self._guard("clear", None, super().clear)

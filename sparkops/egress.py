@@ -21,7 +21,9 @@ client). What it guarantees:
 - environment proxies, ``.netrc`` and Unix sockets are ignored (``trust_env=False``).
 
 request() runs on httpx; sdk_http_client() gives the openai/anthropic SDKs the same pinned
-transport built on httpx2/httpcore2, the httpx fork those SDKs are written against.
+transport built on httpx2/httpcore2, the httpx fork those SDKs are written against, and
+sdk_async_http_client() gives the `mcp` SDK (async, on httpx2 too) its async twin, with the
+response size cap enforced while streaming.
 
 Why not a package: ``safehttpx`` (async only, on ``httpx2``; falls back to a public DNS-over-HTTPS
 resolver; accepts a host if ANY record is public), ``safe-outbound`` (its httpx client checks
@@ -58,6 +60,7 @@ __all__ = [
     "EgressResponse",
     "check_url",
     "request",
+    "sdk_async_http_client",
     "sdk_http_client",
     "static_url_problem",
 ]
@@ -442,6 +445,7 @@ class _PinningMixin:
             if remaining is not None and remaining <= 0:
                 raise core.ConnectTimeout(f"connecting to {host} timed out")
             try:
+                # A mixin: the httpcore(2) backend it is combined with has connect_tcp.
                 return super().connect_tcp(  # type: ignore[misc]
                     str(address),  # a literal: create_connection does no DNS lookup for it
                     port,
@@ -454,6 +458,46 @@ class _PinningMixin:
         raise error
 
     def connect_unix_socket(self, path: str, timeout: float | None = None, socket_options=None):
+        raise EgressDenied("Unix domain sockets are not allowed")
+
+
+class _PinnedAsyncBackend(httpcore2.AnyIOBackend):
+    """The async twin of _PinningMixin (for the `mcp` SDK): the resolution and the checks run
+    in a thread (getaddrinfo blocks), then each checked literal is dialled in turn."""
+
+    async def connect_tcp(
+        self,
+        host: str,
+        port: int,
+        timeout: float | None = None,
+        local_address: str | None = None,
+        socket_options: Any = None,
+    ) -> Any:
+        import anyio.to_thread  # with the async client only: the sync paths never load it
+
+        try:
+            addresses = await anyio.to_thread.run_sync(_checked_addresses, host, port)
+        except _ResolutionFailed as exc:
+            raise httpcore2.ConnectError(str(exc)) from exc
+        deadline = None if timeout is None else time.monotonic() + timeout
+        error: Exception = httpcore2.ConnectError(f"no address to connect to for {host}")
+        for address in addresses:
+            remaining = None if deadline is None else deadline - time.monotonic()
+            if remaining is not None and remaining <= 0:
+                raise httpcore2.ConnectTimeout(f"connecting to {host} timed out")
+            try:
+                return await super().connect_tcp(
+                    str(address),
+                    port,
+                    timeout=remaining,
+                    local_address=local_address,
+                    socket_options=socket_options,
+                )
+            except httpcore2.ConnectError as exc:
+                error = exc
+        raise error
+
+    async def connect_unix_socket(self, path: str, timeout: Any = None, socket_options=None):
         raise EgressDenied("Unix domain sockets are not allowed")
 
 
@@ -529,6 +573,98 @@ def sdk_http_client(*, timeout: float) -> httpx2.Client:
         max_redirects=settings.SPARKOPS_OUTBOUND_MAX_REDIRECTS,
         event_hooks={"request": [_check_request_hook]},
     )
+
+
+class _CappedStream(httpx2.AsyncByteStream):
+    """A response body that fails once it passes `limit` bytes (never read past it)."""
+
+    def __init__(self, inner: Any, limit: int, url: Any) -> None:
+        self._inner, self._limit, self._url = inner, limit, url
+
+    async def __aiter__(self) -> Any:
+        total = 0
+        async for chunk in self._inner:
+            total += len(chunk)
+            if total > self._limit:
+                raise EgressError(
+                    f"response of {self._url.host} is too large (over {self._limit} bytes)"
+                )
+            yield chunk
+
+    async def aclose(self) -> None:
+        await self._inner.aclose()
+
+
+class _CappedAsyncTransport(httpx2.AsyncBaseTransport):
+    def __init__(self, inner: httpx2.AsyncBaseTransport, limit: int) -> None:
+        self._inner, self._limit = inner, limit
+
+    async def handle_async_request(self, request: httpx2.Request) -> httpx2.Response:
+        response = await self._inner.handle_async_request(request)
+        declared = response.headers.get("content-length", "")
+        if declared.isdigit() and int(declared) > self._limit:
+            await response.aclose()
+            raise EgressError(
+                f"response is too large ({declared} bytes, limit {self._limit})", retryable=False
+            )
+        response.stream = _CappedStream(response.stream, self._limit, request.url)
+        return response
+
+    async def aclose(self) -> None:
+        await self._inner.aclose()
+
+
+async def _check_request_hook_async(request: Any) -> None:
+    _check_url_static(str(request.url))
+
+
+def sdk_async_http_client(
+    *,
+    timeout: float,
+    headers: Mapping[str, str] | None = None,
+    max_bytes: int | None = None,
+) -> httpx2.AsyncClient:
+    """An `httpx2.AsyncClient` for the `mcp` SDK (`streamable_http_client(http_client=...)`,
+    `sse_client(httpx_client_factory=...)`): the pinned transport (every connection resolved,
+    checked and pinned; every request, redirect hops included, re-checked by a hook), no env
+    proxies, redirects not followed by the client (the SDK follows same-origin ones itself,
+    each through the hook), and each response body capped at `max_bytes` (default
+    SPARKOPS_OUTBOUND_MAX_BYTES) while it streams. `timeout` bounds each read, write and pool
+    wait; connecting by SPARKOPS_OUTBOUND_CONNECT_TIMEOUT (or `timeout` if smaller)."""
+    connect = min(settings.SPARKOPS_OUTBOUND_CONNECT_TIMEOUT, timeout)
+    limit = int(max_bytes if max_bytes is not None else settings.SPARKOPS_OUTBOUND_MAX_BYTES)
+    pinned = _pinned_async_transport()
+    return httpx2.AsyncClient(
+        transport=_CappedAsyncTransport(pinned, limit),
+        trust_env=False,
+        headers=dict(headers or {}),
+        timeout=httpx2.Timeout(timeout, connect=connect),
+        follow_redirects=False,
+        max_redirects=settings.SPARKOPS_OUTBOUND_MAX_REDIRECTS,
+        event_hooks={"request": [_check_request_hook_async]},
+    )
+
+
+def _pinned_async_transport() -> httpx2.AsyncHTTPTransport:
+    limits = httpx2.Limits(
+        max_connections=_MAX_CONNECTIONS,
+        max_keepalive_connections=_MAX_KEEPALIVE,
+        keepalive_expiry=_KEEPALIVE_EXPIRY,
+    )
+    transport = httpx2.AsyncHTTPTransport(
+        verify=_ssl_context(), trust_env=False, limits=limits, retries=0
+    )
+    if not isinstance(getattr(transport, "_pool", None), httpcore2.AsyncConnectionPool):
+        raise RuntimeError("unsupported httpx2 version: no AsyncHTTPTransport._pool")
+    transport._pool = httpcore2.AsyncConnectionPool(
+        ssl_context=_ssl_context(),
+        max_connections=_MAX_CONNECTIONS,
+        max_keepalive_connections=_MAX_KEEPALIVE,
+        keepalive_expiry=_KEEPALIVE_EXPIRY,
+        retries=0,
+        network_backend=_PinnedAsyncBackend(),
+    )
+    return transport
 
 
 # --- request() -------------------------------------------------------------------------------

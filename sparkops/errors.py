@@ -6,7 +6,7 @@ that is unreachable or busy answers 503 with `Retry-After` (here for DRF views, 
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import Any, TypeGuard
 
 from django.core.exceptions import PermissionDenied as DjangoPermissionDenied
 from django.core.exceptions import ValidationError as DjangoValidationError
@@ -22,8 +22,8 @@ logger = logging.getLogger(__name__)
 class SparkOpsError(Exception):
     """A domain error raised by services; the exception handler maps it to a 4xx JSON body."""
 
-    status_code = status.HTTP_400_BAD_REQUEST
-    error_type = "invalid_request"
+    status_code: int = status.HTTP_400_BAD_REQUEST
+    error_type: str = "invalid_request"
 
     def __init__(
         self,
@@ -92,7 +92,7 @@ DATABASE_RETRY: dict[str, Any] = {
 }
 
 
-def is_database_unavailable(exc: BaseException | None) -> bool:
+def is_database_unavailable(exc: BaseException | None) -> TypeGuard[BaseException]:
     return isinstance(exc, DATABASE_ERRORS)
 
 

@@ -46,7 +46,8 @@ class FilterBackend(DjangoFilterBackend):
         if filterset is None:
             return queryset
         if not filterset.is_valid():
-            raise utils.translate_validation(filterset.errors)
+            # It returns DRF's ValidationError; its stub says a dict.
+            raise utils.translate_validation(filterset.errors)  # type: ignore[misc]
         errors = {
             name: problems
             for name, value in filterset.form.cleaned_data.items()

@@ -30,6 +30,7 @@ def child_exit(server: Any, worker: Any) -> None:
     # (docker-compose sets PROMETHEUS_MULTIPROC_DIR for web and worker).
     path = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
     if path:
+        # Only with multiprocess metrics on; the master imports nothing it does not need.
         from prometheus_client import multiprocess
 
         multiprocess.mark_process_dead(worker.pid, path)
@@ -40,6 +41,7 @@ def post_worker_init(worker: Any) -> None:
     # threads to ordinary requests (runs/streams.py). Async workers have no thread pool.
     kind = type(worker).__name__
     if kind in {"ThreadWorker", "SyncWorker"}:
+        # gunicorn reads this file before Django is set up; the worker has loaded it by now.
         from runs import streams
 
         streams.set_server_threads(worker.cfg.threads if kind == "ThreadWorker" else 1)

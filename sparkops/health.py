@@ -11,6 +11,8 @@ from django.db import DEFAULT_DB_ALIAS, connections
 from django.db.migrations.executor import MigrationExecutor
 from django.http import HttpRequest, JsonResponse
 
+from sparkops.celery import app
+
 logger = logging.getLogger(__name__)
 
 
@@ -22,8 +24,6 @@ def check_database() -> str:
 
 
 def check_broker() -> str:
-    from sparkops.celery import app
-
     with app.connection_for_write() as conn:
         conn.ensure_connection(max_retries=1, interval_start=0, timeout=2)
     return "ok"

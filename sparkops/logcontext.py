@@ -23,14 +23,15 @@ import logging
 import re
 from collections.abc import Callable, Iterator
 from contextvars import ContextVar
-from typing import Any, TypeVar
+from typing import Any, ParamSpec, TypeVar
 
 from sparkops import tracing
 
 _fields: ContextVar[dict[str, Any] | None] = ContextVar("sparkops_log_context", default=None)
 _secrets: ContextVar[set[str] | None] = ContextVar("sparkops_log_secrets", default=None)
 
-F = TypeVar("F", bound=Callable[..., Any])
+P = ParamSpec("P")
+R = TypeVar("R")
 
 
 @contextlib.contextmanager
@@ -49,15 +50,15 @@ def scope(**fields: Any) -> Iterator[dict[str, Any]]:
         _fields.reset(token)
 
 
-def scoped(func: F) -> F:
+def scoped(func: Callable[P, R]) -> Callable[P, R]:
     """Run `func` in a fresh scope (so what it binds never leaks to the caller's log lines)."""
 
     @functools.wraps(func)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
         with scope():
             return func(*args, **kwargs)
 
-    return wrapper  # type: ignore[return-value]
+    return wrapper
 
 
 def bind(**fields: Any) -> None:

@@ -21,7 +21,7 @@ import logging
 import os
 import shutil
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import Any
@@ -37,7 +37,6 @@ from prometheus_client import (
     generate_latest,
     multiprocess,
 )
-from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 logger = logging.getLogger(__name__)
@@ -237,45 +236,14 @@ def reset_multiprocess_dir() -> str | None:
     return path
 
 
-class DatabaseCollector(Collector):
-    """Gauges read from the database at scrape time (two indexed queries)."""
+# Collectors read at scrape time, from the database (registered by the apps that own the rows:
+# runs adds its gauges in RunsConfig.ready; this module knows no app).
+_scrape_collectors: list[Collector] = []
 
-    def collect(self) -> Iterator[Metric]:
-        from django.db.models import Count, Min, Q
-        from django.utils import timezone
 
-        from runs.models import Run, RunStep
-
-        active = GaugeMetricFamily(
-            "sparkops_runs_active", "Runs not finished yet, by status.", labels=["status"]
-        )
-        counts = dict(
-            Run.objects.active()
-            .order_by()
-            .values_list("status")
-            .annotate(n=Count("pk"))
-            .values_list("status", "n")
-        )
-        for status in Run.ACTIVE_STATUSES:
-            active.add_metric([str(status)], counts.get(status, 0))
-        yield active
-
-        now = timezone.now()
-        ready = RunStep.objects.filter(status=RunStep.Status.QUEUED).filter(
-            Q(next_attempt_at__isnull=True) | Q(next_attempt_at__lte=now)
-        )
-        backlog = ready.aggregate(n=Count("pk"), oldest=Min("queued_at"))
-        yield GaugeMetricFamily(
-            "sparkops_steps_queued",
-            "Step attempts queued and due (waiting for a worker).",
-            value=backlog["n"] or 0,
-        )
-        oldest = backlog["oldest"]
-        yield GaugeMetricFamily(
-            "sparkops_steps_queued_oldest_age_seconds",
-            "Age of the oldest due, queued step attempt (0 when none).",
-            value=max((now - oldest).total_seconds(), 0.0) if oldest else 0.0,
-        )
+def add_scrape_collector(collector: Collector) -> None:
+    if collector not in _scrape_collectors:
+        _scrape_collectors.append(collector)
 
 
 def exposition() -> bytes:
@@ -288,52 +256,51 @@ def exposition() -> bytes:
     else:
         events = generate_latest(REGISTRY)
     database = CollectorRegistry()
-    database.register(DatabaseCollector())
+    for collector in _scrape_collectors:
+        database.register(collector)
     return events + generate_latest(database)
 
 
-def _client_allowed(request: HttpRequest) -> tuple[bool, int]:
+def _client_allowed(request: HttpRequest) -> bool:
+    """The token, or an address the operator listed. Nothing is allowed by default: on a host
+    with a reverse proxy every client arrives from 127.0.0.1, so "local" means nothing."""
     token = settings.SPARKOPS_METRICS_TOKEN
     if token:
         scheme, _, value = request.headers.get("Authorization", "").partition(" ")
         if scheme.lower() == "bearer" and hmac.compare_digest(
             value.strip().encode(), token.encode()
         ):
-            return True, 200
+            return True
+    if not settings.SPARKOPS_METRICS_ALLOW:
+        return False
     try:
         address = ipaddress.ip_address(request.META.get("REMOTE_ADDR", ""))
     except ValueError:
-        return False, 401 if token else 403
+        return False
     if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped:
         address = address.ipv4_mapped
     networks = [ipaddress.ip_network(n, strict=False) for n in settings.SPARKOPS_METRICS_ALLOW]
-    if any(address.version == net.version and address in net for net in networks):
-        return True, 200
-    return False, 401 if token else 403
+    return any(address.version == net.version and address in net for net in networks)
 
 
 def metrics_view(request: HttpRequest) -> HttpResponse:
-    """`GET /metrics`: a bearer token (SPARKOPS_METRICS_TOKEN) or a client address inside
-    SPARKOPS_METRICS_ALLOW (default 127.0.0.1 only)."""
+    """`GET /metrics`: `Authorization: Bearer <SPARKOPS_METRICS_TOKEN>`, or a client address
+    inside SPARKOPS_METRICS_ALLOW (empty by default). Anything else is a 403."""
     if request.method not in ("GET", "HEAD"):
         return JsonResponse(
             {"type": "method_not_allowed", "detail": "Use GET."},
             status=405,
             headers={"Allow": "GET"},
         )
-    allowed, status = _client_allowed(request)
-    if not allowed:
-        response = JsonResponse(
+    if not _client_allowed(request):
+        return JsonResponse(
             {
-                "type": "not_authenticated" if status == 401 else "permission_denied",
-                "detail": "Metrics need a bearer token (SPARKOPS_METRICS_TOKEN) or a client "
-                "address in SPARKOPS_METRICS_ALLOW.",
+                "type": "permission_denied",
+                "detail": "Metrics need `Authorization: Bearer <SPARKOPS_METRICS_TOKEN>` or a "
+                "client address in SPARKOPS_METRICS_ALLOW.",
             },
-            status=status,
+            status=403,
         )
-        if status == 401:
-            response["WWW-Authenticate"] = 'Bearer realm="metrics"'
-        return response
     started = time.monotonic()
     body = exposition()
     logger.debug("metrics rendered in %.1f ms", (time.monotonic() - started) * 1000)

@@ -8,12 +8,17 @@ Malformed values fail at start-up, not at first use.
 
 from __future__ import annotations
 
+import atexit
+import ipaddress
 import os
+import shutil
 import sys
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 import environ
+from csp.constants import NONCE, NONE, SELF
 from django.core.exceptions import ImproperlyConfigured
 
 BASE_DIR = Path(__file__).resolve().parent.parent
@@ -55,6 +60,7 @@ INSTALLED_APPS = [
     "rest_framework_simplejwt.token_blacklist",
     "django_filters",
     "drf_spectacular",
+    "drf_spectacular_sidecar",  # Swagger UI and ReDoc served from here, never a CDN
     "django_celery_beat",
     "accounts",
     "projects",
@@ -68,9 +74,11 @@ INSTALLED_APPS = [
 MIDDLEWARE = [
     "sparkops.logcontext.LogScopeMiddleware",
     "django.middleware.security.SecurityMiddleware",
+    "sparkops.csp.ContentSecurityPolicyMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "sparkops.middleware.DatabaseUnavailableMiddleware",
     "corsheaders.middleware.CorsMiddleware",
+    "sparkops.middleware.JSONAPIErrorsMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
@@ -189,10 +197,21 @@ TIME_ZONE = "UTC"
 USE_I18N = True
 USE_TZ = True
 
+# The largest file an upload or a run's step may store, in bytes.
+SPARKOPS_FILE_MAX_BYTES = env.int("SPARKOPS_FILE_MAX_BYTES", default=25 * 1024 * 1024)
+
 STATIC_URL = "static/"
 STATIC_ROOT = BASE_DIR / "staticfiles"
+# The console's stylesheet and script, and the API docs' start-up scripts: files, because the
+# Content-Security-Policy allows no inline script.
+STATICFILES_DIRS = [BASE_DIR / "static"]
 STORAGES = {
     "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
+    # Files projects keep (projects.files): the local filesystem under SPARKOPS_VAR_DIR.
+    "files": {
+        "BACKEND": "django.core.files.storage.FileSystemStorage",
+        "OPTIONS": {"location": str(VAR_DIR / "files")},
+    },
     "staticfiles": {
         "BACKEND": (
             "django.contrib.staticfiles.storage.StaticFilesStorage"
@@ -207,12 +226,32 @@ SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
 SECURE_SSL_REDIRECT = env.bool("SECURE_SSL_REDIRECT", default=False)
 SESSION_COOKIE_SECURE = env.bool("SESSION_COOKIE_SECURE", default=not DEBUG)
 CSRF_COOKIE_SECURE = env.bool("CSRF_COOKIE_SECURE", default=not DEBUG)
+# Strict-Transport-Security on answers to HTTPS requests (a proxy's X-Forwarded-Proto: https
+# counts, see SECURE_PROXY_SSL_HEADER) once SECURE_HSTS_SECONDS is above 0; never on plain HTTP.
 SECURE_HSTS_SECONDS = env.int("SECURE_HSTS_SECONDS", default=0)
+SECURE_HSTS_INCLUDE_SUBDOMAINS = env.bool("SECURE_HSTS_INCLUDE_SUBDOMAINS", default=False)
+SECURE_HSTS_PRELOAD = env.bool("SECURE_HSTS_PRELOAD", default=False)
 SECURE_CONTENT_TYPE_NOSNIFF = True
 X_FRAME_OPTIONS = "DENY"
+# Content-Security-Policy of every HTML page (sparkops/csp.py gives everything else
+# `default-src 'none'`): this origin only, no inline script, `<style>` elements only with the
+# response's nonce (ReDoc's), images also as data: URLs (Swagger UI's and the admin's icons).
+CONTENT_SECURITY_POLICY = {
+    "DIRECTIVES": {
+        "default-src": [SELF],
+        "script-src": [SELF],
+        "style-src": [SELF, NONCE],
+        "img-src": [SELF, "data:"],
+        "object-src": [NONE],
+        "base-uri": [SELF],
+        "form-action": [SELF],
+        "frame-ancestors": [NONE],
+    }
+}
 SILENCED_SYSTEM_CHECKS = env.list(
     "SILENCED_SYSTEM_CHECKS",
-    # TLS is terminated by the proxy in front of gunicorn; HSTS and the redirect are its job.
+    # TLS is terminated by the proxy in front of gunicorn: the redirect is its job, and HSTS
+    # stays off until SECURE_HSTS_SECONDS is set (README, "Security headers").
     default=["security.W004", "security.W008"],
 )
 
@@ -238,6 +277,7 @@ REST_FRAMEWORK = {
     "PAGE_SIZE": 20,
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
     "EXCEPTION_HANDLER": "sparkops.errors.exception_handler",
+    "DEFAULT_METADATA_CLASS": "sparkops.metadata.Metadata",
     "DEFAULT_THROTTLE_CLASSES": ["accounts.throttles.UserOrKeyRateThrottle"],
     "DEFAULT_THROTTLE_RATES": {
         "user_or_key": env.str("THROTTLE_RATE_USER", default="1200/min"),
@@ -273,6 +313,11 @@ SPECTACULAR_SETTINGS = {
     ),
     "VERSION": "0.1.0",
     "SERVE_INCLUDE_SCHEMA": False,
+    # Swagger UI and ReDoc from drf-spectacular-sidecar's static files: no CDN, and the pages
+    # keep a self-only Content-Security-Policy (templates/drf_spectacular/ has no inline code).
+    "SWAGGER_UI_DIST": "SIDECAR",
+    "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
+    "REDOC_DIST": "SIDECAR",
     "COMPONENT_SPLIT_REQUEST": True,
     "SCHEMA_PATH_PREFIX": r"/api/v1",
     # The framework's errors (400/401/403/404/429) documented on every operation they apply to.
@@ -289,6 +334,8 @@ SPECTACULAR_SETTINGS = {
         "PolicyKindEnum": "policies.models.Policy.Kind",
         # Agents and tools share this choice set.
         "EnabledStatusEnum": ["active", "disabled"],
+        # An invitation's stored status, plus "expired" (computed from expires_at).
+        "InvitationStatusEnum": ["pending", "accepted", "declined", "revoked", "expired"],
     },
 }
 
@@ -319,6 +366,9 @@ else:
         # Fail fast when Redis is down (the run is in the database; the sweeper re-sends).
         "socket_connect_timeout": 2,
         "socket_timeout": 10,
+        # Connections per channel; one more waits for a free one (sparkops/broker.py), so a
+        # gevent worker acking hundreds of tasks at once queues instead of failing.
+        "max_connections": env.int("CELERY_BROKER_MAX_CONNECTIONS", default=20),
     }
 CELERY_TASK_IGNORE_RESULT = True
 CELERY_RESULT_BACKEND = None
@@ -346,7 +396,7 @@ CELERY_BEAT_SCHEDULER = "django_celery_beat.schedulers:DatabaseScheduler"
 
 # --- Logging: one JSON object per line --------------------------------------------------------
 LOG_LEVEL = env.str("LOG_LEVEL", default="INFO")
-LOGGING = {
+LOGGING: dict[str, Any] = {
     "version": 1,
     "disable_existing_loggers": False,
     "formatters": {
@@ -368,6 +418,8 @@ LOGGING = {
             name: {"level": "WARNING"}
             for name in ("httpx", "httpcore", "httpx2", "httpcore2", "openai", "anthropic")
         },
+        # The MCP SDK logs each request's session manager start and stop at INFO.
+        "mcp": {"level": "WARNING"},
     },
 }
 
@@ -385,6 +437,11 @@ SPARKOPS_OUTBOUND_READ_TIMEOUT = env.float("SPARKOPS_OUTBOUND_READ_TIMEOUT", def
 SPARKOPS_OUTBOUND_MAX_BYTES = env.int("SPARKOPS_OUTBOUND_MAX_BYTES", default=5 * 1024 * 1024)
 SPARKOPS_OUTBOUND_MAX_REDIRECTS = env.int("SPARKOPS_OUTBOUND_MAX_REDIRECTS", default=5)
 
+# --- MCP servers as tool sources (tools.mcp_client) ---------------------------------------------
+# stdio MCP servers run a command on the workers: off unless this lists the allowed commands
+# (exact paths or names as a project's server gives them, e.g. /usr/local/bin/mcp-fetch).
+SPARKOPS_MCP_STDIO_COMMANDS = env.list("SPARKOPS_MCP_STDIO_COMMANDS", default=[])
+
 # --- Secrets at rest ----------------------------------------------------------------------------
 # Fernet keys, newest first (`python -c "from cryptography.fernet import Fernet;
 # print(Fernet.generate_key().decode())"`). Empty: one key derived from SECRET_KEY.
@@ -399,14 +456,31 @@ SPARKOPS_HEARTBEAT_SECONDS = env.float("SPARKOPS_HEARTBEAT_SECONDS", default=5.0
 SPARKOPS_HEARTBEAT_TIMEOUT = env.float("SPARKOPS_HEARTBEAT_TIMEOUT", default=30.0)
 SPARKOPS_SWEEP_SECONDS = env.float("SPARKOPS_SWEEP_SECONDS", default=30.0)
 SPARKOPS_QUEUED_GRACE = env.float("SPARKOPS_QUEUED_GRACE", default=60.0)
+# The sweeper (runs/services/recovery.py) runs one at a time under a lease that lapses after
+# SPARKOPS_SWEEP_LEASE_SECONDS if its holder died; it sends at most SPARKOPS_SWEEP_MAX_SENDS
+# messages a sweep (oldest first, the rest next time). A message is taken for lost once it is
+# older than SPARKOPS_QUEUED_GRACE and than SPARKOPS_SWEEP_LATENCY_FACTOR times the latency
+# the queue shows now (a backlog is not a loss); a message it re-sent waits a doubling backoff
+# (the grace, twice it, ... at most SPARKOPS_SWEEP_BACKOFF_MAX) before it is sent again.
+SPARKOPS_SWEEP_LEASE_SECONDS = env.float("SPARKOPS_SWEEP_LEASE_SECONDS", default=120.0)
+SPARKOPS_SWEEP_MAX_SENDS = env.int("SPARKOPS_SWEEP_MAX_SENDS", default=200)
+SPARKOPS_SWEEP_LATENCY_FACTOR = env.float("SPARKOPS_SWEEP_LATENCY_FACTOR", default=3.0)
+SPARKOPS_SWEEP_BACKOFF_MAX = env.float("SPARKOPS_SWEEP_BACKOFF_MAX", default=900.0)
 # Retries whose backoff is shorter than this are sent with a countdown; longer ones wait in
 # the database for the sweeper (a long ETA would outlive Redis' visibility timeout).
 SPARKOPS_RETRY_COUNTDOWN_MAX = env.float("SPARKOPS_RETRY_COUNTDOWN_MAX", default=60.0)
+# A provider's rate limit (429) or server error (5xx) is retried on nodes without a `retry`
+# block, up to this many attempts in all (backoff honours the provider's Retry-After).
+SPARKOPS_PROVIDER_RETRY_ATTEMPTS = env.int("SPARKOPS_PROVIDER_RETRY_ATTEMPTS", default=4)
 SPARKOPS_STEP_TIMEOUT = env.int("SPARKOPS_STEP_TIMEOUT", default=600)
 # Transforms and builtin-tool steps run inline in the worker that plans them (no broker hop),
 # at most this many per planning transaction (0: every step goes through the steps queue).
 SPARKOPS_INLINE_STEPS = env.int("SPARKOPS_INLINE_STEPS", default=100)
+# Items a `map` node may fan out to (a longer list fails the step; a literal one, the save).
+SPARKOPS_MAP_MAX_ITEMS = env.int("SPARKOPS_MAP_MAX_ITEMS", default=10_000)
 SPARKOPS_MAX_OUTPUT_BYTES = env.int("SPARKOPS_MAX_OUTPUT_BYTES", default=1024 * 1024)
+# A project invitation stays open this many days unless accepted, declined or revoked.
+SPARKOPS_INVITATION_DAYS = env.int("SPARKOPS_INVITATION_DAYS", default=14)
 SPARKOPS_IDEMPOTENCY_TTL_HOURS = env.int("SPARKOPS_IDEMPOTENCY_TTL_HOURS", default=24)
 SPARKOPS_MAX_CHAIN_DEPTH = env.int("SPARKOPS_MAX_CHAIN_DEPTH", default=10)
 # Event streams (runs/streams.py): each holds a server thread while open. Per user across all
@@ -446,14 +520,12 @@ LOGGING["handlers"]["console"]["filters"] = ["run_context", "redact_secrets"]
 CELERY_WORKER_HIJACK_ROOT_LOGGER = False
 
 # /metrics: allowed with `Authorization: Bearer <SPARKOPS_METRICS_TOKEN>` or from an address in
-# SPARKOPS_METRICS_ALLOW (CIDRs; default this machine only). REMOTE_ADDR is what counts, never
-# X-Forwarded-For: behind a proxy, use the token.
+# SPARKOPS_METRICS_ALLOW (CIDRs; empty by default, so closed until one is set: a reverse proxy on
+# this host makes every client 127.0.0.1). REMOTE_ADDR is what counts, never X-Forwarded-For.
 SPARKOPS_METRICS_TOKEN = env.str("SPARKOPS_METRICS_TOKEN", default="")
 
 
 def _networks(values: list[str]) -> list[str]:
-    import ipaddress
-
     for value in values:
         try:
             ipaddress.ip_network(value, strict=False)
@@ -462,7 +534,7 @@ def _networks(values: list[str]) -> list[str]:
     return values
 
 
-SPARKOPS_METRICS_ALLOW = _networks(env.list("SPARKOPS_METRICS_ALLOW", default=["127.0.0.1/32"]))
+SPARKOPS_METRICS_ALLOW = _networks(env.list("SPARKOPS_METRICS_ALLOW", default=[]))
 
 
 def _metrics_dir(path: str) -> str:
@@ -476,8 +548,6 @@ def _metrics_dir(path: str) -> str:
     Path(path).mkdir(parents=True, exist_ok=True)
     if TESTING and "PROMETHEUS_MULTIPROC_DIR" not in os.environ:
         # A test session's own directory (child processes inherit it), removed at its end.
-        import atexit
-        import shutil
 
         atexit.register(shutil.rmtree, path, True)
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = path
@@ -508,9 +578,27 @@ LANGWATCH_ENDPOINT = env.str("LANGWATCH_ENDPOINT", default="https://app.langwatc
 # worker's clocks differ) and still count for the coming cron time.
 SPARKOPS_SCHEDULE_MISFIRE_GRACE = env.float("SPARKOPS_SCHEDULE_MISFIRE_GRACE", default=60.0)
 SPARKOPS_SCHEDULE_CLOCK_SKEW = env.float("SPARKOPS_SCHEDULE_CLOCK_SKEW", default=2.0)
+# POST /schedules/{id}/backfill starts one run per slot: a range holding more is a 400.
+SPARKOPS_SCHEDULE_BACKFILL_MAX_SLOTS = env.int("SPARKOPS_SCHEDULE_BACKFILL_MAX_SLOTS", default=100)
 # Inbound webhooks (POST /api/v1/hooks/{token}): body limit and a rate per token.
 SPARKOPS_WEBHOOK_MAX_BYTES = env.int("SPARKOPS_WEBHOOK_MAX_BYTES", default=1024 * 1024)
 SPARKOPS_WEBHOOK_THROTTLE_RATE = env.str("SPARKOPS_WEBHOOK_THROTTLE_RATE", default="120/min")
+# `?wait=N` on a hook holds the request (a server thread, no database connection) up to N
+# seconds, capped here, polling the run every SPARKOPS_HOOK_WAIT_POLL seconds.
+SPARKOPS_HOOK_MAX_WAIT = env.float("SPARKOPS_HOOK_MAX_WAIT", default=30.0)
+SPARKOPS_HOOK_WAIT_POLL = env.float("SPARKOPS_HOOK_WAIT_POLL", default=0.25)
+# An MCP client's call of a workflow (runs/triggers/mcp.py) answers the run's output if it ends
+# within this many seconds, else its id and URLs (`get_run` follows it); polled as `?wait` is.
+SPARKOPS_MCP_WAIT = env.float("SPARKOPS_MCP_WAIT", default=30.0)
+for _name in (
+    "SPARKOPS_SCHEDULE_BACKFILL_MAX_SLOTS",
+    "SPARKOPS_HOOK_MAX_WAIT",
+    "SPARKOPS_MCP_WAIT",
+):
+    if globals()[_name] < 0:
+        raise ImproperlyConfigured(f"{_name} must not be negative.")
+if SPARKOPS_HOOK_WAIT_POLL <= 0:
+    raise ImproperlyConfigured("SPARKOPS_HOOK_WAIT_POLL must be positive.")
 # Outbound webhooks: request timeout, how much of a response is read, the waits between attempts
 # (seconds; Standard Webhooks' schedule), retries stop this many hours after the event, an
 # endpoint failing this long is disabled, a rotated secret keeps signing this long.

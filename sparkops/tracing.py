@@ -27,8 +27,10 @@ from contextvars import ContextVar
 from datetime import datetime
 from typing import Any
 
+from django.conf import settings
 from opentelemetry import context as otel_context
 from opentelemetry import propagate, trace
+from opentelemetry.propagators.textmap import Getter
 from opentelemetry.trace import (
     Link,
     NonRecordingSpan,
@@ -62,8 +64,6 @@ def enabled() -> bool:
 
 def exporters_from_settings() -> list[Any]:
     """The OTLP/HTTP exporters the settings ask for (empty: tracing stays off)."""
-    from django.conf import settings
-
     if settings.OTEL_SDK_DISABLED:
         return []
     exporters: list[Any] = []
@@ -72,8 +72,11 @@ def exporters_from_settings() -> list[Any]:
         # The spec: a generic endpoint gets the signal path appended; a per-signal one is used
         # as is.
         endpoint = settings.OTEL_EXPORTER_OTLP_ENDPOINT.rstrip("/") + "/v1/traces"
-    if endpoint or settings.LANGWATCH_API_KEY:
-        from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+    if not endpoint and not settings.LANGWATCH_API_KEY:
+        return exporters
+    # The OTLP exporter (protobuf, HTTP session) loads only when an endpoint is configured.
+    from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+
     if endpoint:
         exporters.append(OTLPSpanExporter(endpoint=endpoint))
     if settings.LANGWATCH_API_KEY:
@@ -108,7 +111,7 @@ def setup(exporters: Sequence[Any], *, batch: bool = True) -> Any:
     """Install a tracer provider exporting to `exporters` (tests pass an in-memory exporter and
     `batch=False`). Replaces any earlier set-up of this module. Returns the provider."""
     global _provider, _tracer
-    from django.conf import settings
+    # The SDK loads only when tracing is set up; with it off, the API's no-op tracer suffices.
     from opentelemetry.sdk.resources import Resource
     from opentelemetry.sdk.trace import TracerProvider
     from opentelemetry.sdk.trace.export import BatchSpanProcessor, SimpleSpanProcessor
@@ -148,6 +151,7 @@ def force_flush(timeout_millis: int = 10_000) -> bool:
 
 def _run_id_generator() -> Any:
     """Random ids, except while the run span is being started: then the run's fixed ids."""
+    # The SDK loads only when tracing is set up (see setup()).
     from opentelemetry.sdk.trace.id_generator import RandomIdGenerator
 
     class RunIdGenerator(RandomIdGenerator):
@@ -300,7 +304,7 @@ def current_ids() -> tuple[str, str] | None:
 # --- Celery: W3C trace context in the message headers ------------------------------------------
 
 
-class _RequestGetter:
+class _RequestGetter(Getter[Any]):
     """Reads propagation fields from a Celery task request (custom message headers become
     request attributes)."""
 

@@ -13,6 +13,8 @@ from typing import Any
 from django.core.serializers.json import DjangoJSONEncoder
 from django.db import models
 
+from sparkops.errors import InvalidInput
+
 
 def snapshot_of(obj: models.Model, fields: list[str]) -> dict[str, Any]:
     """JSON-safe values of `fields`; many-to-many fields become sorted lists of primary keys."""
@@ -21,7 +23,7 @@ def snapshot_of(obj: models.Model, fields: list[str]) -> dict[str, Any]:
         field = obj._meta.get_field(name)
         if field.many_to_many:
             data[name] = sorted(str(pk) for pk in getattr(obj, name).values_list("pk", flat=True))
-        elif field.is_relation:
+        elif field.is_relation and isinstance(field, models.Field):
             data[name] = getattr(obj, field.attname)
         else:
             data[name] = getattr(obj, name)
@@ -57,3 +59,36 @@ def version_restore_fields(*, obj: Any, version: Any, fields: list[str]) -> dict
         key = field.attname if field.is_relation else name
         values[key] = version.snapshot[name]
     return values
+
+
+def version_diff(*, obj: Any, from_number: int, to_number: int) -> dict[str, Any]:
+    """What changed between two versions of an agent or a tool: every snapshot field that
+    differs, with its value before and after (lists, e.g. an agent's tools, also as `added` and
+    `removed`). Unknown numbers are a 400 keyed `from` / `to`, like the workflow diff."""
+    versions = {
+        v.number: v.snapshot for v in obj.versions.filter(number__in={from_number, to_number})
+    }
+    errors = {
+        key: [f"No version {number}; the latest is {obj.version}."]
+        for key, number in (("from", from_number), ("to", to_number))
+        if number not in versions
+    }
+    if errors:
+        raise InvalidInput("Unknown version.", errors=errors)
+    old, new = versions[from_number], versions[to_number]
+    changes: dict[str, Any] = {}
+    for name in sorted(set(old) | set(new)):
+        before, after = old.get(name), new.get(name)
+        if before == after:
+            continue
+        change: dict[str, Any] = {"from": before, "to": after}
+        if isinstance(before, list) and isinstance(after, list):
+            change["added"] = [item for item in after if item not in before]
+            change["removed"] = [item for item in before if item not in after]
+        changes[name] = change
+    return {
+        "from_version": from_number,
+        "to_version": to_number,
+        "changed_fields": list(changes),
+        "changes": changes,
+    }

@@ -19,12 +19,15 @@ from accounts.tests.factories import PASSWORD, UserFactory
 from accounts.throttles import auth_fallback
 from conftest import client_for
 from runs.models import Run
-from runs.tests.test_observability import delta, scrape
 from sparkops import cache as cache_state
 from sparkops.testing.engine import wait_until
 from sparkops.testing.processes import RedisServer, broker
+from sparkops.testing.scraping import delta, scrape
 from workflows import webhooks
 from workflows.tests.factories import WorkflowFactory
+
+# /metrics is closed without a token; `scrape` sends this one.
+pytestmark = pytest.mark.usefixtures("metrics_token")
 
 LOOSE = "1000/min"
 

@@ -1,5 +1,6 @@
 """The PostgreSQL connection budget of `make run` (Procfile) and docker-compose, as README,
-"Database connections", adds it up: every process's pool cap, from the commands themselves."""
+"Database connections", adds it up: every process's pool cap, from the commands themselves
+(the steps worker's from sparkops/worker.py, which picks its pool and sizes)."""
 
 from __future__ import annotations
 
@@ -55,19 +56,37 @@ def pool_of(env: dict[str, str]) -> int:
     return int(env.get("DB_POOL_MAX_SIZE") or DEFAULT_POOL)
 
 
-def test_make_run_needs_32_connections_at_most(tmp_path):
+def steps_worker(environment: dict[str, str]) -> tuple[dict[str, str], list[str]]:
+    """What `python -m sparkops.worker` runs with this environment (PostgreSQL + Redis)."""
+    from sparkops.worker import command
+
+    argv, env = command(
+        {"DATABASE_URL": "postgres://u@db/x", "REDIS_URL": "redis://redis:6379/0", **environment}
+    )
+    return env, argv
+
+
+def test_make_run_needs_48_connections_at_most(tmp_path):
     web_env, web = procfile_process("web", tmp_path)
     worker_env, worker = procfile_process("worker", tmp_path)
     beat_env, _ = procfile_process("beat", tmp_path)
     concurrency = int(option(worker, "-c", "--concurrency"))
-    assert option(worker, "-P", "--pool") == "threads"
+    assert (option(worker, "-P", "--pool"), option(worker, "-Q")) == ("threads", "orchestration")
     assert pool_of(worker_env) == concurrency + 2  # the heartbeat thread and a spare
+    procfile = dict(line.split(": ", 1) for line in (ROOT / "Procfile").read_text().splitlines())
+    assert procfile["steps"].startswith(".venv/bin/python -m sparkops.worker ")
+    steps_env, steps = steps_worker({})
+    assert (option(steps, "-P"), option(steps, "-Q"), option(steps, "-c")) == (
+        "gevent",
+        "steps",
+        "1000",
+    )
     budget = int(option(web, "-w", "--workers")) * pool_of(web_env)
-    budget += pool_of(worker_env) + pool_of(beat_env)
-    assert (budget, pool_of(beat_env)) == (32, 2)
+    budget += pool_of(worker_env) + pool_of(steps_env) + pool_of(beat_env)
+    assert (budget, pool_of(steps_env), pool_of(beat_env)) == (48, 16, 2)
 
 
-def test_compose_needs_66_connections_at_most():
+def test_compose_needs_58_connections_at_most():
     services = yaml.safe_load((ROOT / "docker-compose.yml").read_text())["services"]
 
     def env(name: str) -> dict[str, str]:
@@ -77,6 +96,43 @@ def test_compose_needs_66_connections_at_most():
     worker = shlex.split(services["worker"]["command"])
     assert option(worker, "-P", "--pool") == "threads"
     assert pool_of(env("worker")) == int(option(worker, "-c", "--concurrency")) + 2
+    assert shlex.split(services["steps"]["command"])[:3] == ["python", "-m", "sparkops.worker"]
+    steps_env, steps = steps_worker(env("steps"))
+    assert option(steps, "-P") == "gevent"
     budget = int(option(web, "-w", "--workers")) * pool_of(env("web"))
-    budget += pool_of(env("worker")) + pool_of(env("beat"))
-    assert budget == 66
+    budget += pool_of(env("worker")) + pool_of(steps_env) + pool_of(env("beat"))
+    assert budget == 58
+
+
+def test_the_steps_worker_runs_gevent_only_on_postgresql_and_redis():
+    """gevent where it is tested and measured; threads on the embedded default (SQLite locks
+    the whole file, and its calls would stall every greenlet), and wherever one is missing."""
+    from sparkops.worker import command
+
+    postgres, redis = "postgres://u@db/x", "redis://redis:6379/0"
+    cases = [
+        ({}, ("threads", "8", "10")),
+        ({"DATABASE_URL": "sqlite:////tmp/x.sqlite3", "REDIS_URL": redis}, ("threads", "8", "10")),
+        ({"DATABASE_URL": postgres}, ("threads", "8", "10")),  # the filesystem broker
+        ({"DATABASE_URL": postgres, "CELERY_BROKER_URL": redis}, ("gevent", "1000", "16")),
+        (
+            {"DATABASE_URL": postgres, "REDIS_URL": redis, "WORKER_POOL": "threads"},
+            ("threads", "8", "10"),
+        ),
+        ({"WORKER_CONCURRENCY": "4"}, ("threads", "4", "6")),
+        (
+            {
+                "DATABASE_URL": postgres,
+                "REDIS_URL": redis,
+                "STEPS_CONCURRENCY": "300",
+                "DB_POOL_MAX_SIZE": "8",
+            },
+            ("gevent", "300", "8"),
+        ),
+    ]
+    for environment, expected in cases:
+        argv, env = command(environment)
+        assert (option(argv, "-P"), option(argv, "-c"), env["DB_POOL_MAX_SIZE"]) == expected
+        assert option(argv, "-Q") == "steps"
+    _, env = command({"DATABASE_URL": postgres, "REDIS_URL": redis})
+    assert env["DB_POOL_TIMEOUT"] == "60"

@@ -163,6 +163,33 @@ def test_run_page_shows_graph_timeline_and_live_endpoint(cast, operator):
     assert 'class="console-live"' in data["html"]
 
 
+@pytest.mark.usefixtures("engine")
+def test_a_map_run_page_collapses_the_items_into_the_map(cast, operator):
+    from sparkops.testing.engine import wait_for_run
+
+    workflow = make_workflow(
+        cast.project,
+        cast.owner,
+        [
+            {
+                "id": "m",
+                "type": "map",
+                "items": [1, 2, 3],
+                "node": {"type": "transform", "output": "{{ item }}"},
+            }
+        ],
+        name="mapped",
+    )
+    run = run_services.run_create(workflow=workflow, input={}, actor=cast.owner)
+    assert wait_for_run(run.pk).status == "succeeded"
+    html = operator.get(f"/admin/runs/run/{run.pk}/change/").content.decode()
+    assert 'data-node="m" data-type="map" data-status="succeeded"' in html
+    assert "succeeded · 3/3 items" in html
+    assert 'class="row" data-node="m"' in html and 'data-node="m[0]"' not in html
+    # the map's own span and one bar per item, all in the map's row
+    assert html.count('class="bar" data-node="m"') == 4
+
+
 def test_run_operations_from_the_run_page(cast, operator):
     failed = finished_run(cast, "failed")
     response = operator.post(f"/admin/runs/run/{failed.pk}/do/resume/")
@@ -310,6 +337,57 @@ def test_records_are_pretty_and_read_only(cast, operator):
     step = run.steps.get()
     html = operator.get(f"/admin/runs/runstep/{step.pk}/change/").content.decode()
     assert 'name="output"' not in html and "<pre" in html
+
+
+def test_run_and_step_pages_are_records_without_save_or_delete(cast, operator):
+    """A run is a record, not a form: no Save, "Save and continue" or Delete on its page or a
+    step's; a POST to the form is refused and changes nothing; nothing deletes a run. The
+    operations that exist still work from the page."""
+    workflow = rich_workflow(cast.project, cast.owner)
+    waiting = run_services.run_create(workflow=workflow, input={"topic": "owls"}, actor=cast.owner)
+    failed = finished_run(cast, "failed")
+    step = failed.steps.get()
+    for url in (
+        f"/admin/runs/run/{failed.pk}/change/",
+        f"/admin/runs/run/{waiting.pk}/change/",
+        f"/admin/runs/runstep/{step.pk}/change/",
+    ):
+        page = operator.get(url)
+        html = page.content.decode()
+        assert page.status_code == 200, url
+        for control in ('name="_save"', 'name="_continue"', 'name="_addanother"', "deletelink"):
+            assert control not in html, (url, control)
+        assert 'class="closelink"' in html, url
+    html = operator.get(f"/admin/runs/run/{failed.pk}/change/").content.decode()
+    assert 'id="run-retry"' in html and 'id="run-resume"' in html
+    assert (
+        'id="run-cancel"' in operator.get(f"/admin/runs/run/{waiting.pk}/change/").content.decode()
+    )
+
+    before = Run.objects.filter(pk=failed.pk).values().get()
+    response = operator.post(f"/admin/runs/run/{failed.pk}/change/", {"trigger": "api"})
+    assert response.status_code == 403
+    assert Run.objects.filter(pk=failed.pk).values().get() == before
+    assert operator.post(f"/admin/runs/runstep/{step.pk}/change/", {}).status_code == 403
+    assert operator.get(f"/admin/runs/run/{failed.pk}/delete/").status_code == 403
+    assert operator.post(f"/admin/runs/run/{failed.pk}/delete/", {"post": "yes"}).status_code == 403
+    changelist = operator.get("/admin/runs/run/").content.decode()
+    assert 'value="delete_selected"' not in changelist
+    assert 'value="cancel_runs"' in changelist and 'value="approve_runs"' in changelist
+    response = operator.post(
+        "/admin/runs/run/",
+        {"action": "delete_selected", "_selected_action": [str(failed.pk)], "post": "yes"},
+    )
+    assert Run.objects.filter(pk=failed.pk).exists()
+
+    # The page's buttons still operate, through the services.
+    response = operator.post(f"/admin/runs/run/{waiting.pk}/do/cancel/")
+    assert response.status_code == 302
+    assert Run.objects.get(pk=waiting.pk).cancel_requested or (
+        Run.objects.get(pk=waiting.pk).status == "cancelled"
+    )
+    response = operator.post(f"/admin/runs/run/{failed.pk}/do/retry/")
+    assert Run.objects.filter(parent_run=failed).count() == 1
 
 
 def make_runs(cast, count: int) -> None:

@@ -18,6 +18,7 @@ from sparkops.console.layout import (
     tick_step,
 )
 from sparkops.console.svg import dag_svg, gantt_svg, stacked_bars_svg
+from sparkops.console.views import TYPE_LEGEND
 
 T0 = datetime(2025, 1, 1, 12, 0, 0, tzinfo=UTC)
 
@@ -156,6 +157,66 @@ def test_nodes_carry_type_reference_and_conditions():
     assert "<polygon" in svg  # the approval hexagon
     assert svg.count('data-conditional="1"') == 2
     assert "only when {{ steps.research.output.confidence &gt; 0.5 }}" in svg
+
+
+def test_a_switch_is_an_octagon_with_conditional_edges_to_its_branches():
+    definition = {
+        "nodes": [
+            node("route", type="switch", cases=[{"when": "{{ input.a }}", "to": "x"}], default="y"),
+            node("x", "route"),
+            node("y", "route"),
+            node("z", "x", "y"),
+        ]
+    }
+    dag = dag_layout(definition)
+    conditional = {(e.source, e.target): e.when for e in dag.edges if e.conditional}
+    assert conditional == {
+        ("route", "x"): "switch route picks it",
+        ("route", "y"): "switch route picks it",
+    }
+    svg = str(dag_svg(dag))
+    start = svg.index('data-node="route" data-type="switch"')
+    shape = svg[start : svg.index("</g>", start)]
+    assert shape.count("<polygon") == 1 and shape.split('<polygon points="')[1].count(",") == 8
+    assert "only when switch route picks it" in svg
+    assert {"type": "switch", "fill": "#ccfbf1", "stroke": "#0d9488"} in TYPE_LEGEND
+
+
+def test_a_map_is_a_stack_of_cards_naming_what_runs_per_item():
+    definition = {
+        "nodes": [
+            node("m", type="map", items="{{ input.xs }}", node={"type": "tool", "tool": "fetch"}),
+            node("n", type="map", items=[1], node={"type": "transform", "output": 1}),
+        ]
+    }
+    dag = dag_layout(definition)
+    assert (dag.node("m").ref, dag.node("n").ref) == ("each: fetch", "each: transform")
+    svg = str(dag_svg(dag))
+    start = svg.index('data-node="m" data-type="map"')
+    shape = svg[start : svg.index("</g>", start)]
+    assert shape.count("<rect") == 3
+    assert {"type": "map", "fill": "#fce7f3", "stroke": "#db2777"} in TYPE_LEGEND
+
+
+def test_a_workflow_node_is_a_subroutine_box_naming_its_workflow():
+    dag = dag_layout({"nodes": [node("sub", type="workflow", workflow="research")]})
+    assert dag.node("sub").ref == "research"
+    svg = str(dag_svg(dag))
+    start = svg.index('data-node="sub" data-type="workflow"')
+    shape = svg[start : svg.index("</g>", start)]
+    assert shape.count("<rect") == 1 and shape.count("<line") == 2
+    assert {"type": "workflow", "fill": "#e0e7ff", "stroke": "#4f46e5"} in TYPE_LEGEND
+
+
+def test_a_loop_is_a_box_in_a_box_naming_what_it_repeats():
+    body = {"type": "agent", "agent": "critic", "prompt": "x"}
+    dag = dag_layout({"nodes": [node("refine", type="loop", node=body, until="{{ true }}")]})
+    assert dag.node("refine").ref == "repeat: critic"
+    svg = str(dag_svg(dag))
+    start = svg.index('data-node="refine" data-type="loop"')
+    shape = svg[start : svg.index("</g>", start)]
+    assert shape.count("<rect") == 2 and 'stroke-dasharray="3 2"' in shape
+    assert {"type": "loop", "fill": "#ecfccb", "stroke": "#65a30d"} in TYPE_LEGEND
 
 
 def test_svg_escapes_every_text():
@@ -369,3 +430,168 @@ def test_stacked_bars_chart():
     assert 'data-key="succeeded" data-value="3"' in svg
     assert 'data-key="failed" data-value="1"' in svg
     assert "10:00: succeeded 3, failed 1" in svg
+
+
+SVG = "{http://www.w3.org/2000/svg}"
+
+
+def rects_of(group):
+    return [
+        (float(r.get("x")), float(r.get("width")), float(r.get("y")), float(r.get("height")))
+        for r in group.iter(f"{SVG}rect")
+    ]
+
+
+def call_events():
+    """An agent step (model, tool, model), a tool step whose call failed, a step still running
+    with a call made, a zero-length step, a step written all at once (three calls with one
+    timestamp, as an inline step writes them), and events outside the run's span."""
+    llm = {"type": "llm.call", "model": "gpt-test-1", "input_tokens": 50, "output_tokens": 9}
+    return [
+        ev(0, "think", "queued", 1),
+        ev(0.5, "think", "running", 1),
+        ev(2.5, "think", attempt=1, **llm, latency_ms=2000, cost="0.001", tool_calls=["lookup"]),
+        ev(3.0, "think", attempt=1, type="tool.call", tool="lookup", ok=True, latency_ms=400),
+        ev(4.0, "think", attempt=1, **llm, latency_ms=900, cost="0.002", finish_reason="stop"),
+        ev(4.1, "think", "succeeded", 1),
+        ev(4.2, "fetch", "queued", 1),
+        ev(4.3, "fetch", "running", 1),
+        # A latency longer than the attempt itself: clipped to the attempt.
+        ev(
+            5.0,
+            "fetch",
+            attempt=1,
+            type="tool.call",
+            tool="flaky",
+            ok=False,
+            latency_ms=9000,
+            http_status=503,
+            error="HTTP 503 from upstream",
+        ),
+        ev(5.1, "fetch", "failed", 1, error={"message": "HTTP 503"}),
+        ev(6.0, "slow", "queued", 1),
+        ev(6.2, "slow", "running", 1),
+        # Written after the axis ends (the page's "now" was read before the events).
+        ev(10.5, "slow", attempt=1, type="tool.call", tool="lookup", ok=True, latency_ms=300),
+        ev(7.0, "instant", "queued", 1),
+        ev(7.0, "instant", "running", 1),
+        ev(7.0, "instant", "succeeded", 1),
+        ev(8.0, "batch", "queued", 1),
+        ev(8.0, "batch", "running", 1),
+        *[
+            ev(9.0, "batch", attempt=1, type="tool.call", tool=f"t{i}", ok=True, latency_ms=200)
+            for i in range(3)
+        ],
+        ev(9.0, "batch", "succeeded", 1),
+        ev(10, "end", "skipped"),
+    ]
+
+
+def test_calls_are_sub_bars_inside_their_attempt_and_every_bar_inside_the_plot():
+    import xml.etree.ElementTree as ET
+
+    bars = step_attempts(call_events())
+    think = next(b for b in bars if b.node_id == "think")
+    assert [(c.kind, c.name) for c in think.calls] == [
+        ("llm", "gpt-test-1"),
+        ("tool", "lookup"),
+        ("llm", "gpt-test-1"),
+    ]
+    order = ["think", "fetch", "slow", "instant", "batch", "end"]
+    gantt = gantt_layout(bars, order=order, row_status={}, start=at(0), end=at(10))
+    by_node = {bar.attempt.node_id: bar for bar in gantt.bars}
+    # The model call that took 2 s ends when its event was written and starts 2 s before.
+    first = by_node["think"].calls[0]
+    assert (first.start, first.end) == (at(0.5), at(2.5))
+    # Three calls written at once are laid back to back, ending at that moment.
+    batch = by_node["batch"].calls
+    assert [c.end for c in batch] == [at(8.6), at(8.8), at(9.0)]
+    for bar in gantt.bars:
+        for call in bar.calls:
+            assert bar.run_x - 1e-6 <= call.x and call.x + call.w <= bar.run_x + bar.run_w + 1e-6
+            assert call.w >= min(2, bar.run_w)
+    running = by_node["slow"]
+    assert running.attempt.open and running.run_x + running.run_w == gantt.plot_x1
+    assert running.calls[0].x + running.calls[0].w <= gantt.plot_x1
+
+    svg = str(gantt_svg(gantt, now_line=True))
+    root = ET.fromstring(svg)
+    x0, x1 = float(root.get("data-plot-x0")), float(root.get("data-plot-x1"))
+    plot = root.find(f"{SVG}rect[@class='plot']")
+    assert (float(plot.get("x")), float(plot.get("x")) + float(plot.get("width"))) == (x0, x1)
+    groups = root.findall(f".//{SVG}g[@class='bar']")
+    assert len(groups) == len(gantt.bars) == 6
+    for group in groups:
+        for x, w, _y, _h in rects_of(group):
+            assert x0 - 1e-6 <= x and x + w <= x1 + 1e-6, (group.get("data-node"), x, w)
+            assert w >= 2
+    calls = root.findall(f".//{SVG}g[@class='call']")
+    for group in calls:
+        assert rects_of(group)[0][3] > 0 and group.find(f"{SVG}title").text
+    assert [c.get("data-kind") for c in calls].count("llm") == 2
+    assert len(calls) == 3 + 1 + 1 + 3
+    failed = root.find(f".//{SVG}g[@class='call'][@data-ok='0']")
+    title = failed.find(f"{SVG}title").text
+    assert "tool call flaky" in title and "failed" in title and "HTTP 503" in title
+    model = calls[0].find(f"{SVG}title").text
+    assert "model call gpt-test-1" in model and "took 2.0 s" in model
+    assert "tokens 50 in / 9 out · cost $0.001" in model and "asked for: lookup" in model
+    think_title = root.find(f".//{SVG}g[@class='bar'][@data-node='think']/{SVG}title").text
+    assert "2 model calls, 1 tool call" in think_title
+    # The last tick's label ends at its tick instead of running out of the picture.
+    last = [t for t in root.iter(f"{SVG}text") if t.get("class") == "tick"][-1]
+    assert last.get("text-anchor") == "end" and float(last.get("x")) <= x1
+
+
+def test_a_marker_at_the_very_end_stays_inside_the_plot():
+    bars = step_attempts([ev(5, "late", "skipped"), ev(5, "late2", "cancelled")])
+    gantt = gantt_layout(bars, order=["late", "late2"], row_status={}, start=at(0), end=at(5))
+    for bar in gantt.bars:
+        assert bar.run_w == 3 and bar.run_x + bar.run_w <= gantt.plot_x1
+
+
+def chart(buckets, **kwargs):
+    import xml.etree.ElementTree as ET
+
+    return ET.fromstring(str(stacked_bars_svg(buckets, **kwargs)))
+
+
+def texts(root, cls):
+    return [t.text for t in root.iter(f"{SVG}text") if t.get("class") == cls]
+
+
+def test_a_chart_with_one_day_of_data_is_readable():
+    days = [(f"Nov {d:02d}", {}) for d in range(1, 30)] + [("Nov 30", {"succeeded": 1})]
+    root = chart(days, order=["succeeded", "failed"], label_every=5)
+    seg = root.find(f".//{SVG}rect[@class='seg']")
+    x, w, h = float(seg.get("x")), float(seg.get("width")), float(seg.get("height"))
+    x0, x1 = float(root.get("data-plot-x0")), float(root.get("data-plot-x1"))
+    assert x0 <= x and x + w <= x1 and w >= 10
+    assert h == 180 - 14 - 24  # one run is the whole height: the axis tops out at 1
+    # Whole-number gridlines for counts (no "0.5 runs"), the bar's date and value written.
+    assert texts(root, "y-label") == ["0", "1"]
+    assert "Nov 30" in texts(root, "x-label") and texts(root, "value") == ["1"]
+    labels = [float(t.get("x")) for t in root.iter(f"{SVG}text") if t.get("class") == "x-label"]
+    assert all(b - a >= 34 for a, b in itertools.pairwise(sorted(labels)))
+    assert root.get("data-empty") is None
+
+    # One bucket only: a bar of sensible width in the middle, not the whole chart.
+    root = chart([("Dec 04", {"failed": 3})], order=["failed"])
+    seg = root.find(f".//{SVG}rect[@class='seg']")
+    assert float(seg.get("width")) == 48
+    assert abs(float(seg.get("x")) + 24 - (44 + (560 - 44 - 8) / 2)) < 1
+    assert texts(root, "y-label") == ["0", "5"] and texts(root, "value") == ["3"]
+
+    # Small spend keeps its digits on the axis and on the bar.
+    root = chart([("Dec 03", {}), ("Dec 04", {"spend": 0.0018})], order=["spend"], unit="$")
+    assert texts(root, "y-label") == ["$0", "$0.001", "$0.002"]
+    assert texts(root, "value") == ["$0.0018"]
+
+
+def test_a_chart_without_data_says_so():
+    root = chart([(f"{h:02d}:00", {}) for h in range(24)], order=["succeeded"], empty="No runs.")
+    assert root.get("data-empty") == "1"
+    assert texts(root, "empty") == ["No runs."]
+    assert root.find(f".//{SVG}rect[@class='seg']") is None
+    assert texts(root, "y-label") == ["0"]  # the baseline is drawn, no made-up scale
+    assert texts(root, "x-label")[0] == "00:00" and len(texts(root, "x-label")) >= 6

@@ -13,12 +13,12 @@ from django.test import Client
 from accounts.tests.factories import UserFactory
 from agents.tests.factories import AgentFactory
 from projects import services as project_services
+from projects.admin_scoping import ProjectScopedAdmin
 from projects.models import Project, Role
 from projects.tests.factories import MembershipFactory
 from runs import services as run_services
 from runs.models import IdempotencyKey
 from runs.tests.factories import finished_run, make_workflow, transform
-from sparkops.console.scoping import ProjectScopedAdmin
 from tools.tests.factories import ToolFactory
 
 pytestmark = pytest.mark.django_db

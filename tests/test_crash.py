@@ -13,6 +13,7 @@ from agents import services as agent_services
 from runs import services
 from runs.models import Run, RunEvent, RunStep
 from sparkops.testing.engine import wait_until
+from sparkops.testing.fake_llm import FakeLLMServer
 from sparkops.testing.processes import CountingServer, RedisServer, WorkerProcess, broker
 from tools import services as tool_services
 from workflows import services as workflow_services
@@ -172,6 +173,62 @@ def test_killed_worker_loses_nothing(cast, fast_recovery, redis_broker):
         assert all(
             r["headers"]["x-idempotency-key"].endswith(r["body"]["step"]) for r in endpoint.requests
         )
+
+
+def test_a_steps_worker_killed_mid_model_call_loses_nothing(cast, fast_recovery, redis_broker):
+    """The steps worker as `make run` starts it (gevent on PostgreSQL + Redis, threads on the
+    embedded default) is killed with SIGKILL while all its model calls wait, their database
+    connections given back: the sweeper re-queues the silent steps as new attempts, a second
+    steps worker finishes every run, and each run is charged for one model call only."""
+    calls = 8  # the threads pool's 8 on the embedded default
+    model = FakeLLMServer().start()
+    model.gate.clear()
+    agent_services.agent_create(
+        actor=cast.owner,
+        project=cast.project,
+        name="Model",
+        slug="model",
+        provider="openai_compatible",
+        model="fake-model",
+        base_url=model.openai_base_url,
+    )
+    workflow = workflow_services.workflow_create(
+        actor=cast.owner,
+        project=cast.project,
+        name="one model call",
+        definition={"nodes": [{"id": "answer", "type": "agent", "agent": "model", "prompt": "Hi"}]},
+    )
+    orchestration = WorkerProcess(redis_broker.url, queues="orchestration", concurrency=4)
+    first = WorkerProcess(redis_broker.url, steps=True)
+    second = WorkerProcess(redis_broker.url, steps=True)
+    try:
+        orchestration.start()
+        first.start()
+        runs = [
+            services.run_create(workflow=workflow, input={}, actor=cast.owner) for _ in range(calls)
+        ]
+        wait_until(lambda: model.in_flight >= calls, timeout=60, what="every model call in flight")
+        first.kill()
+        model.gate.set()  # the killed worker's calls are answered to nobody
+        second.start()
+        sweep_until(
+            lambda: Run.objects.filter(status__in=Run.FINISHED_STATUSES).count() == calls,
+            timeout=120,
+            what="every run to finish after the crash",
+        )
+    finally:
+        model.stop()
+        first.kill()
+        second.stop()
+        orchestration.stop()
+    statuses = collections.Counter(Run.objects.values_list("status", flat=True))
+    assert statuses == {"succeeded": calls}, (statuses, second.output())
+    assert set(RunStep.objects.values_list("attempt", flat=True)) == {2}
+    assert RunEvent.objects.filter(payload__recovered=True).count() == calls
+    for run in runs:
+        charged = run.events.filter(type=RunEvent.Type.LLM_CALL)
+        assert [e.attempt for e in charged] == [2], f"{run.pk} charged {charged.count()} calls"
+    assert len(model.requests_for("openai")) == 2 * calls
 
 
 def test_runs_created_while_the_broker_is_down_finish_when_it_is_back(

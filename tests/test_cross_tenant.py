@@ -27,6 +27,22 @@ def _member(cast: Cast) -> dict[str, Any]:
     return {"project_pk": cast.project.pk, "pk": membership.pk}
 
 
+def _invitation(cast: Cast) -> Any:
+    from projects import services
+
+    return services.invitation_create(
+        project=cast.project, actor=cast.owner, email="invited@example.com", role="viewer"
+    )[0]
+
+
+def _project_invitation(cast: Cast) -> dict[str, Any]:
+    return {"project_pk": cast.project.pk, "pk": _invitation(cast).pk}
+
+
+def _received_invitation(cast: Cast) -> dict[str, Any]:
+    return {"pk": _invitation(cast).pk}
+
+
 def _api_key(cast: Cast) -> dict[str, Any]:
     from accounts import services
 
@@ -43,6 +59,13 @@ CORE_ROUTES: dict[str, ObjectRoute] = {
     "project-clone": ObjectRoute(_project, viewer_allowed=("post",)),
     "member-list": ObjectRoute(_project_pk := lambda c: {"project_pk": c.project.pk}),
     "member-detail": ObjectRoute(_member),
+    # A project's invitations are for its admins; even its viewers get 403 on reads.
+    "project-invitation-list": ObjectRoute(_project_pk, viewer_read=403),
+    "project-invitation-detail": ObjectRoute(_project_invitation, viewer_read=403),
+    # An invitation is seen only by the person it is addressed to; every member is "not found".
+    "invitation-detail": ObjectRoute(_received_invitation, viewer_read=404, viewer_write=404),
+    "invitation-accept": ObjectRoute(_received_invitation, viewer_read=404, viewer_write=404),
+    "invitation-decline": ObjectRoute(_received_invitation, viewer_read=404, viewer_write=404),
     "api-key-detail": ObjectRoute(_api_key, viewer_write=404, viewer_read=404),
 }
 
@@ -124,3 +147,27 @@ def test_outsider_gets_404_and_viewer_cannot_write(cast: Cast, name: str):
             continue
         expected = route.viewer_read if method in SAFE else route.viewer_write
         assert viewer.status_code == expected, (name, method, viewer.status_code, viewer.content)
+
+
+def _collection_routes() -> list[str]:
+    names = set()
+    for route, pattern in _walk(get_resolver().url_patterns):
+        groups = pattern.pattern.regex.groupindex
+        if route.startswith("api/v1/") and not groups and pattern.name:
+            names.add(pattern.name)
+    return sorted(names)
+
+
+@pytest.mark.parametrize(
+    "name", [pattern.name for _, pattern in OBJECT_ROUTES] + _collection_routes()
+)
+def test_options_answers_every_route(cast: Cast, name: str):
+    """OPTIONS (the browsable API's and CORS preflights' method) answers every route with its
+    description, also custom actions whose viewset declares no serializer."""
+    from django.urls import reverse
+
+    kwargs = ROUTES[name].kwargs(cast) if name in ROUTES else {}
+    response = cast.client("owner").options(reverse(name, kwargs=kwargs))
+    assert response.status_code in (200, 401, 403, 405), (name, response.status_code)
+    if response.status_code == 200:
+        assert response.json()["name"], name

@@ -28,8 +28,9 @@ from rest_framework_simplejwt.tokens import AccessToken
 
 from agents import services as agent_services
 from runs import services
-from runs.models import Run
+from runs.models import Run, RunStep
 from sparkops.testing.engine import wait_until
+from sparkops.testing.fake_llm import FakeLLMServer
 from sparkops.testing.processes import (
     RedisServer,
     WebProcess,
@@ -243,6 +244,107 @@ def test_more_requests_and_runs_than_connections_all_finish(cast, redis_url, lim
     assert Counter(Run.objects.values_list("status", flat=True)) == {"succeeded": runs}
     if db.postgres:
         assert 0 < peak[0] <= 12
+
+
+def model_workflow(cast: Any, base_url: str) -> Any:
+    agent_services.agent_create(
+        actor=cast.owner,
+        project=cast.project,
+        name="Model",
+        slug="model",
+        provider="openai_compatible",
+        model="fake-model",
+        base_url=base_url,
+    )
+    return workflow_services.workflow_create(
+        actor=cast.owner,
+        project=cast.project,
+        name="one model call",
+        definition={"nodes": [{"id": "answer", "type": "agent", "agent": "model", "prompt": "Hi"}]},
+    )
+
+
+def test_the_steps_worker_keeps_more_model_calls_in_flight_than_it_has_connections(
+    cast, redis_url, limited_database, settings
+):
+    """The steps worker as `make run` starts it (`python -m sparkops.worker`). On PostgreSQL +
+    Redis it runs a gevent pool whose steps give their connection back while the model thinks:
+    40 model calls are held open at the fake model at once, by a steps worker of 4 connections
+    and an orchestration worker of 3 (the role refuses an 8th), none of them in a transaction
+    meanwhile; then all 40 runs succeed. On the embedded default it runs a threads pool of 8,
+    and 8 calls overlap. Overlap is counted at the server, not timed."""
+    settings.SPARKOPS_OUTBOUND_ALLOW = ["127.0.0.1"]
+    db = limited_database(7)
+    calls = 40 if db.postgres else 8
+    model = FakeLLMServer().start()
+    model.gate.clear()  # every call waits until the test has seen them all in flight
+    workflow = model_workflow(cast, model.openai_base_url)
+    steps = WorkerProcess(
+        redis_url, steps=True, extra_env={"DATABASE_URL": db.url, "DB_POOL_MAX_SIZE": "4"}
+    )
+    orchestration = WorkerProcess(
+        redis_url,
+        queues="orchestration",
+        concurrency=2,
+        extra_env={"DATABASE_URL": db.url, "DB_POOL_MAX_SIZE": "3"},
+    )
+    try:
+        steps.start()
+        orchestration.start()
+        runs = [
+            services.run_create(workflow=workflow, input={}, actor=cast.owner) for _ in range(calls)
+        ]
+        wait_until(
+            lambda: model.in_flight >= calls,
+            timeout=120,
+            interval=0.1,
+            what=f"{calls} model calls in flight at once",
+        )
+        if db.postgres:
+            # While every call waits, the workers' connections sit idle in their pools: no
+            # transaction (no row lock, no snapshot) is held across a model call.
+            states = [state for _, state, _ in db.backends()]
+            assert len(states) <= 7
+            assert "idle in transaction" not in states, states
+        assert steps.proc is not None
+        command = Path(f"/proc/{steps.proc.pid}/cmdline").read_bytes().split(b"\0")
+        model.gate.set()
+        wait_until(
+            lambda: Run.objects.filter(status__in=Run.FINISHED_STATUSES).count() == calls,
+            timeout=120,
+            interval=0.2,
+            what="every run to finish",
+        )
+    finally:
+        model.stop()
+        steps.stop()
+        orchestration.stop()
+    assert Counter(Run.objects.values_list("status", flat=True)) == {"succeeded": calls}, (
+        steps.output()
+    )
+    assert model.peak_in_flight == calls
+    assert not RunStep.objects.filter(run__in=runs, attempt__gt=1).exists()  # nothing retried
+    pool = b"gevent" if db.postgres else b"threads"
+    assert command[command.index(b"-P") + 1] == pool, command
+
+
+def test_a_connection_is_given_back_before_a_wait_but_never_inside_a_transaction(cast):
+    """sparkops.db.release_connection, called right before a model, HTTP tool or webhook
+    call: a pooled PostgreSQL connection goes back to the pool; inside a transaction (a row
+    lock, uncommitted writes) it stays; SQLite's file connection stays (no server resource)."""
+    from django.db import transaction
+
+    from sparkops.db import release_connection
+
+    postgres = connection.vendor == "postgresql"
+    assert Run.objects.count() == 0  # a connection is open
+    with transaction.atomic():
+        Run.objects.count()
+        assert release_connection() is False
+        assert connection.connection is not None and connection.in_atomic_block
+    assert release_connection() is postgres
+    assert (connection.connection is None) is postgres
+    assert Run.objects.count() == 0  # the next query takes one again
 
 
 def test_refused_connections_answer_503_then_recover(cast, redis_url, limited_database):

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlencode, urlsplit
 
+import anyio
 import httpcore
 import httpx2
 import pytest
@@ -32,6 +33,7 @@ from sparkops.egress import (
     EgressResponse,
     check_url,
     request,
+    sdk_async_http_client,
     sdk_http_client,
 )
 from sparkops.errors import SparkOpsError, exception_handler
@@ -460,6 +462,40 @@ def test_sdk_client_refuses_before_any_connect(net: FakeNet, url: str, why: str)
     assert net.connects == []
 
 
+def _async_get(url: str, *, follow_redirects: bool = False, max_bytes: int | None = None) -> Any:
+    async def get() -> Any:
+        async with sdk_async_http_client(timeout=5, max_bytes=max_bytes) as client:
+            response = await client.get(url, follow_redirects=follow_redirects)
+            return response.status_code, await response.aread()
+
+    return anyio.run(get)
+
+
+@pytest.mark.parametrize(("url", "why"), REFUSED)
+def test_async_sdk_client_refuses_before_any_connect(net: FakeNet, url: str, why: str) -> None:
+    with pytest.raises((EgressDenied, httpx2.InvalidURL)):
+        _async_get(url)
+    assert net.connects == []
+
+
+@pytest.mark.parametrize("transport", ["streamable_http", "sse"])
+@pytest.mark.parametrize(("url", "why"), REFUSED)
+def test_mcp_servers_refused_before_any_connect(
+    net: FakeNet, url: str, why: str, transport: str
+) -> None:
+    """The MCP client (tools.mcp_client, the `mcp` SDK) dials only through the egress client:
+    every refused target fails, clearly and not retryable, with nothing connected."""
+    from projects.secrets import SecretBag
+    from tools import mcp_client
+    from tools.models import McpServer
+
+    server = McpServer(name="m", url=url, transport=transport)
+    with pytest.raises(mcp_client.McpFailure) as excinfo:
+        mcp_client.list_tools(server, SecretBag(None), 5)
+    assert net.connects == []
+    assert excinfo.value.retryable is False, excinfo.value.message
+
+
 # --- The allow-list --------------------------------------------------------------------------
 
 ALLOWED_BY_LIST: list[tuple[str, list[str]]] = [
@@ -662,6 +698,30 @@ def test_sdk_client_rechecks_followed_redirects(
     with sdk_http_client(timeout=5) as client, pytest.raises(EgressDenied, match=why):
         client.get(url, follow_redirects=True)
     assert net.connects == [("127.0.0.1", server.port)]
+
+
+@pytest.mark.parametrize(("target", "why"), REDIRECT_TARGETS)
+def test_async_sdk_client_rechecks_followed_redirects(
+    net: FakeNet, settings: Any, server: LocalServer, target: str, why: str
+) -> None:
+    settings.SPARKOPS_OUTBOUND_ALLOW = ["127.0.0.1"]
+    url = _redirect(server, target.format(port=server.port))
+    with pytest.raises(EgressDenied, match=why):
+        _async_get(url, follow_redirects=True)
+    assert net.connects == [("127.0.0.1", server.port)]
+
+
+def test_async_sdk_client_pins_and_caps(net: FakeNet, settings: Any, server: LocalServer) -> None:
+    settings.SPARKOPS_OUTBOUND_ALLOW = ["127.0.0.1"]
+    net.dns["rebind.example"] = _answers(["127.0.0.1"], ["10.0.0.1"])
+    assert _async_get(server.url("/ok", host="rebind.example"))[0] == 200
+    assert net.lookups_of("rebind.example") == 1
+    assert net.connects == [("127.0.0.1", server.port)]
+    assert _async_get(server.url("/big?n=1000"), max_bytes=1000) == (200, b"x" * 1000)
+    for path in ("/big?n=2000", "/stream?n=65536"):
+        with pytest.raises(EgressError, match="too large") as excinfo:
+            _async_get(server.url(path), max_bytes=1000)
+        assert excinfo.value.retryable is False
 
 
 def test_allowed_redirect_is_followed(settings: Any, server: LocalServer) -> None:
@@ -933,7 +993,9 @@ SDK_CONSTRUCTORS = {
     "Anthropic",
     "AsyncAnthropic",
 }
-SKIP_DIRS = {".venv", "venv", ".git", "node_modules", "__pycache__", "tests"}
+# sparkops_cli is the command-line client, on the user's machine: its only HTTP is to the
+# Spark-Ops server it is pointed at, and it may not import the server (.importlinter).
+SKIP_DIRS = {".venv", "venv", ".git", "node_modules", "__pycache__", "tests", "sparkops_cli"}
 ALLOWED_FILE = ROOT / "sparkops" / "egress.py"
 
 
@@ -1046,6 +1108,7 @@ def test_module_exports() -> None:
         "EgressResponse",
         "check_url",
         "request",
+        "sdk_async_http_client",
         "sdk_http_client",
         "static_url_problem",
     }

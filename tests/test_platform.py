@@ -47,6 +47,48 @@ def test_unknown_api_route_is_json_404(client):
     assert response.json() == {"type": "not_found", "detail": "Not found."}
 
 
+def test_api_root_lists_every_resource_and_each_answers(client, cast):
+    response = client.get("/api/v1/", HTTP_ACCEPT="application/json")
+    assert response.status_code == 200, response.content
+    root = response.json()
+    expected = {"agents", "tools", "workflows", "runs", "projects", "schedules", "budgets"}
+    expected |= {"policies", "webhook-endpoints", "webhook-triggers", "auth/api-keys"}
+    assert expected <= set(root), sorted(root)
+    owner = cast.client("owner")
+    for name, url in root.items():
+        assert url.startswith("http://testserver/api/v1/"), (name, url)
+        answer = owner.get(url)
+        assert answer.status_code == 200, (name, url, answer.content[:200])
+
+
+def test_api_root_is_browsable(client):
+    response = client.get("/api/v1/", HTTP_ACCEPT="text/html")
+    assert response.status_code == 200
+    assert response["Content-Type"].startswith("text/html")
+    assert b"/api/v1/workflows" in response.content
+
+
+@pytest.mark.parametrize("debug", [False, True])
+def test_api_errors_are_json_whatever_debug(client, cast, settings, debug):
+    settings.DEBUG = debug
+    for path in ("/api/v1/nope/", "/api/v1/runs/1/nope", "/api/nope"):
+        response = client.get(path)
+        assert response.status_code == 404, path
+        assert response["Content-Type"].startswith("application/json"), path
+        assert response.json() == {"type": "not_found", "detail": "Not found."}
+    for who, method, path in [
+        (cast.client("owner"), "delete", "/api/v1/workflows/"),
+        (client, "put", "/api/v1/hooks/whk_unknown"),
+        (client, "post", "/api/docs/"),
+        (client, "delete", "/api/v1/"),
+    ]:
+        response = getattr(who, method)(path)
+        assert response.status_code == 405, (method, path, response.content[:200])
+        assert response["Content-Type"].startswith("application/json"), (method, path)
+        assert response.json()["detail"] == f'Method "{method.upper()}" not allowed.'
+        assert method.upper() not in response["Allow"]
+
+
 def test_malformed_json_is_400_json(cast):
     response = cast.client("owner").generic(
         "POST", "/api/v1/projects/", "{not json", content_type="application/json"

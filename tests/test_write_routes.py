@@ -116,6 +116,28 @@ def _new_member(cast: Cast) -> dict[str, Any]:
     return {"project_pk": cast.project.pk, "pk": membership.pk}
 
 
+def _invitation(cast: Cast, email: str, key: str, nested: bool = False) -> dict[str, Any]:
+    """A fresh pending invitation to cast.project (each call revokes the previous one for the
+    address and undoes an accepted one, so the entries can run in any order)."""
+    from projects import services
+    from projects.models import Invitation, Membership
+
+    Membership.objects.filter(project=cast.project, user__email=email).delete()
+    for open_one in Invitation.objects.pending().filter(project=cast.project, email=email):
+        services.invitation_revoke(invitation=open_one, actor=cast.owner)
+    invitation, token = services.invitation_create(
+        project=cast.project, actor=cast.owner, email=email, role="viewer"
+    )
+    kwargs = {key: invitation.pk}
+    cast.last_invitation_token = token  # type: ignore[attr-defined]
+    return {"project_pk": cast.project.pk, **kwargs} if nested else kwargs
+
+
+def _accept(cast: Cast) -> tuple[dict[str, Any], Body]:
+    kwargs = _invitation(cast, cast.outsider.email, "pk")
+    return kwargs, {"token": cast.last_invitation_token}  # type: ignore[attr-defined]
+
+
 def _secret(cast: Cast) -> Any:
     from projects import services
 
@@ -168,10 +190,17 @@ PROJECTS = {
     ("project-transfer", "post"): Call(
         "projects", lambda c: ({"pk": _project_with_admin(c).pk}, {"email": c.admin.email})
     ),
-    ("member-list", "post"): Call(
+    ("project-invitation-list", "post"): Call(
         "projects",
         lambda c: ({"project_pk": c.project.pk}, {"email": UserFactory().email, "role": "viewer"}),
         201,
+    ),
+    ("project-invitation-detail", "delete"): Call(
+        "projects", lambda c: (_invitation(c, "invited@example.com", "pk", True), None), 204
+    ),
+    ("invitation-accept", "post"): Call("projects", _accept, 201, "outsider"),
+    ("invitation-decline", "post"): Call(
+        "projects", lambda c: (_invitation(c, c.outsider.email, "pk"), None), 200, "outsider"
     ),
     ("member-detail", "put"): Call("projects", lambda c: (_new_member(c), {"role": "developer"})),
     ("member-detail", "patch"): Call("projects", lambda c: (_new_member(c), {"role": "admin"})),
@@ -245,6 +274,54 @@ AGENTS = {
     ("agent-test", "post"): Call("agents", _pk(_agent, {"prompt": "Hello"})),
 }
 
+
+def _model_price(cast: Cast) -> Any:
+    from agents import services
+
+    return services.model_price_create(
+        actor=cast.owner,
+        project=cast.project,
+        provider="openai_compatible",
+        model_pattern=f"llama-{next(_SEQ)}*",
+        input_per_million=1,
+        output_per_million=2,
+    )
+
+
+def _model_price_body(cast: Cast) -> dict[str, Any]:
+    return {
+        "project": str(cast.project.pk),
+        "provider": "openai_compatible",
+        "model_pattern": f"qwen-{next(_SEQ)}*",
+        "input_per_million": "0.5",
+        "output_per_million": "1.5",
+    }
+
+
+MODEL_PRICES = {
+    ("model-price-list", "post"): Call("agents", _with(_model_price_body), 201),
+    ("model-price-detail", "put"): Call(
+        "agents", lambda c: ({"pk": _model_price(c).pk}, _model_price_body(c))
+    ),
+    ("model-price-detail", "patch"): Call("agents", _pk(_model_price, {"output_per_million": 3})),
+    ("model-price-detail", "delete"): Call("agents", _pk(_model_price), 204),
+}
+
+
+def _mcp_body(cast: Cast) -> dict[str, Any]:
+    from tools.tests.mcp_server import shared_server
+
+    return {"project": str(cast.project.pk), "name": f"mcp{next(_SEQ)}", "url": shared_server().url}
+
+
+def _mcp_server(cast: Cast) -> Any:
+    from tools import mcp_services
+
+    body = _mcp_body(cast)
+    body.pop("project")
+    return mcp_services.mcp_server_create(actor=cast.owner, project=cast.project, **body)
+
+
 TOOLS = {
     ("tool-list", "post"): Call("tools", _with(_tool_body), 201),
     ("tool-detail", "put"): Call("tools", lambda c: ({"pk": _tool(c).pk}, _tool_body(c))),
@@ -252,6 +329,14 @@ TOOLS = {
     ("tool-detail", "delete"): Call("tools", _pk(_tool), 204),
     ("tool-rollback", "post"): Call("tools", _pk(_tool, {"version": 1})),
     ("tool-invoke", "post"): Call("tools", _pk(_tool, {"arguments": {}})),
+    ("mcp-server-list", "post"): Call("tools", _with(_mcp_body), 201),
+    ("mcp-server-detail", "put"): Call(
+        "tools", lambda c: ({"pk": _mcp_server(c).pk}, {**_mcp_body(c), "enabled": False})
+    ),
+    ("mcp-server-detail", "patch"): Call("tools", _pk(_mcp_server, {"description": "d"})),
+    ("mcp-server-detail", "delete"): Call("tools", _pk(_mcp_server), 204),
+    ("mcp-server-discover", "post"): Call("tools", _pk(_mcp_server)),
+    ("mcp-server-test", "post"): Call("tools", _pk(_mcp_server)),
 }
 
 
@@ -335,6 +420,15 @@ def _put_schedule(cast: Cast) -> tuple[dict[str, Any], Body]:
     return {"pk": schedule.pk}, _schedule_body(cast, schedule.workflow)
 
 
+def _paused_schedule(cast: Cast) -> Any:
+    from workflows import schedules
+
+    return schedules.schedule_pause(schedule=_schedule(cast), actor=cast.owner)
+
+
+_BACKFILL = {"from": "2025-06-02T09:00:00Z", "to": "2025-06-02T11:00:00Z"}
+
+
 def _put_event_trigger(cast: Cast) -> tuple[dict[str, Any], Body]:
     trigger = _event_trigger(cast)
     return {"pk": trigger.pk}, _event_trigger_body(cast, trigger)
@@ -401,6 +495,20 @@ def _waiting(cast: Cast) -> tuple[dict[str, Any], Body]:
     return {"pk": run.pk, "node_id": "a"}, {"comment": "ok"}
 
 
+def _mcp_call(cast: Cast) -> tuple[dict[str, Any], Body]:
+    workflow = _workflow(cast)
+    return {"pk": cast.project.pk}, {
+        "jsonrpc": "2.0",
+        "id": 1,
+        "method": "tools/call",
+        "params": {
+            "name": workflow.slug,
+            "arguments": {"name": "Ada"},
+            "_meta": {"io.sparkops/wait": 0},
+        },
+    }
+
+
 RUNS = {
     ("run-list", "post"): Call(
         "runs", _with(lambda c: {"workflow": _workflow(c).pk, "input": {"name": "Ada"}}), 201
@@ -410,6 +518,11 @@ RUNS = {
     ("run-retry", "post"): Call("runs", _pk(_finished_run, {}), 201),
     ("run-approve", "post"): Call("runs", _waiting),
     ("run-reject", "post"): Call("runs", _waiting),
+    ("schedule-pause", "post"): Call("runs", _pk(_schedule)),
+    ("schedule-resume", "post"): Call("runs", _pk(_paused_schedule)),
+    ("schedule-backfill", "post"): Call("runs", _pk(_schedule, _BACKFILL)),
+    # An MCP tools/call starts a run (answered at once: `io.sparkops/wait` 0).
+    ("project-mcp", "post"): Call("runs", lambda c: _mcp_call(c)),
 }
 
 
@@ -456,6 +569,7 @@ WRITES: dict[tuple[str, str], Call] = {
     **ACCOUNTS,
     **PROJECTS,
     **AGENTS,
+    **MODEL_PRICES,
     **TOOLS,
     **WORKFLOWS,
     **RUNS,
@@ -505,3 +619,35 @@ def test_every_write_route_succeeds_in_a_real_transaction(cast: Cast, settings: 
         if response.status_code != call.status:
             failures.append((name, method, response.status_code, response.content[:300]))
     assert not failures, failures
+
+
+# Write routes that change nothing another person would audit: computations that answer
+# without saving (validation, previews, a policy dry-run, an agent test call, a tool
+# invocation), and token refreshes.
+NOT_AUDITED = {
+    ("auth-refresh", "post"),
+    ("workflow-validate", "post"),
+    ("schedule-preview-cron", "post"),
+    ("policy-evaluate", "post"),
+    ("agent-test", "post"),
+    ("tool-invoke", "post"),
+    ("mcp-server-test", "post"),
+}
+
+
+@pytest.mark.django_db
+def test_every_write_leaves_an_audit_entry(cast: Cast, settings: Any):
+    from policies.models import AuditEvent
+
+    settings.SPARKOPS_OUTBOUND_ALLOW = ["127.0.0.1"]
+    missing = []
+    for (name, method), call in WRITES.items():
+        kwargs, body = call.build(cast)
+        before = AuditEvent.objects.order_by("-id").values_list("id", flat=True).first() or 0
+        client = client_for() if call.who == "anonymous" else cast.client(call.who)
+        response = getattr(client, method)(reverse(name, kwargs=kwargs), body, format="json")
+        assert response.status_code == call.status, (name, method, response.content[:300])
+        written = AuditEvent.objects.filter(id__gt=before).exists()
+        if written == ((name, method) in NOT_AUDITED):
+            missing.append((name, method, "audited" if written else "no audit entry"))
+    assert not missing, missing

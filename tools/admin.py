@@ -1,21 +1,28 @@
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from django import forms
 from django.contrib import admin, messages
-from django.core.exceptions import PermissionDenied
 from django.db.models import QuerySet
 from django.http import HttpRequest
-from django.utils.html import format_html
 
-from sparkops.adminkit import PrettyJSONField
-from sparkops.console.scoping import ProjectScopedAdmin
+from projects.admin_scoping import ProjectScopedAdmin
+from sparkops.adminkit import (
+    PrettyJSONField,
+    ReadOnlyInline,
+    ServiceAdmin,
+    VersionAdmin,
+    VersionedAdmin,
+    VersionInline,
+    add_service_errors,
+    adopt,
+    for_each_writable,
+)
 from sparkops.errors import SparkOpsError
 
-from . import services
-from .models import Tool, ToolVersion
+from . import mcp_services, services
+from .models import McpServer, McpToolset, Tool, ToolVersion
 from .schema import clean_tool
 
 EDITABLE = services.VERSIONED_FIELDS
@@ -64,43 +71,19 @@ class ToolAdminForm(forms.ModelForm):
                 status=data.get("status") or Tool.Status.ACTIVE,
             )
         except SparkOpsError as exc:
-            for key, problems in (exc.errors or {}).items():
-                field, _, path = key.partition(".")
-                if field in broken:
-                    continue
-                for problem in problems:
-                    self.add_error(
-                        field if field in self.fields else None,
-                        f"{path}: {problem}" if path else problem,
-                    )
+            add_service_errors(self, exc)
             return data
         if not broken:
             data.update(cleaned)
         return data
 
 
-class ToolVersionInline(admin.TabularInline):
+class ToolVersionInline(VersionInline):
     model = ToolVersion
-    extra = 0
-    max_num = 0
-    can_delete = False
-    fields = ["number", "created_by", "created_at", "snapshot_pretty"]
-    readonly_fields = fields
-    ordering = ["-number"]
-
-    @admin.display(description="Snapshot")
-    def snapshot_pretty(self, obj: ToolVersion) -> str:
-        return format_html("<pre>{}</pre>", json.dumps(obj.snapshot, indent=2))
-
-    def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
-
-    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
 
 
 @admin.register(Tool)
-class ToolAdmin(ProjectScopedAdmin, admin.ModelAdmin):
+class ToolAdmin(ProjectScopedAdmin, VersionedAdmin):
     form = ToolAdminForm
     list_display = ["name", "project", "is_global", "kind", "status", "version", "updated_at"]
     list_filter = ["kind", "status", "is_global"]
@@ -110,10 +93,7 @@ class ToolAdmin(ProjectScopedAdmin, admin.ModelAdmin):
     readonly_fields = ["version", "created_by", "created_at", "updated_at"]
     inlines = [ToolVersionInline]
     actions = ["disable_tools", "enable_tools"]
-
-    def get_readonly_fields(self, request: HttpRequest, obj: Any = None) -> list[str]:
-        fields = list(super().get_readonly_fields(request, obj))
-        return [*fields, "project", "is_global"] if obj is not None else fields
+    create_only = ("project", "is_global")
 
     def save_model(self, request: HttpRequest, obj: Tool, form: Any, change: bool) -> None:
         """Saves go through the services (validation, versions), never `obj.save()`."""
@@ -128,30 +108,18 @@ class ToolAdmin(ProjectScopedAdmin, admin.ModelAdmin):
                 is_global=form.cleaned_data.get("is_global", False),
                 **fields,
             )
-        obj.pk = saved.pk
-        obj._state.adding = False
-        obj.refresh_from_db()
+        adopt(obj, saved)
 
     def delete_model(self, request: HttpRequest, obj: Tool) -> None:
         services.tool_delete(tool=obj, actor=request.user)
 
-    def delete_queryset(self, request: HttpRequest, queryset: QuerySet[Tool]) -> None:
-        for tool in queryset:
-            services.tool_delete(tool=tool, actor=request.user)
-
     def _set_status(self, request: HttpRequest, queryset: QuerySet[Tool], status: str) -> None:
-        changed = 0
-        for tool in queryset:
-            if not self.may_write(request, tool):
-                self.message_user(
-                    request, f"{tool}: your role does not allow this.", messages.ERROR
-                )
-                continue
-            try:
-                services.tool_update(tool=tool, actor=request.user, status=status)
-                changed += 1
-            except SparkOpsError as exc:
-                self.message_user(request, f"{tool}: {exc.detail}", messages.ERROR)
+        changed = for_each_writable(
+            self,
+            request,
+            queryset,
+            lambda tool: services.tool_update(tool=tool, actor=request.user, status=status),
+        )
         self.message_user(request, f"{changed} tool(s) set to {status}.", messages.SUCCESS)
 
     @admin.action(description="Disable selected tools")
@@ -164,33 +132,106 @@ class ToolAdmin(ProjectScopedAdmin, admin.ModelAdmin):
 
 
 @admin.register(ToolVersion)
-class ToolVersionAdmin(ProjectScopedAdmin, admin.ModelAdmin):
-    """Versions are immutable: written by the services, only read here."""
-
-    scope_through = "tool"
-    project_path = "tool.project"
-
-    list_display = ["tool", "number", "created_by", "created_at"]
-    list_select_related = ["tool", "tool__project", "created_by"]
+class ToolVersionAdmin(ProjectScopedAdmin, VersionAdmin):
+    versioned = "tool"
     search_fields = ["tool__name"]
     list_filter = ["tool__kind"]
-    fields = ["tool", "number", "created_by", "created_at", "snapshot_pretty"]
+
+
+class McpServerAdminForm(forms.ModelForm):
+    args = PrettyJSONField(rows=3, required=False, help_text="stdio only: the arguments.")
+    headers = PrettyJSONField(
+        rows=6, required=False, help_text=McpServer._meta.get_field("headers").help_text
+    )
+
+    class Meta:
+        model = McpServer
+        fields = [
+            "project",
+            "name",
+            "description",
+            "transport",
+            "url",
+            "command",
+            "args",
+            "headers",
+            "enabled",
+            "timeout_seconds",
+        ]
+
+    def clean(self) -> dict[str, Any]:
+        """The API's checks (tools.mcp_services.mcp_server_clean), errors on their fields."""
+        data = super().clean()
+        if self.errors:
+            return data
+        values = {name: data.get(name) for name in mcp_services.EDITABLE_FIELDS}
+        values["headers"] = values["headers"] or {}
+        values["args"] = values["args"] or []
+        try:
+            data.update(mcp_services.mcp_server_clean(values))
+        except SparkOpsError as exc:
+            add_service_errors(self, exc)
+        return data
+
+
+class McpToolsetInline(ReadOnlyInline):
+    model = McpToolset
+    fields = ["number", "tools", "digest", "created_at"]
     readonly_fields = fields
 
-    @admin.display(description="Snapshot")
-    def snapshot_pretty(self, obj: ToolVersion) -> str:
-        return format_html("<pre>{}</pre>", json.dumps(obj.snapshot, indent=2))
 
-    def has_add_permission(self, request: HttpRequest) -> bool:
-        return False
+@admin.register(McpServer)
+class McpServerAdmin(ProjectScopedAdmin, ServiceAdmin):
+    """Saves go through tools.mcp_services (the same checks as the API); a new server's tools
+    are discovered on save, and the `Discover tools` action lists them again."""
 
-    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
+    form = McpServerAdminForm
+    list_display = ["name", "project", "transport", "url", "enabled", "tools_version"]
+    list_filter = ["transport", "enabled"]
+    list_select_related = ["project"]
+    search_fields = ["name", "description", "url", "project__name", "project__slug"]
+    autocomplete_fields = ["project"]
+    readonly_fields = [
+        "tools_version",
+        "discovered_at",
+        "discovery_error",
+        "created_by",
+        "created_at",
+        "updated_at",
+    ]
+    inlines = [McpToolsetInline]
+    actions = ["discover_tools"]
 
-    def get_actions(self, request: HttpRequest) -> dict[str, Any]:
-        return {}
+    create_only = ("project",)
 
-    def delete_view(self, request: HttpRequest, object_id: str, extra_context: Any = None) -> Any:
-        # Deleting a tool deletes its versions (the cascade needs the delete permission);
-        # a version alone is never deleted.
-        raise PermissionDenied
+    def save_model(self, request: HttpRequest, obj: McpServer, form: Any, change: bool) -> None:
+        fields = {
+            name: form.cleaned_data[name]
+            for name in mcp_services.EDITABLE_FIELDS
+            if name in form.cleaned_data
+        }
+        if fields.get("headers") is None:
+            fields["headers"] = {}
+        if fields.get("args") is None:
+            fields["args"] = []
+        if change:
+            original = McpServer.objects.get(pk=obj.pk)
+            saved = mcp_services.mcp_server_update(server=original, actor=request.user, **fields)
+        else:
+            saved = mcp_services.mcp_server_create(
+                actor=request.user, project=form.cleaned_data["project"], **fields
+            )
+        adopt(obj, saved)
+
+    def delete_model(self, request: HttpRequest, obj: McpServer) -> None:
+        mcp_services.mcp_server_delete(server=obj, actor=request.user)
+
+    @admin.action(description="Discover tools of the selected servers")
+    def discover_tools(self, request: HttpRequest, queryset: QuerySet[McpServer]) -> None:
+        done = for_each_writable(
+            self,
+            request,
+            queryset,
+            lambda server: mcp_services.mcp_server_discover(server=server, actor=request.user),
+        )
+        self.message_user(request, f"{done} server(s) discovered.", messages.SUCCESS)

@@ -15,10 +15,12 @@ from typing import Any
 from jsonschema import Draft202012Validator
 from jsonschema.exceptions import SchemaError, ValidationError
 
+from sparkops import templating
 from sparkops.errors import InvalidInput
 from sparkops.regex import FORMAT_CHECKER, UserSchemaValidator, check_user_schema
 from sparkops.regex import search as regex_search
 
+from .executors.builtin import BUILTINS
 from .models import Tool
 
 NAME_RE = re.compile(Tool.NAME_RE)
@@ -257,8 +259,6 @@ HTTP_CONFIG_SCHEMA: dict[str, Any] = {
 
 
 def builtin_config_schema() -> dict[str, Any]:
-    from .executors.builtin import BUILTINS
-
     return {
         "type": "object",
         "required": ["function"],
@@ -288,8 +288,6 @@ def _templates_of(config: dict[str, Any]) -> list[tuple[str, Any]]:
 
 
 def _template_errors(value: Any, roots: frozenset[str]) -> list[str]:
-    from workflows import templating
-
     try:
         for text in _strings(value):
             templating.check_syntax(text)
@@ -409,8 +407,6 @@ def config_errors(kind: str, config: Any) -> Errors:
 def default_parameters(kind: str, config: Any) -> dict[str, Any]:
     """What an empty `parameters` becomes: the built-in function's own schema, or an object
     schema with no properties."""
-    from .executors.builtin import BUILTINS
-
     if kind == Tool.Kind.BUILTIN and isinstance(config, dict):
         builtin = BUILTINS.get(config.get("function"))  # type: ignore[arg-type]
         if builtin is not None and "template" not in config:

@@ -8,14 +8,16 @@ Who may write: a developer (or above) of the tool's project, or staff. Global to
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from typing import Any
 
-from django.db import IntegrityError, transaction
+from django.db import transaction
 
-from policies.audit import audit_record
 from projects.models import Membership, Project, Role
 from projects.secrets import SecretBag
+from sparkops.audit import audit_record
 from sparkops.errors import Conflict, Forbidden, InvalidInput
+from sparkops.services import duplicate_as, object_update
 from sparkops.versioning import version_record, version_restore_fields
 
 from .executors import ToolResult, execute
@@ -59,16 +61,12 @@ def _require_unique_name(*, name: str, project: Project | None, exclude: int | N
         )
 
 
-def _save(tool: Tool, *, update_fields: list[str] | None = None) -> None:
-    """Save, turning a lost race on the unique name into the same 409 as the check."""
-    try:
-        with transaction.atomic():
-            tool.save(update_fields=update_fields)
-    except IntegrityError:
-        raise Conflict(
-            f"A tool named '{tool.name}' already exists.",
-            errors={"name": ["A tool with this name already exists."]},
-        ) from None
+def _name_conflict(tool: Tool) -> Callable[[], Conflict]:
+    """A lost race on the unique name, as the same 409 as the check."""
+    return lambda: Conflict(
+        f"A tool named '{tool.name}' already exists.",
+        errors={"name": ["A tool with this name already exists."]},
+    )
 
 
 def _refuse_unknown(fields: dict[str, Any]) -> None:
@@ -98,7 +96,8 @@ def tool_create(
     cleaned = clean_tool(**{"name": None, "kind": None, **fields})
     _require_unique_name(name=cleaned["name"], project=project, exclude=None)
     tool = Tool(project=project, is_global=is_global, created_by=actor, **cleaned)
-    _save(tool)
+    with duplicate_as(_name_conflict(tool)):
+        tool.save()
     version_record(obj=tool, fields=VERSIONED_FIELDS, actor=actor)
     audit_record(actor=actor, project=project, action="tool.create", obj=tool, changes=cleaned)
     return tool
@@ -109,26 +108,35 @@ def tool_update(*, tool: Tool, actor: Any, **fields: Any) -> Tool:
     """Change some of the versioned fields; an update that changes nothing writes nothing."""
     _refuse_unknown(fields)
     _require_write(actor, project=tool.project, is_global=tool.is_global)
-    tool = Tool.objects.select_for_update().get(pk=tool.pk)
-    current = {name: getattr(tool, name) for name in VERSIONED_FIELDS}
-    cleaned = clean_tool(**{**current, **fields})
-    changed = [name for name in VERSIONED_FIELDS if cleaned[name] != current[name]]
-    if not changed:
-        return tool
-    if "name" in changed:
-        _require_unique_name(name=cleaned["name"], project=tool.project, exclude=tool.pk)
-    for name in changed:
-        setattr(tool, name, cleaned[name])
-    _save(tool, update_fields=[*changed, "updated_at"])
-    version_record(obj=tool, fields=VERSIONED_FIELDS, actor=actor)
-    audit_record(
+
+    def clean(locked: Tool) -> dict[str, Any]:
+        current = {name: getattr(locked, name) for name in VERSIONED_FIELDS}
+        return _clean_renamed(locked, {**current, **fields})
+
+    update = object_update(
+        tool,
         actor=actor,
-        project=tool.project,
-        action="tool.update",
-        obj=tool,
-        changes={n: cleaned[n] for n in changed},
+        clean=clean,
+        versioned_fields=VERSIONED_FIELDS,
+        conflict=_name_conflict(tool),
     )
+    if update.changed:
+        audit_record(
+            actor=actor,
+            project=tool.project,
+            action="tool.update",
+            obj=tool,
+            changes=update.changed,
+        )
     return tool
+
+
+def _clean_renamed(tool: Tool, values: dict[str, Any]) -> dict[str, Any]:
+    """`values` checked as the tool's new configuration, its name free in its scope."""
+    cleaned = clean_tool(**values)
+    if cleaned["name"] != tool.name:
+        _require_unique_name(name=cleaned["name"], project=tool.project, exclude=tool.pk)
+    return cleaned
 
 
 @transaction.atomic
@@ -142,20 +150,26 @@ def tool_delete(*, tool: Tool, actor: Any) -> None:
 def tool_rollback(*, tool: Tool, actor: Any, version: int) -> Tool:
     """Make the tool what it was at `version`, as a NEW version (history is never rewritten)."""
     _require_write(actor, project=tool.project, is_global=tool.is_global)
-    tool = Tool.objects.select_for_update().get(pk=tool.pk)
-    old = tool.versions.filter(number=version).first()
-    if old is None:
-        raise InvalidInput(
-            "Invalid input.", errors={"version": [f"This tool has no version {version}."]}
-        )
-    restored = version_restore_fields(obj=tool, version=old, fields=VERSIONED_FIELDS)
-    cleaned = clean_tool(**{**{n: getattr(tool, n) for n in VERSIONED_FIELDS}, **restored})
-    if cleaned["name"] != tool.name:
-        _require_unique_name(name=cleaned["name"], project=tool.project, exclude=tool.pk)
-    for name, value in cleaned.items():
-        setattr(tool, name, value)
-    _save(tool, update_fields=[*VERSIONED_FIELDS, "updated_at"])
-    version_record(obj=tool, fields=VERSIONED_FIELDS, actor=actor, force=True)
+
+    def clean(locked: Tool) -> dict[str, Any]:
+        old = locked.versions.filter(number=version).first()
+        if old is None:
+            raise InvalidInput(
+                "Invalid input.", errors={"version": [f"This tool has no version {version}."]}
+            )
+        current = {name: getattr(locked, name) for name in VERSIONED_FIELDS}
+        restored = version_restore_fields(obj=locked, version=old, fields=VERSIONED_FIELDS)
+        return _clean_renamed(locked, {**current, **restored})
+
+    object_update(
+        tool,
+        actor=actor,
+        clean=clean,
+        only_changed=False,
+        versioned_fields=VERSIONED_FIELDS,
+        force_version=True,
+        conflict=_name_conflict(tool),
+    )
     audit_record(
         actor=actor,
         project=tool.project,

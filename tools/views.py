@@ -11,8 +11,15 @@ from rest_framework.decorators import action
 from rest_framework.request import Request
 from rest_framework.response import Response
 
+from projects.api import (
+    VERSION_DIFF_PARAMETERS,
+    Forbidden,
+    ProjectRolePermission,
+    ProjectScopedViewSet,
+    VersionDiffSerializer,
+    version_diff_of,
+)
 from projects.models import Role
-from sparkops.api import Forbidden, ProjectRolePermission, ProjectScopedViewSet
 
 from . import services
 from .filters import ToolFilter
@@ -101,6 +108,15 @@ class ToolViewSet(ProjectScopedViewSet):
         tool = self.get_object()
         version = get_object_or_404(tool.versions, number=number)
         return Response(ToolVersionSerializer(version).data)
+
+    @extend_schema(
+        parameters=VERSION_DIFF_PARAMETERS,
+        responses={200: VersionDiffSerializer, 400: ERROR},
+    )
+    @action(detail=True, methods=["get"], filter_backends=[])
+    def diff(self, request: Request, pk: Any = None) -> Response:
+        """What changed between two versions: each field with its value before and after."""
+        return Response(version_diff_of(self.get_object(), request))
 
     @extend_schema(
         request=ToolRollbackSerializer, responses={200: ToolSerializer, 400: ERROR, 409: ERROR}

@@ -9,16 +9,27 @@ import graphlib
 from collections.abc import Callable, Iterator
 from typing import Any
 
+from django.conf import settings
 from jsonschema import Draft202012Validator
 from jsonschema.exceptions import SchemaError, ValidationError
 
+from sparkops import templating
 from sparkops.errors import InvalidInput
 from sparkops.regex import FORMAT_CHECKER, UserSchemaValidator, check_user_schema
+from sparkops.templating import TemplateError
 
-from . import templating
-from .templating import TemplateError
-
-NODE_TYPES = ("agent", "tool", "approval", "transform")
+NODE_TYPES = ("agent", "tool", "approval", "transform", "switch", "map", "workflow", "loop")
+LOOP_ITEM_TYPES = ("agent", "tool", "transform", "workflow")
+LOOP_MAX_ITERATIONS = 50
+MAP_ITEM_TYPES = ("agent", "tool", "transform")
+# What the templates of a map's item node may read besides the usual roots.
+ITEM_ROOTS = frozenset({"item", "item_index"})
+# What a workflow node's `output` mapping may read besides the usual roots: the child run.
+CHILD_ROOTS = frozenset({"child"})
+# A loop's body reads the previous iteration's output; its `until`, the iteration just done.
+BODY_ROOTS = frozenset({"previous", "iteration"})
+UNTIL_ROOTS = frozenset({"output", "iteration"})
+SWITCH_MAX_CASES = 100
 NODE_ID_PATTERN = r"^[A-Za-z_][A-Za-z0-9_-]{0,63}$"
 
 _NODE_COMMON: dict[str, Any] = {
@@ -75,7 +86,167 @@ _NODE_FIELDS: dict[str, tuple[dict[str, Any], list[str]]] = {
         {"output": {"description": "Any JSON; its strings are templates, rendered as the result."}},
         ["output"],
     ),
+    "switch": (
+        {
+            "value": {
+                "type": "string",
+                "minLength": 1,
+                "description": (
+                    "Template the cases' `equals` compare with, e.g. "
+                    "`{{ steps.classify.output.category }}` (a field of an agent's structured "
+                    "output)."
+                ),
+            },
+            "cases": {
+                "type": "array",
+                "minItems": 1,
+                "maxItems": SWITCH_MAX_CASES,
+                "description": (
+                    "Tried in order; the first that holds picks its branch (`to`). Each has "
+                    "a `when` condition or an `equals` value compared with `value`."
+                ),
+                "items": {
+                    "type": "object",
+                    "additionalProperties": False,
+                    "required": ["to"],
+                    "properties": {
+                        "when": {"type": "string", "minLength": 1},
+                        "equals": {"description": "Any JSON, compared with `value`."},
+                        "to": {
+                            "type": "string",
+                            "description": "The branch: a node that depends on this switch.",
+                        },
+                    },
+                },
+            },
+            "default": {
+                "type": "string",
+                "description": "The branch taken when no case holds (without it, the step fails).",
+            },
+        },
+        ["cases"],
+    ),
 }
+
+
+def _item_node_schema(node_type: str) -> dict[str, Any]:
+    fields, required = _NODE_FIELDS[node_type]
+    return {
+        "type": "object",
+        "properties": {"type": {"const": node_type}, **fields},
+        "required": ["type", *required],
+        "additionalProperties": False,
+    }
+
+
+_NODE_FIELDS["workflow"] = (
+    {
+        "workflow": {
+            "type": "string",
+            "minLength": 1,
+            "description": "The slug of a workflow of the same project, run as a child run.",
+        },
+        "input": {
+            "description": "The child run's input: any JSON; its strings are templates.",
+        },
+        "output": {
+            "description": (
+                "This step's output: any JSON whose strings are templates that read the "
+                "child run as `child` (`{{ child.output.summary }}`); without it, the child "
+                "run's output."
+            ),
+        },
+    },
+    ["workflow"],
+)
+
+
+def _body_schema() -> dict[str, Any]:
+    return {
+        "type": "object",
+        "description": (
+            "The node each iteration runs (agent, tool, transform or workflow, without id or "
+            "depends_on); its templates read the previous iteration's output as `previous` "
+            "(null at first) and the iteration number as `iteration` (from 0). The loop's "
+            "`retry` and `timeout_seconds` apply to each iteration."
+        ),
+        "required": ["type"],
+        "properties": {"type": {"enum": list(LOOP_ITEM_TYPES)}},
+        "allOf": [
+            {
+                "if": {"properties": {"type": {"const": item_type}}, "required": ["type"]},
+                "then": _item_node_schema(item_type),
+            }
+            for item_type in LOOP_ITEM_TYPES
+        ],
+    }
+
+
+_NODE_FIELDS["loop"] = (
+    {
+        "node": _body_schema(),
+        "until": {
+            "type": "string",
+            "minLength": 1,
+            "description": (
+                "Condition checked after each iteration, reading its output as `output` and "
+                "its number as `iteration`: true ends the loop with that output."
+            ),
+        },
+        "max_iterations": {
+            "type": "integer",
+            "minimum": 1,
+            "maximum": LOOP_MAX_ITERATIONS,
+            "description": "Iterations at most (default 10); reaching it without `until` fails.",
+        },
+    },
+    ["node", "until"],
+)
+
+_NODE_FIELDS["map"] = (
+    {
+        "items": {
+            # anyOf, not a type list: the definitions' schema is also part of the OpenAPI 3.0
+            # document, which has no type lists.
+            "anyOf": [{"type": "string"}, {"type": "array"}],
+            "description": (
+                "The list to map over: a template such as `{{ input.documents }}` or "
+                "`{{ steps.search.output.hits }}`, or a literal list."
+            ),
+        },
+        "node": {
+            "type": "object",
+            "description": (
+                "The node run once per item (agent, tool or transform, without id or "
+                "depends_on); its templates read the item as `item` and its position as "
+                "`item_index`. The map's `retry` and `timeout_seconds` apply to each item."
+            ),
+            "required": ["type"],
+            "properties": {"type": {"enum": list(MAP_ITEM_TYPES)}},
+            "allOf": [
+                {
+                    "if": {"properties": {"type": {"const": item_type}}, "required": ["type"]},
+                    "then": _item_node_schema(item_type),
+                }
+                for item_type in MAP_ITEM_TYPES
+            ],
+        },
+        "max_concurrency": {
+            "type": "integer",
+            "minimum": 1,
+            "maximum": 1000,
+            "description": "Items in flight at once (default 10).",
+        },
+        "on_item_failure": {
+            "enum": ["fail_fast", "collect"],
+            "description": (
+                "fail_fast (default): the first item that fails for good fails the map and "
+                "cancels the rest; collect: every item runs, a failed one's output is null."
+            ),
+        },
+    },
+    ["items", "node"],
+)
 
 
 def _node_schema(node_type: str) -> dict[str, Any]:
@@ -130,6 +301,8 @@ _TEMPLATE_FIELDS = {
     "tool": ("args",),
     "approval": ("message",),
     "transform": ("output",),
+    "switch": ("value",),
+    "workflow": ("input",),
 }
 
 
@@ -171,8 +344,12 @@ def _schema_messages(error: ValidationError, root: str) -> Iterator[tuple[str, s
     elif error.validator == "type":
         expected = " or ".join(value) if isinstance(value, list) else value
         yield where, f"Must be of type {expected}."
+    elif error.validator == "anyOf" and all(list(choice) == ["type"] for choice in value):
+        # A type list written as anyOf (see the map's `items`).
+        yield where, f"Must be of type {' or '.join(choice['type'] for choice in value)}."
     elif error.validator == "enum" and root == "definition" and path[-1:] == ["type"]:
-        expected = ", ".join(NODE_TYPES)
+        # A map's or loop's body: the types its schema lists.
+        expected = ", ".join(value if path[-2:-1] == ["node"] else NODE_TYPES)
         yield where, f"Unknown node type {error.instance!r}; expected one of: {expected}."
     elif error.validator == "enum":
         yield where, "Must be one of: " + ", ".join(repr(option) for option in value) + "."
@@ -212,6 +389,20 @@ def _dependencies(definition: Any) -> dict[str, list[str]]:
         node_id: [dep for dep in node_deps if isinstance(dep, str) and dep in deps]
         for node_id, node_deps in deps.items()
     }
+
+
+def switch_branches(node: Any) -> list[str]:
+    """The nodes a switch may pick (its cases' `to`, then its `default`), each once."""
+    if not isinstance(node, dict) or node.get("type") != "switch":
+        return []
+    cases = node.get("cases")
+    targets = (
+        [case.get("to") for case in cases if isinstance(case, dict)]
+        if isinstance(cases, list)
+        else []
+    )
+    targets.append(node.get("default"))
+    return list(dict.fromkeys(t for t in targets if isinstance(t, str)))
 
 
 def _layers(deps: dict[str, list[str]]) -> list[list[str]]:
@@ -262,11 +453,15 @@ def upstream(definition: Any) -> dict[str, set[str]]:
 
 def graph(definition: Any) -> dict[str, Any]:
     """What the UI draws: nodes, edges (dependency -> dependent; conditional when the
-    dependent has a `when`) and layers by topological rank."""
+    dependent has a `when` or is a branch of the switch it depends on) and layers by
+    topological rank."""
     deps = _dependencies(definition)
     seen: set[str] = set()
     nodes = []
     edges = []
+    branches = {
+        (node["id"], target) for node in _nodes(definition) for target in switch_branches(node)
+    }
     for node in _nodes(definition):
         node_id = node["id"]
         if node_id in seen:
@@ -283,7 +478,12 @@ def graph(definition: Any) -> dict[str, Any]:
             }
         )
         edges.extend(
-            {"source": dep, "target": node_id, "conditional": bool(when)} for dep in deps[node_id]
+            {
+                "source": dep,
+                "target": node_id,
+                "conditional": bool(when) or (dep, node_id) in branches,
+            }
+            for dep in deps[node_id]
         )
     try:
         layers = _layers(deps)
@@ -315,6 +515,7 @@ def _check_template(
     step_ids: set[str],
     allowed_steps: set[str] | None,
     node_id: str | None,
+    extra_roots: frozenset[str] = frozenset(),
 ) -> None:
     """Syntax, roots and step references of one template string. `allowed_steps` None means
     any existing step may be read (the workflow's output)."""
@@ -329,11 +530,11 @@ def _check_template(
     except TemplateError as exc:
         errors.add(where, exc.detail)
         return
-    for name in sorted(roots - templating.ROOTS):
+    for name in sorted(roots - templating.ROOTS - extra_roots):
         errors.add(
             where,
             f"Unknown template variable {name!r}; use one of: "
-            + ", ".join(sorted(templating.ROOTS))
+            + ", ".join(sorted(templating.ROOTS | extra_roots))
             + ".",
         )
     if dynamic:
@@ -362,6 +563,7 @@ def validate_definition(
     agent_exists: Callable[[str], bool],
     tool_exists: Callable[[str], bool],
     tool_host_from_args: Callable[[str], bool] | None = None,
+    workflow_exists: Callable[[str], bool] | None = None,
 ) -> None:
     """Raise InvalidInput("Invalid workflow definition.") with every problem found, keyed by
     location (`definition.nodes[2].depends_on`). `tool_host_from_args(name)` says whether a
@@ -382,6 +584,8 @@ def validate_definition(
     ]
     positions = _node_positions(errors, indexed)
     references = _References(errors, agent_exists, tool_exists, tool_host_from_args)
+    references.depends_on = _dependencies(definition)
+    references.workflow_exists = workflow_exists
     for index, node in indexed:
         references.check(index, node, step_ids=set(positions))
     _check_cycles(errors, definition, positions)
@@ -430,9 +634,13 @@ class _References:
         self.tool_host_from_args = tool_host_from_args
         self.agents: dict[str, bool] = {}
         self.tools: dict[str, bool] = {}
+        self.depends_on: dict[str, list[str]] = {}
+        self.workflow_exists: Callable[[str], bool] | None = None
 
-    def check(self, index: int, node: dict[str, Any], *, step_ids: set[str]) -> None:
-        base = f"definition.nodes[{index}]"
+    def check(
+        self, index: int, node: dict[str, Any], *, step_ids: set[str], base: str = ""
+    ) -> None:
+        base = base or f"definition.nodes[{index}]"
         node_type = node.get("type")
         if node_type == "agent" and isinstance(node.get("agent"), str) and node["agent"]:
             slug = node["agent"]
@@ -446,6 +654,70 @@ class _References:
         for dep in depends_on if isinstance(depends_on, list) else []:
             if isinstance(dep, str) and dep not in step_ids:
                 self.errors.add(f"{base}.depends_on", f"Unknown node {dep!r}.")
+        if node_type == "switch":
+            self._check_switch(base, node, step_ids)
+        if node_type == "map":
+            self._check_map(base, node)
+        body = node.get("node") if node_type == "loop" else None
+        if isinstance(body, dict) and body.get("type") in LOOP_ITEM_TYPES:
+            self.check(-1, {**body, "id": node.get("id")}, step_ids=set(), base=f"{base}.node")
+        slug = node.get("workflow")
+        exists = self.workflow_exists or (lambda slug: True)
+        if node_type == "workflow" and isinstance(slug, str) and not exists(slug):
+            self.errors.add(
+                f"{base}.workflow",
+                f"Node {node.get('id')!r} runs unknown workflow {slug!r} (not in this project).",
+            )
+
+    def _check_map(self, base: str, node: dict[str, Any]) -> None:
+        """The item node's agent or tool exists; a literal list is within the item limit."""
+        inner = node.get("node")
+        if isinstance(inner, dict) and inner.get("type") in MAP_ITEM_TYPES:
+            self.check(-1, inner, step_ids=set(), base=f"{base}.node")
+        items = node.get("items")
+        limit = settings.SPARKOPS_MAP_MAX_ITEMS
+        if isinstance(items, list) and len(items) > limit:
+            self.errors.add(
+                f"{base}.items",
+                f"Map {node.get('id')!r} has {len(items)} items; at most {limit} are allowed "
+                "(SPARKOPS_MAP_MAX_ITEMS).",
+            )
+
+    def _check_switch(self, base: str, node: dict[str, Any], step_ids: set[str]) -> None:
+        """Every branch is a node that depends on the switch directly; each case has one test;
+        `equals` needs the switch's `value`."""
+        switch_id = node.get("id")
+        cases = node.get("cases")
+        places = [
+            (f"{base}.cases[{index}]", case)
+            for index, case in enumerate(cases if isinstance(cases, list) else [])
+            if isinstance(case, dict)
+        ]
+        for where, case in places:
+            if ("when" in case) == ("equals" in case):
+                self.errors.add(
+                    where, f"Switch {switch_id!r}: a case needs exactly one of `when` or `equals`."
+                )
+            elif "equals" in case and "value" not in node:
+                self.errors.add(
+                    f"{where}.equals",
+                    f"Switch {switch_id!r} has no `value` for `equals` to compare with.",
+                )
+        targets = [(f"{where}.to", case.get("to")) for where, case in places]
+        targets.append((f"{base}.default", node.get("default")))
+        for where, target in targets:
+            if not isinstance(target, str):
+                continue
+            if target == switch_id:
+                self.errors.add(where, f"Switch {switch_id!r} cannot branch to itself.")
+            elif target not in step_ids:
+                self.errors.add(where, f"Switch {switch_id!r} branches to unknown node {target!r}.")
+            elif switch_id not in self.depends_on.get(target, ()):
+                self.errors.add(
+                    where,
+                    f"Node {target!r} must list {switch_id!r} in its depends_on to be a branch "
+                    f"of switch {switch_id!r}.",
+                )
 
     def _check_tool(self, base: str, name: str, args: Any) -> None:
         if name not in self.tools:
@@ -497,6 +769,42 @@ def _check_templates(
         ]
         if isinstance(node.get("when"), str):
             sources.append((f"{base}.when", node["when"], True))
+        if node_type == "workflow" and "output" in node:
+            for where, source in _template_strings(node["output"], f"{base}.output"):
+                _check_template(
+                    errors,
+                    where,
+                    source,
+                    condition=False,
+                    step_ids=step_ids,
+                    allowed_steps=allowed,
+                    node_id=node_id,
+                    extra_roots=CHILD_ROOTS,
+                )
+        if node_type == "loop":
+            _loop_templates(errors, base, node, step_ids, allowed, node_id)
+        if node_type == "map" and isinstance(node.get("items"), str):
+            sources.append((f"{base}.items", node["items"], False))
+        inner = node.get("node") if node_type == "map" else None
+        if isinstance(inner, dict) and isinstance(inner.get("type"), str):
+            for field in _TEMPLATE_FIELDS.get(inner["type"], ()):
+                for where, source in _template_strings(inner.get(field), f"{base}.node.{field}"):
+                    _check_template(
+                        errors,
+                        where,
+                        source,
+                        condition=False,
+                        step_ids=step_ids,
+                        allowed_steps=allowed,
+                        node_id=node_id,
+                        extra_roots=ITEM_ROOTS,
+                    )
+        if node_type == "switch" and isinstance(node.get("cases"), list):
+            sources.extend(
+                (f"{base}.cases[{i}].when", case["when"], True)
+                for i, case in enumerate(node["cases"])
+                if isinstance(case, dict) and isinstance(case.get("when"), str)
+            )
         for where, source, condition in sources:
             _check_template(
                 errors,
@@ -518,6 +826,41 @@ def _check_templates(
                 allowed_steps=None,
                 node_id=None,
             )
+
+
+def _loop_templates(
+    errors: _Errors,
+    base: str,
+    node: dict[str, Any],
+    step_ids: set[str],
+    allowed: set[str] | None,
+    node_id: str | None,
+) -> None:
+    body = node.get("node")
+    sources: list[tuple[str, str, bool, frozenset[str]]] = []
+    if isinstance(body, dict) and isinstance(body.get("type"), str):
+        fields = list(_TEMPLATE_FIELDS.get(body["type"], ()))
+        if body["type"] == "workflow":
+            fields.append("output")
+        for field in fields:
+            roots = BODY_ROOTS | (CHILD_ROOTS if field == "output" else frozenset())
+            sources.extend(
+                (where, source, False, roots)
+                for where, source in _template_strings(body.get(field), f"{base}.node.{field}")
+            )
+    if isinstance(node.get("until"), str):
+        sources.append((f"{base}.until", node["until"], True, UNTIL_ROOTS))
+    for where, source, condition, roots in sources:
+        _check_template(
+            errors,
+            where,
+            source,
+            condition=condition,
+            step_ids=step_ids,
+            allowed_steps=allowed,
+            node_id=node_id,
+            extra_roots=roots,
+        )
 
 
 def validate_input(input_schema: dict[str, Any] | None, data: Any) -> None:

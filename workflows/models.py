@@ -2,11 +2,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from django.conf import settings
 from django.db import models
 
 from projects.models import Project
-from sparkops.models import VersionBase
+from sparkops.models import Authored, VersionBase
 
 
 class WorkflowQuerySet(models.QuerySet["Workflow"]):
@@ -18,12 +17,26 @@ def default_retry_policy() -> dict[str, Any]:
     return {"max_attempts": 1, "backoff_seconds": 2, "max_backoff_seconds": 300}
 
 
-class Workflow(models.Model):
+class Workflow(Authored):
     class Status(models.TextChoices):
         DRAFT = "draft", "Draft"
         ACTIVE = "active", "Active"
         PAUSED = "paused", "Paused"
         ARCHIVED = "archived", "Archived"
+
+    # What a caller may set, besides `project` (chosen on create, fixed afterwards): the one
+    # list the service, the API serializer and the admin form take theirs from.
+    EDITABLE_FIELDS = (
+        "name",
+        "slug",
+        "description",
+        "definition",
+        "status",
+        "timeout_seconds",
+        "retry_policy",
+        "max_concurrent_runs",
+        "triggers",
+    )
 
     project = models.ForeignKey(Project, on_delete=models.CASCADE, related_name="workflows")
     name = models.CharField(max_length=200)
@@ -42,11 +55,6 @@ class Workflow(models.Model):
     )
     triggers = models.JSONField(default=dict, blank=True)
     version = models.PositiveIntegerField(default=1)
-    created_by = models.ForeignKey(
-        settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, blank=True, related_name="+"
-    )
-    created_at = models.DateTimeField(auto_now_add=True)
-    updated_at = models.DateTimeField(auto_now=True)
 
     objects = WorkflowQuerySet.as_manager()
 
@@ -86,7 +94,7 @@ class TriggerQuerySet(models.QuerySet[Any]):
         return self.filter(project__in=Project.objects.for_user(user))
 
 
-class Schedule(models.Model):
+class Schedule(Authored):
     """A cron schedule of a workflow. Mirrored to one django-celery-beat PeriodicTask (+ its
     CrontabSchedule) by `workflows.schedules` only; beat fires `workflows.schedule_fire`, which
     records one ScheduleFire per fire slot (unique), so a double fire never starts two runs."""
@@ -95,6 +103,21 @@ class Schedule(models.Model):
         ALLOW = "allow", "Allow: start a run on every fire"
         SKIP = "skip", "Skip while the previous run is active"
         QUEUE = "queue", "Queue one fire until the previous run finishes"
+
+    # What a caller may set, besides `workflow` (chosen on create, fixed afterwards): the one
+    # list the service, the API serializer and the admin form take theirs from.
+    EDITABLE_FIELDS = (
+        "name",
+        "description",
+        "cron",
+        "timezone",
+        "input",
+        "enabled",
+        "start_at",
+        "end_at",
+        "overlap",
+        "catch_up",
+    )
 
     project = models.ForeignKey(Project, on_delete=models.CASCADE, related_name="schedules")
     workflow = models.ForeignKey(Workflow, on_delete=models.CASCADE, related_name="schedules")
@@ -118,6 +141,13 @@ class Schedule(models.Model):
         "runs.Run", on_delete=models.SET_NULL, null=True, blank=True, related_name="+"
     )
     last_fired_at = models.DateTimeField(null=True, blank=True)
+    paused_at = models.DateTimeField(
+        null=True,
+        blank=True,
+        editable=False,
+        help_text="When the schedule was paused (disabled); resuming with catch_up starts the "
+        "latest slot missed since then.",
+    )
     next_run_at = models.DateTimeField(
         null=True, blank=True, help_text="Next fire time (empty while disabled or paused)."
     )
@@ -129,11 +159,6 @@ class Schedule(models.Model):
         editable=False,
         related_name="sparkops_schedule",
     )
-    created_by = models.ForeignKey(
-        settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, blank=True, related_name="+"
-    )
-    created_at = models.DateTimeField(auto_now_add=True)
-    updated_at = models.DateTimeField(auto_now=True)
 
     objects = TriggerQuerySet.as_manager()
 
@@ -179,7 +204,7 @@ class ScheduleFire(models.Model):
         return f"{self.schedule_id}@{self.slot:%Y-%m-%d %H:%M} {self.status}"
 
 
-class WebhookTrigger(models.Model):
+class WebhookTrigger(Authored):
     """`POST /api/v1/hooks/{token}` starts a run of `workflow`. Only a hash of the token is
     stored (the token is shown once); the signature secret is encrypted at rest."""
 
@@ -225,11 +250,6 @@ class WebhookTrigger(models.Model):
     )
     enabled = models.BooleanField(default=True)
     last_delivery_at = models.DateTimeField(null=True, blank=True)
-    created_by = models.ForeignKey(
-        settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, blank=True, related_name="+"
-    )
-    created_at = models.DateTimeField(auto_now_add=True)
-    updated_at = models.DateTimeField(auto_now=True)
 
     objects = TriggerQuerySet.as_manager()
 
@@ -260,7 +280,7 @@ class WebhookReceipt(models.Model):
         return f"{self.delivery_id} → {self.run_id}"
 
 
-class EventTrigger(models.Model):
+class EventTrigger(Authored):
     """Start `target_workflow` when a run of `source_workflow` (same project) finishes with one
     of `statuses`; the input is mapped from the source run."""
 
@@ -280,11 +300,6 @@ class EventTrigger(models.Model):
         "run's output is the input.",
     )
     enabled = models.BooleanField(default=True)
-    created_by = models.ForeignKey(
-        settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, blank=True, related_name="+"
-    )
-    created_at = models.DateTimeField(auto_now_add=True)
-    updated_at = models.DateTimeField(auto_now=True)
 
     objects = TriggerQuerySet.as_manager()
 

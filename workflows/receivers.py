@@ -1,33 +1,43 @@
-"""Where workflows listens to the run engine and to its own deletes. Engine receivers run inside
-the engine's transaction with the run row locked; an exception would roll the run's transition
-back, so each works in a savepoint and logs instead of raising."""
+"""Where workflows listens to its own deletes and answers the layers below it."""
 
 from __future__ import annotations
 
-import logging
 from typing import Any
 
-from django.db import transaction
-
-logger = logging.getLogger(__name__)
-
-
-def on_run_finished(sender: Any, run: Any, **kwargs: Any) -> None:
-    from . import event_triggers, schedules
-
-    for name, work in (
-        ("event triggers", event_triggers.event_triggers_fire),
-        ("queued schedule fire", schedules.schedule_release_queued),
-    ):
-        try:
-            with transaction.atomic():
-                work(run=run)
-        except Exception:
-            logger.exception("%s after run %s finished failed", name, run.pk)
+from . import schedules
+from .models import Workflow
 
 
 def on_schedule_deleted(sender: Any, instance: Any, **kwargs: Any) -> None:
     """A schedule went, maybe with its workflow or project: its beat entry goes too."""
-    from . import schedules
-
     schedules.schedule_unsync(instance)
+
+
+def workflows_using_agent(sender: Any, agent: Any, **kwargs: Any) -> list[str]:
+    """Answers agents.signals.agent_used_by: names of the project's non-archived workflows with
+    an agent node naming this agent (by slug, or by id)."""
+    names = {agent.slug, str(agent.pk)}
+    users = []
+    workflows = (
+        Workflow.objects.filter(project_id=agent.project_id)
+        .exclude(status=Workflow.Status.ARCHIVED)
+        .only("name", "definition")
+    )
+    for workflow in workflows:
+        definition = workflow.definition if isinstance(workflow.definition, dict) else {}
+        nodes = definition.get("nodes")
+        for node in nodes if isinstance(nodes, list) else []:
+            if (
+                isinstance(node, dict)
+                and node.get("type") == "agent"
+                and str(node.get("agent")) in names
+            ):
+                users.append(workflow.name)
+                break
+    return users
+
+
+def on_project_status_changed(sender: Any, project: Any, **kwargs: Any) -> None:
+    """Archived projects fire no schedules; restored ones fire them again. Runs in the
+    transaction that changed the status, so beat's table agrees with it."""
+    schedules.schedules_sync_project(project)

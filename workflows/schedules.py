@@ -10,7 +10,8 @@ PeriodicTask admin are overwritten by the next sync.
 Beat may fire an entry twice, and two beats fire everything twice. A fire is therefore mapped
 to its *slot* (the latest cron time at or before now, in the schedule's time zone) and
 recorded as a ScheduleFire under a unique (schedule, slot) constraint: only the fire that
-inserts the row goes on to start a run.
+inserts the row goes on to start a run. Firing starts runs, so it lives above the engine, in
+`runs.triggers.schedules`; this module needs no run.
 """
 
 from __future__ import annotations
@@ -20,35 +21,25 @@ import logging
 from datetime import datetime, timedelta
 from typing import Any
 
-from django.conf import settings
-from django.db import IntegrityError, transaction
+from django.db import transaction
 from django.utils import timezone
 from django_celery_beat.models import CrontabSchedule, PeriodicTask
 
 from accounts.models import User
-from sparkops.errors import InvalidInput, SparkOpsError
+from sparkops.audit import audit_record
+from sparkops.errors import InvalidInput
+from sparkops.services import object_update
 
 from . import cron
 from .definition import validate_input
-from .models import Schedule, ScheduleFire, Workflow
+from .models import Schedule, Workflow
 
 logger = logging.getLogger(__name__)
 
 TASK_NAME = "workflows.schedule_fire"
 TASK_QUEUE = "orchestration"
-EDITABLE_FIELDS = {
-    "name",
-    "description",
-    "cron",
-    "timezone",
-    "input",
-    "enabled",
-    "start_at",
-    "end_at",
-    "overlap",
-    "catch_up",
-}
-_NOT_RUNNABLE = (Workflow.Status.PAUSED, Workflow.Status.ARCHIVED)
+EDITABLE_FIELDS = frozenset(Schedule.EDITABLE_FIELDS)
+NOT_RUNNABLE = (Workflow.Status.PAUSED, Workflow.Status.ARCHIVED)
 
 
 def periodic_task_name(schedule: Schedule) -> str:
@@ -128,6 +119,13 @@ def schedule_create(
         project_id=workflow.project_id, workflow=workflow, created_by=actor, **cleaned
     )
     schedule_sync(schedule)
+    audit_record(
+        actor=actor,
+        project=workflow.project_id,
+        action="schedule.create",
+        obj=schedule,
+        changes=cleaned,
+    )
     return schedule
 
 
@@ -136,15 +134,33 @@ def schedule_update(*, schedule: Schedule, actor: User | None, **fields: Any) ->
     unknown = set(fields) - EDITABLE_FIELDS
     if unknown:
         raise InvalidInput(f"Cannot change {', '.join(sorted(unknown))}.")
-    locked = Schedule.objects.select_for_update().select_related("workflow").get(pk=schedule.pk)
-    merged = {"start_at": locked.start_at, "end_at": locked.end_at, **fields}
-    cleaned = schedule_clean(workflow=locked.workflow, fields=merged)
-    cleaned = {name: value for name, value in cleaned.items() if name in fields}
-    for name, value in cleaned.items():
-        setattr(locked, name, value)
-    locked.save(update_fields=[*cleaned, "updated_at"])
-    schedule_sync(locked)
-    return locked
+
+    def clean(locked: Schedule) -> dict[str, Any]:
+        merged = {"start_at": locked.start_at, "end_at": locked.end_at, **fields}
+        cleaned = schedule_clean(workflow=locked.workflow, fields=merged)
+        changes = {name: value for name, value in cleaned.items() if name in fields}
+        # paused_at is "disabled since": what a resume with catch_up counts missed slots from.
+        if "enabled" in changes and bool(changes["enabled"]) != locked.enabled:
+            changes["paused_at"] = None if changes["enabled"] else timezone.now()
+        return changes
+
+    # The workflow's row is locked with it: schedule_sync reads the workflow's status.
+    update = object_update(
+        schedule,
+        actor=actor,
+        clean=clean,
+        only_changed=False,
+        lock=Schedule.objects.select_for_update().select_related("workflow"),
+    )
+    schedule_sync(schedule)
+    audit_record(
+        actor=actor,
+        project=schedule.project_id,
+        action="schedule.update",
+        obj=schedule,
+        changes=update.changed,
+    )
+    return schedule
 
 
 def schedule_set_enabled(*, schedule: Schedule, actor: User | None, enabled: bool) -> Schedule:
@@ -152,7 +168,24 @@ def schedule_set_enabled(*, schedule: Schedule, actor: User | None, enabled: boo
 
 
 @transaction.atomic
+def schedule_pause(*, schedule: Schedule, actor: Any) -> Schedule:
+    """Stop firing (the beat entry is disabled; a fire that still comes is recorded as skipped).
+    Pausing a paused schedule changes nothing. Resuming is `runs.triggers.schedules
+    .schedule_resume`: with catch_up it may start a run, which this layer cannot."""
+    was_enabled = (
+        Schedule.objects.select_for_update().values_list("enabled", flat=True).get(pk=schedule.pk)
+    )
+    schedule_update(schedule=schedule, actor=actor, enabled=False)
+    if was_enabled:
+        audit_record(
+            actor=actor, project=schedule.project_id, action="schedule.pause", obj=schedule
+        )
+    return schedule
+
+
+@transaction.atomic
 def schedule_delete(*, schedule: Schedule, actor: User | None) -> None:
+    audit_record(actor=actor, project=schedule.project_id, action="schedule.delete", obj=schedule)
     schedule_unsync(schedule)
     schedule.delete()
 
@@ -161,7 +194,12 @@ def schedule_delete(*, schedule: Schedule, actor: User | None) -> None:
 
 
 def _runnable(schedule: Schedule) -> bool:
-    return schedule.enabled and schedule.workflow.status not in _NOT_RUNNABLE
+    workflow = schedule.workflow
+    return (
+        schedule.enabled
+        and workflow.status not in NOT_RUNNABLE
+        and not workflow.project.is_archived
+    )
 
 
 def _expected(schedule: Schedule) -> dict[str, Any]:
@@ -256,6 +294,17 @@ def schedules_sync_workflow(workflow: Workflow) -> int:
     count = 0
     for schedule in Schedule.objects.filter(workflow=workflow).select_related("workflow"):
         schedule.workflow = workflow
+        schedule_sync(schedule)
+        count += 1
+    return count
+
+
+def schedules_sync_project(project: Any) -> int:
+    """The project was archived or restored: beat stops or resumes firing its schedules."""
+    count = 0
+    schedules = Schedule.objects.filter(workflow__project=project).select_related("workflow")
+    for schedule in schedules:
+        schedule.workflow.project = project
         schedule_sync(schedule)
         count += 1
     return count
@@ -369,181 +418,3 @@ def schedule_upcoming(*, schedule: Schedule, count: int = 5) -> list[datetime]:
         after=after,
         until=schedule.end_at,
     )
-
-
-# --- firing ----------------------------------------------------------------------------------
-
-
-def fire_slot(schedule: Schedule, now: datetime) -> datetime | None:
-    """The slot a fire at `now` stands for: the latest cron time at or before it (a little
-    clock skew between beat and worker allowed)."""
-    skew = timedelta(seconds=settings.SPARKOPS_SCHEDULE_CLOCK_SKEW)
-    return cron.previous_fire_time(
-        schedule.cron, cron.validate_timezone(schedule.timezone), at=now + skew
-    )
-
-
-def _error_text(exc: SparkOpsError) -> str:
-    parts = [str(exc.detail)]
-    for key, messages in (exc.errors or {}).items():
-        listed = messages if isinstance(messages, list) else [messages]
-        parts.append(f"{key}: {'; '.join(str(m) for m in listed)}")
-    return " ".join(parts)
-
-
-def _start(fire: ScheduleFire, schedule: Schedule, *, actor: Any, trigger: str) -> None:
-    """Create the fire's run (run_create is a savepoint of its own: a refusal is recorded on
-    the fire, not raised, and a policy refusal's decisions stay on record with it)."""
-    from runs.services import run_create
-
-    try:
-        run = run_create(
-            workflow=schedule.workflow, input=schedule.input, actor=actor, trigger=trigger
-        )
-    except SparkOpsError as exc:
-        fire.status = ScheduleFire.Status.FAILED
-        fire.reason = _error_text(exc)
-        return
-    fire.status = ScheduleFire.Status.STARTED
-    fire.run = run
-    fire.started_at = timezone.now()
-    schedule.last_run = run
-
-
-def _active_run(schedule: Schedule) -> Any:
-    run = schedule.last_run
-    return run if run is not None and not run.is_finished else None
-
-
-def _decide(schedule: Schedule, fire: ScheduleFire, now: datetime) -> None:
-    from runs.models import Run
-
-    late = (now - fire.slot).total_seconds()
-    workflow = schedule.workflow
-    skip = None
-    if not schedule.enabled:
-        skip = "The schedule is disabled."
-    elif schedule.start_at and fire.slot < schedule.start_at:
-        skip = f"The slot is before start_at ({schedule.start_at:%Y-%m-%d %H:%M:%S %Z})."
-    elif schedule.end_at and fire.slot >= schedule.end_at:
-        skip = f"The schedule ended at {schedule.end_at:%Y-%m-%d %H:%M:%S %Z}."
-    elif workflow.status in _NOT_RUNNABLE:
-        skip = f"The workflow is {workflow.status}."
-    elif late > settings.SPARKOPS_SCHEDULE_MISFIRE_GRACE and not schedule.catch_up:
-        skip = f"Missed: fired {late:.0f} s after its time and catch-up is off."
-    if skip:
-        fire.status = ScheduleFire.Status.SKIPPED
-        fire.reason = skip
-        return
-    active = _active_run(schedule)
-    waiting = schedule.fires.filter(status=ScheduleFire.Status.QUEUED).exclude(pk=fire.pk)
-    if active is not None and schedule.overlap == Schedule.Overlap.SKIP:
-        fire.status = ScheduleFire.Status.SKIPPED
-        fire.reason = f"The previous run {active.pk} is still {active.status}."
-        return
-    if active is not None and schedule.overlap == Schedule.Overlap.QUEUE:
-        if waiting.exists():
-            fire.status = ScheduleFire.Status.SKIPPED
-            fire.reason = f"A fire is already queued behind run {active.pk}."
-        else:
-            fire.status = ScheduleFire.Status.QUEUED
-            fire.reason = f"Waiting for run {active.pk} to finish."
-        return
-    # Nothing active: a fire still queued lost its wake-up; this fire supersedes it.
-    waiting.update(status=ScheduleFire.Status.SKIPPED, reason=f"Superseded by {fire.slot}.")
-    if late > settings.SPARKOPS_SCHEDULE_MISFIRE_GRACE:
-        fire.reason = f"Catch-up: fired {late:.0f} s after its time."
-    _start(fire, schedule, actor=None, trigger=Run.Trigger.SCHEDULE)
-
-
-def schedule_fire(*, schedule_id: Any, now: datetime | None = None) -> ScheduleFire | None:
-    """What beat's task does. Returns the fire recorded, or None when this fire's slot was
-    taken already (a double fire) or the schedule is gone."""
-    now = now or timezone.now()
-    with transaction.atomic():
-        # The row lock orders fires of one schedule (overlap checks see the previous run).
-        schedule = (
-            Schedule.objects.select_for_update(of=("self",))
-            .select_related("workflow", "last_run")
-            .filter(pk=schedule_id)
-            .first()
-        )
-        if schedule is None:
-            return None
-        slot = fire_slot(schedule, now)
-        if slot is None:
-            return None
-        try:
-            with transaction.atomic():
-                fire = ScheduleFire.objects.create(
-                    schedule=schedule, slot=slot, fired_at=now, status=ScheduleFire.Status.SKIPPED
-                )
-        except IntegrityError:
-            logger.info("schedule %s: slot %s already fired", schedule_id, slot.isoformat())
-            return None
-        _decide(schedule, fire, now)
-        fire.save(update_fields=["status", "reason", "run", "started_at"])
-        schedule.last_fired_at = now
-        schedule.next_run_at = next_run_at(schedule, now)
-        schedule.save(update_fields=["last_fired_at", "next_run_at", "last_run"])
-        return fire
-
-
-@transaction.atomic
-def schedule_fire_now(*, schedule: Schedule, actor: User | None) -> ScheduleFire:
-    """Start a run of the schedule now, by hand (admin action): overlap, window and catch-up
-    rules do not apply; a paused workflow still refuses (recorded on the fire)."""
-    from runs.models import Run
-
-    locked = Schedule.objects.select_for_update(of=("self",)).select_related("workflow")
-    schedule = locked.get(pk=schedule.pk)
-    now = timezone.now()
-    fire = ScheduleFire.objects.create(
-        schedule=schedule,
-        slot=now,
-        fired_at=now,
-        manual=True,
-        status=ScheduleFire.Status.SKIPPED,
-    )
-    _start(fire, schedule, actor=actor, trigger=Run.Trigger.MANUAL)
-    fire.save(update_fields=["status", "reason", "run", "started_at"])
-    schedule.last_fired_at = now
-    schedule.save(update_fields=["last_fired_at", "last_run"])
-    return fire
-
-
-def schedule_release_queued(*, run: Any) -> ScheduleFire | None:
-    """A run finished (engine transaction, run row locked): start the fire queued behind it.
-    Never raises: a refusal is recorded on the fire."""
-    from runs.models import Run
-
-    previous = ScheduleFire.objects.filter(run_id=run.pk).values_list("schedule_id", flat=True)
-    schedule_id = previous.first()
-    if schedule_id is None:
-        return None
-    with transaction.atomic():
-        schedule = (
-            Schedule.objects.select_for_update(of=("self",))
-            .select_related("workflow", "last_run")
-            .filter(pk=schedule_id)
-            .first()
-        )
-        if schedule is None or schedule.last_run_id != run.pk:
-            return None
-        fire = schedule.fires.filter(status=ScheduleFire.Status.QUEUED).order_by("slot").first()
-        if fire is None:
-            return None
-        schedule.last_run = run  # finished now (the caller holds the updated row)
-        if not schedule.enabled or schedule.workflow.status in _NOT_RUNNABLE:
-            fire.status = ScheduleFire.Status.SKIPPED
-            fire.reason = (
-                "The schedule is disabled."
-                if not schedule.enabled
-                else f"The workflow is {schedule.workflow.status}."
-            )
-        else:
-            fire.reason = ""
-            _start(fire, schedule, actor=None, trigger=Run.Trigger.SCHEDULE)
-        fire.save(update_fields=["status", "reason", "run", "started_at"])
-        schedule.save(update_fields=["last_run"])
-        return fire

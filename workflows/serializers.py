@@ -103,15 +103,7 @@ class WorkflowSerializer(serializers.ModelSerializer):
         fields = [
             "id",
             "project",
-            "name",
-            "slug",
-            "description",
-            "definition",
-            "status",
-            "timeout_seconds",
-            "retry_policy",
-            "max_concurrent_runs",
-            "triggers",
+            *Workflow.EDITABLE_FIELDS,
             "version",
             "created_by",
             "created_at",
@@ -163,7 +155,9 @@ class GraphNodeSerializer(serializers.Serializer):
 class GraphEdgeSerializer(serializers.Serializer):
     source = serializers.CharField(help_text="The dependency.")
     target = serializers.CharField(help_text="The node that depends on it.")
-    conditional = serializers.BooleanField(help_text="The target has a `when`.")
+    conditional = serializers.BooleanField(
+        help_text="The target has a `when` or is a branch of a switch."
+    )
 
 
 class GraphSerializer(serializers.Serializer):

@@ -8,34 +8,32 @@ from collections.abc import Callable
 from typing import Any
 
 from django.apps import apps
-from django.db import IntegrityError, transaction
+from django.db import transaction
 from django.utils.crypto import get_random_string
 from django.utils.text import slugify
 from jsonschema import Draft202012Validator
 
 from accounts.models import User
-from policies.audit import audit_record
+from agents.models import Agent
+from agents.services import VERSIONED_FIELDS as AGENT_FIELDS
+from projects import services as project_services
 from projects.models import Project
-from projects.services import ACTIVE_RUN_STATUSES
+from sparkops.audit import audit_record
 from sparkops.errors import Conflict, InvalidInput, NotFound
+from sparkops.services import duplicate_as, object_update
 from sparkops.versioning import version_record, version_restore_fields
+from tools.mcp_services import mcp_tool_named
+from tools.models import McpServer, McpToolset, Tool
+from tools.schema import static_origin
+from tools.services import VERSIONED_FIELDS as TOOL_FIELDS
 
 from .definition import graph, validate_definition
 from .models import Workflow, WorkflowVersion, default_retry_policy
+from .schedules import schedules_sync_workflow
 
 # What a version snapshots (and a run pins): the DAG and the run settings.
 VERSIONED_FIELDS = ["definition", "timeout_seconds", "retry_policy"]
-EDITABLE_FIELDS = {
-    "name",
-    "slug",
-    "description",
-    "definition",
-    "status",
-    "timeout_seconds",
-    "retry_policy",
-    "max_concurrent_runs",
-    "triggers",
-}
+EDITABLE_FIELDS = frozenset(Workflow.EDITABLE_FIELDS)
 MAX_TIMEOUT_SECONDS = 7 * 24 * 3600
 
 RETRY_POLICY_SCHEMA: dict[str, Any] = {
@@ -78,14 +76,14 @@ def retry_policy_clean(policy: Any) -> dict[str, Any]:
 def reference_checkers(project: Project) -> tuple[Callable[[str], bool], Callable[[str], bool]]:
     """What a project's workflow may reference: its own active agents, and its own or global
     active tools."""
-    from agents.models import Agent
-    from tools.models import Tool
 
     def agent_exists(slug: str) -> bool:
         return Agent.objects.filter(project=project, slug=slug, status="active").exists()
 
     def tool_exists(name: str) -> bool:
-        return Tool.objects.usable_in(project).filter(name=name, status="active").exists()
+        if Tool.objects.usable_in(project).filter(name=name, status="active").exists():
+            return True
+        return mcp_tool_named(project.pk, name) is not None  # `<server>__<tool>`
 
     return agent_exists, tool_exists
 
@@ -93,8 +91,6 @@ def reference_checkers(project: Project) -> tuple[Callable[[str], bool], Callabl
 def tool_host_checker(project: Project) -> Callable[[str], bool]:
     """Whether a tool usable in `project` is an HTTP tool whose URL takes its scheme or host
     from the arguments."""
-    from tools.models import Tool
-    from tools.schema import static_origin
 
     def host_from_args(name: str) -> bool:
         tool = Tool.objects.usable_in(project).filter(name=name, status="active").first()
@@ -115,6 +111,7 @@ def workflow_validate(*, project: Project, definition: Any) -> dict[str, Any]:
         agent_exists=agent_exists,
         tool_exists=tool_exists,
         tool_host_from_args=tool_host_checker(project),
+        workflow_exists=lambda slug: Workflow.objects.filter(project=project, slug=slug).exists(),
     )
     return graph(definition)
 
@@ -185,17 +182,14 @@ def workflow_create(
     slug = fields.pop("slug", None)
     if slug and workflow_slug_taken(project, slug):
         raise _slug_conflict()
-    try:
-        with transaction.atomic():
-            workflow = Workflow.objects.create(
-                project=project,
-                name=name,
-                slug=slug or _unique_slug(project, name),
-                created_by=actor,
-                **fields,
-            )
-    except IntegrityError:
-        raise _slug_conflict() from None
+    with duplicate_as(_slug_conflict):
+        workflow = Workflow.objects.create(
+            project=project,
+            name=name,
+            slug=slug or _unique_slug(project, name),
+            created_by=actor,
+            **fields,
+        )
     version_record(obj=workflow, fields=VERSIONED_FIELDS, actor=actor)
     audit_record(
         actor=actor,
@@ -215,37 +209,41 @@ def workflow_update(*, workflow: Workflow, actor: User | None, **fields: Any) ->
     unknown = set(fields) - EDITABLE_FIELDS
     if unknown:
         raise InvalidInput(f"Cannot change {', '.join(sorted(unknown))}.")
-    # Row lock: two concurrent saves must not leave the latest version differing from the row.
-    Workflow.objects.select_for_update().filter(pk=workflow.pk).values_list("pk").first()
-    becomes_active = (
-        fields.get("status") == Workflow.Status.ACTIVE and workflow.status != Workflow.Status.ACTIVE
+
+    def clean(locked: Workflow) -> dict[str, Any]:
+        becomes_active = (
+            fields.get("status") == Workflow.Status.ACTIVE
+            and locked.status != Workflow.Status.ACTIVE
+        )
+        if becomes_active and "definition" not in fields:
+            workflow_validate(project=locked.project, definition=locked.definition)
+        cleaned = workflow_clean(project=locked.project, fields=fields)
+        if cleaned.get("slug") == "":
+            cleaned.pop("slug")
+        slug = cleaned.get("slug")
+        if slug and workflow_slug_taken(locked.project, slug, exclude_pk=locked.pk):
+            raise _slug_conflict()
+        return cleaned
+
+    # Every given field is saved (and audited), changed or not; the row lock keeps the latest
+    # version equal to the row under concurrent saves.
+    update = object_update(
+        workflow,
+        actor=actor,
+        clean=clean,
+        only_changed=False,
+        versioned_fields=VERSIONED_FIELDS,
+        conflict=_slug_conflict,
+        lock=Workflow.objects.select_for_update(of=("self",)).select_related("project"),
     )
-    if becomes_active and "definition" not in fields:
-        workflow_validate(project=workflow.project, definition=workflow.definition)
-    fields = workflow_clean(project=workflow.project, fields=fields)
-    if fields.get("slug") == "":
-        fields.pop("slug")
-    slug = fields.get("slug")
-    if slug and workflow_slug_taken(workflow.project, slug, exclude_pk=workflow.pk):
-        raise _slug_conflict()
-    for name, value in fields.items():
-        setattr(workflow, name, value)
-    try:
-        with transaction.atomic():
-            workflow.save(update_fields=[*fields, "updated_at"])
-    except IntegrityError:
-        raise _slug_conflict() from None
-    version_record(obj=workflow, fields=VERSIONED_FIELDS, actor=actor)
     audit_record(
         actor=actor,
         project=workflow.project,
         action="workflow.update",
         obj=workflow,
-        changes=fields,
+        changes=update.changed,
     )
-    if "status" in fields:
-        from .schedules import schedules_sync_workflow
-
+    if "status" in update.changed:
         schedules_sync_workflow(workflow)  # paused/archived: beat stops firing its schedules
     return workflow
 
@@ -276,7 +274,7 @@ def workflow_delete(*, workflow: Workflow, actor: User | None) -> None:
     run_model = _run_model()
     if run_model is not None:
         runs = run_model.objects.filter(workflow=workflow)
-        active = runs.filter(status__in=ACTIVE_RUN_STATUSES).count()
+        active = runs.active().count()
         if active:
             raise Conflict(
                 f"The workflow has {active} run(s) in progress; cancel them first.",
@@ -346,3 +344,65 @@ def workflow_diff(*, workflow: Workflow, from_number: int, to_number: int) -> di
             k for k in VERSIONED_FIELDS if k != "definition" and old.get(k) != new.get(k)
         ),
     }
+
+
+@transaction.atomic
+def project_clone(*, project: Project, actor: User, name: str) -> Project:
+    """Copy the project's tools, MCP servers, agents and workflows (already validated, so copied
+    as they are, each with a fresh version 1) into a new project owned by `actor`. Secrets, runs and
+    members are not copied; agents keep the *names* of the secrets they use, so adding those
+    secrets to the new project makes them work. It copies tools, agents and workflows, so it
+    lives here, at the highest of their layers."""
+    clone = project_services.project_create(
+        actor=actor,
+        name=name,
+        description=project.description,
+        settings=project.settings,
+        metadata={**project.metadata, "cloned_from": str(project.pk)},
+    )
+    tool_map: dict[int, Tool] = {}
+    for tool in Tool.objects.filter(project=project):
+        source_pk = tool.pk
+        tool.pk = None
+        tool.project = clone
+        tool.created_by = actor
+        tool.version = 1
+        tool.save()
+        version_record(obj=tool, fields=TOOL_FIELDS, actor=actor, force=True)
+        tool_map[source_pk] = tool
+    # MCP servers with their snapshots, so agents' `mcp_tools` and `<server>__<tool>` steps
+    # still name tools (their headers keep secret *names*, like agents).
+    for server in McpServer.objects.filter(project=project).prefetch_related("toolsets"):
+        toolsets = list(server.toolsets.all())
+        server.pk = None
+        server.project = clone
+        server.created_by = actor
+        server.save()
+        McpToolset.objects.bulk_create(
+            McpToolset(server=server, number=t.number, tools=t.tools, digest=t.digest)
+            for t in toolsets
+        )
+    for agent in Agent.objects.filter(project=project).prefetch_related("tools"):
+        tools = [tool_map.get(t.pk, t) for t in agent.tools.all()]  # global tools stay as they are
+        agent.pk = None
+        agent.project = clone
+        agent.created_by = actor
+        agent.version = 1
+        agent.save()
+        agent.tools.set(tools)
+        version_record(obj=agent, fields=AGENT_FIELDS, actor=actor, force=True)
+    for workflow in Workflow.objects.filter(project=project):
+        workflow.pk = None
+        workflow.project = clone
+        workflow.created_by = actor
+        workflow.version = 1
+        workflow.save()
+        version_record(obj=workflow, fields=VERSIONED_FIELDS, actor=actor, force=True)
+    audit_record(
+        actor=actor,
+        project=clone,
+        action="project.clone",
+        obj=clone,
+        changes={"source": str(project.pk)},
+    )
+    return clone

@@ -56,16 +56,8 @@ class ScheduleSerializer(serializers.ModelSerializer):
             "id",
             "project",
             "workflow",
-            "name",
-            "description",
-            "cron",
-            "timezone",
-            "input",
-            "enabled",
-            "start_at",
-            "end_at",
-            "overlap",
-            "catch_up",
+            *Schedule.EDITABLE_FIELDS,
+            "paused_at",
             "next_run_at",
             "last_run",
             "last_fired_at",
@@ -76,6 +68,7 @@ class ScheduleSerializer(serializers.ModelSerializer):
         read_only_fields = [
             "id",
             "project",
+            "paused_at",
             "next_run_at",
             "last_run",
             "last_fired_at",
@@ -98,6 +91,43 @@ class ScheduleFireSerializer(serializers.ModelSerializer):
         model = ScheduleFire
         fields = ["id", "slot", "fired_at", "manual", "status", "reason", "run", "started_at"]
         read_only_fields = fields
+
+
+class ScheduleResumedSerializer(ScheduleSerializer):
+    catch_up = ScheduleFireSerializer(
+        read_only=True,
+        allow_null=True,
+        help_text="The latest slot missed while paused, fired on resume (catch_up on), or null.",
+    )
+
+    class Meta(ScheduleSerializer.Meta):
+        fields = [*ScheduleSerializer.Meta.fields, "catch_up"]
+        read_only_fields = [*ScheduleSerializer.Meta.read_only_fields, "catch_up"]
+
+
+class BackfillRangeSerializer(serializers.Serializer):
+    """`from` and `to` (both included, both past, with a time zone)."""
+
+    to = serializers.DateTimeField(help_text="The last instant of the range (included).")
+
+    def get_fields(self) -> dict[str, serializers.Field]:
+        fields = super().get_fields()
+        # `from` is a Python keyword, so it cannot be a class attribute.
+        fields = {
+            "from": serializers.DateTimeField(
+                help_text="The first instant of the range (included)."
+            ),
+            **fields,
+        }
+        return fields
+
+
+class BackfillSerializer(serializers.Serializer):
+    slots = serializers.IntegerField(help_text="Slots in the range.")
+    started = serializers.IntegerField(help_text="Runs started now.")
+    existing = serializers.IntegerField(help_text="Slots that had a run already (left alone).")
+    failed = serializers.IntegerField(help_text="Slots whose run was refused (see reason).")
+    fires = ScheduleFireSerializer(many=True)
 
 
 class FireTimeSerializer(serializers.Serializer):
@@ -206,6 +236,14 @@ class HookAcceptedSerializer(serializers.Serializer):
     run = serializers.UUIDField()
     status = serializers.CharField()
     replayed = serializers.BooleanField(help_text="True: a repeated delivery id; the same run.")
+    url = serializers.URLField(help_text="The run in the API (GET it with a project member's key).")
+
+
+class HookFinishedSerializer(HookAcceptedSerializer):
+    """`?wait=N` and the run ended within it."""
+
+    output = serializers.JSONField(allow_null=True)
+    error = serializers.JSONField(allow_null=True, help_text="type, message, step; if it failed.")
 
 
 # --- event triggers ----------------------------------------------------------------------------

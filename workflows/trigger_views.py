@@ -5,9 +5,6 @@ from __future__ import annotations
 
 from typing import Any
 
-from django.conf import settings
-from django.core.exceptions import RequestDataTooBig
-from django.http.request import RawPostDataException
 from django.urls import reverse
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import (
@@ -16,21 +13,18 @@ from drf_spectacular.utils import (
     extend_schema,
     extend_schema_view,
 )
-from rest_framework import permissions, status
+from rest_framework import status
 from rest_framework.decorators import action
 from rest_framework.request import Request
 from rest_framework.response import Response
-from rest_framework.throttling import SimpleRateThrottle
-from rest_framework.views import APIView
 
-from sparkops.api import InvalidInput, ProjectScopedViewSet
+from projects.api import InvalidInput, ProjectScopedViewSet
 
 from . import event_triggers, schedules, webhooks
 from .cron import validate_timezone
 from .models import EventTrigger, Schedule, WebhookTrigger
 from .trigger_serializers import (
     EventTriggerSerializer,
-    HookAcceptedSerializer,
     PreviewRequestSerializer,
     PreviewSerializer,
     ScheduleFireSerializer,
@@ -219,73 +213,6 @@ class WebhookTriggerViewSet(ProjectScopedViewSet):
         """A new token (shown once); the old URL answers 404 from now on."""
         token = webhooks.webhook_trigger_rotate(trigger=self.get_object(), actor=request.user)
         return Response({"token": token, "url": _hook_url(request, token)})
-
-
-class HookTokenThrottle(SimpleRateThrottle):
-    """Per token (hashed), so one noisy sender cannot starve the others."""
-
-    scope = "webhook"
-
-    def get_rate(self) -> str:
-        return str(settings.SPARKOPS_WEBHOOK_THROTTLE_RATE)
-
-    def get_cache_key(self, request: Any, view: Any) -> str:
-        ident = webhooks.token_hash(str(view.kwargs.get("token", "")))[:32]
-        return self.cache_format % {"scope": self.scope, "ident": ident}
-
-
-class HookView(APIView):
-    """`POST /api/v1/hooks/{token}`: no authentication other than the token (and, if the
-    trigger requires one, the signature of the raw body)."""
-
-    authentication_classes: list[Any] = []
-    permission_classes = [permissions.AllowAny]
-    throttle_classes = [HookTokenThrottle]
-    parser_classes: list[Any] = []  # the raw body is read once, for the signature
-
-    @extend_schema(
-        tags=["webhooks"],
-        auth=[],
-        operation_id="hooks_receive",
-        parameters=[
-            OpenApiParameter(
-                "token", OpenApiTypes.STR, OpenApiParameter.PATH, description="The trigger token."
-            )
-        ],
-        request={"application/json": OpenApiTypes.OBJECT},
-        responses={
-            202: HookAcceptedSerializer,
-            401: OpenApiResponse(description="Missing, bad or stale signature."),
-            404: OpenApiResponse(description="Unknown token."),
-            409: OpenApiResponse(description="The trigger is disabled or the workflow paused."),
-            413: OpenApiResponse(description="The body is over the size limit."),
-            422: OpenApiResponse(description="The body does not map to a valid run input."),
-            429: OpenApiResponse(description="Too many deliveries for this token."),
-        },
-    )
-    def post(self, request: Request, token: str) -> Response:
-        """Start a run. A repeated `webhook-id`, `X-GitHub-Delivery`, `Idempotency-Key` or
-        `X-Request-Id` answers the first delivery's run (`replayed: true`)."""
-        trigger = webhooks.webhook_trigger_for_token(token)
-        length = request.META.get("CONTENT_LENGTH") or "0"
-        webhooks.check_size(int(length) if length.isdigit() else 0)
-        try:
-            body = request._request.body
-        except RequestDataTooBig:  # over DATA_UPLOAD_MAX_MEMORY_SIZE, without a Content-Length
-            raise webhooks.PayloadTooLarge("The body is larger than the server accepts.") from None
-        except RawPostDataException:  # pragma: no cover - nothing reads the stream first
-            body = b""
-        headers = {name.lower(): value for name, value in request.headers.items()}
-        run, replayed = webhooks.webhook_receive(
-            trigger=trigger,
-            body=body,
-            headers=headers,
-            query={key: request.query_params.get(key) for key in request.query_params},
-        )
-        return Response(
-            {"run": str(run.pk), "status": run.status, "replayed": replayed},
-            status=status.HTTP_202_ACCEPTED,
-        )
 
 
 # --- event triggers ----------------------------------------------------------------------------

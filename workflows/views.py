@@ -14,10 +14,10 @@ from rest_framework.decorators import action
 from rest_framework.request import Request
 from rest_framework.response import Response
 
-from projects.models import Role
-from runs.serializers import RunDetailSerializer, RunInputSerializer
-from runs.views import IDEMPOTENCY_HEADER, start_run
-from sparkops.api import InvalidInput, ProjectScopedViewSet
+from projects.api import InvalidInput, ProjectScopedGenericViewSet, ProjectScopedViewSet
+from projects.models import Project, Role, with_caller_role
+from projects.serializers import CloneSerializer, ProjectSerializer
+from projects.views import UUID_RE
 
 from . import services
 from .definition import graph as definition_graph
@@ -196,16 +196,35 @@ class WorkflowViewSet(ProjectScopedViewSet):
         )
         return Response(self.get_serializer(workflow).data, status=status.HTTP_200_OK)
 
-    @extend_schema(
-        request=RunInputSerializer,
-        parameters=[IDEMPOTENCY_HEADER],
-        responses={201: RunDetailSerializer, 400: INVALID, 409: CONFLICT},
-        tags=["runs"],
-    )
-    @action(detail=True, methods=["post"], filter_backends=[])
-    def run(self, request: Request, pk: Any = None) -> Response:
-        """Start a run of the current version with `{"input": {...}}` (same as POST /runs/)."""
-        workflow = self.get_object()
-        body = RunInputSerializer(data=request.data)
+
+@extend_schema(tags=["projects"])
+class ProjectCloneViewSet(ProjectScopedGenericViewSet):
+    """`POST /api/v1/projects/{id}/clone`, routed on the projects' prefix from workflows/urls.py:
+    a clone copies tools, agents and workflows, so it lives at the highest of their layers."""
+
+    queryset = Project.objects.select_related("owner")
+    serializer_class = ProjectSerializer
+    lookup_value_regex = UUID_RE
+    action_roles = {
+        "clone": Role.VIEWER,  # anyone who can read a project (or public template) may copy it
+    }
+
+    def get_queryset(self):  # type: ignore[override]
+        return with_caller_role(super().get_queryset(), self.request.user)
+
+    def project_of(self, obj: Project) -> Project:
+        return obj
+
+    @extend_schema(request=CloneSerializer, responses={201: ProjectSerializer})
+    @action(detail=True, methods=["post"])
+    def clone(self, request: Request, pk: Any = None) -> Response:
+        """Copy agents, tools and workflows (not secrets, runs or members) into a new project
+        owned by the caller."""
+        source = self.get_object()
+        body = CloneSerializer(data=request.data)
         body.is_valid(raise_exception=True)
-        return start_run(request, workflow, body.validated_data["input"], "api")
+        project = services.project_clone(
+            project=source, actor=request.user, name=body.validated_data["name"]
+        )
+        project.caller_role = Role.OWNER
+        return Response(self.get_serializer(project).data, status=status.HTTP_201_CREATED)

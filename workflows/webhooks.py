@@ -1,4 +1,6 @@
-"""Inbound webhooks: `POST /api/v1/hooks/{token}` starts a run of the trigger's workflow.
+"""Inbound webhooks: `POST /api/v1/hooks/{token}` starts a run of the trigger's workflow. This
+module keeps the triggers and checks a delivery (token, signature, size, input mapping);
+`runs.triggers.hooks` starts the run.
 
 The token is the credential (only its SHA-256 is stored; it is shown once and rotatable); a
 trigger may also require a signature over the raw body: Standard Webhooks (`webhook-id`,
@@ -30,16 +32,16 @@ from datetime import datetime
 from typing import Any
 
 from django.conf import settings
-from django.db import IntegrityError, transaction
-from django.utils import timezone
+from django.db import transaction
 from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 
 from accounts.models import User
 from projects import crypto
-from sparkops.errors import Conflict, InvalidInput, NotFound, SparkOpsError, Unprocessable
+from sparkops import templating
+from sparkops.audit import audit_record
+from sparkops.errors import InvalidInput, NotFound, SparkOpsError, Unprocessable
 
-from . import templating
-from .models import WebhookReceipt, WebhookTrigger, Workflow
+from .models import WebhookTrigger, Workflow
 
 TOKEN_PREFIX = "whk_"
 EDITABLE_FIELDS = {
@@ -213,6 +215,13 @@ def webhook_trigger_create(
         created_by=actor,
         **cleaned,
     )
+    audit_record(
+        actor=actor,
+        project=workflow.project_id,
+        action="webhook_trigger.create",
+        obj=trigger,
+        changes=cleaned,
+    )
     return trigger, token, secret
 
 
@@ -242,6 +251,14 @@ def webhook_trigger_update(
     for name, value in cleaned.items():
         setattr(trigger, name, value)
     trigger.save(update_fields=[*cleaned, "secret_encrypted", "updated_at"])
+    changes = {**cleaned, **({"secret_changed": True} if secret is not None or generated else {})}
+    audit_record(
+        actor=actor,
+        project=trigger.project_id,
+        action="webhook_trigger.update",
+        obj=trigger,
+        changes=changes,
+    )
     return trigger, generated
 
 
@@ -252,11 +269,21 @@ def webhook_trigger_rotate(*, trigger: WebhookTrigger, actor: User | None) -> st
     trigger.token_prefix = token[:12]
     trigger.token_hash = token_hash(token)
     trigger.save(update_fields=["token_prefix", "token_hash", "updated_at"])
+    audit_record(
+        actor=actor,
+        project=trigger.project_id,
+        action="webhook_trigger.rotate",
+        obj=trigger,
+        changes={"token_prefix": trigger.token_prefix},
+    )
     return token
 
 
 @transaction.atomic
 def webhook_trigger_delete(*, trigger: WebhookTrigger, actor: User | None) -> None:
+    audit_record(
+        actor=actor, project=trigger.project_id, action="webhook_trigger.delete", obj=trigger
+    )
     trigger.delete()
 
 
@@ -410,78 +437,3 @@ def map_input(
             errors={"input_mapping": ["Must produce a JSON object."]},
         )
     return value
-
-
-def _existing(trigger: WebhookTrigger, delivery_id: str) -> Any:
-    from runs.models import Run
-
-    run_id = (
-        WebhookReceipt.objects.filter(trigger=trigger, delivery_id=delivery_id)
-        .values_list("run_id", flat=True)
-        .first()
-    )
-    return Run.objects.filter(pk=run_id).first() if run_id else None
-
-
-class _Taken(Exception):
-    pass
-
-
-def _create_run(trigger: WebhookTrigger, input: dict[str, Any], delivery_id: str | None) -> Any:
-    from policies.enforcement import RunStartRefused
-    from runs.models import Run
-    from runs.services import run_create
-
-    refusal = None
-    with transaction.atomic():
-        try:
-            run = run_create(
-                workflow=trigger.workflow, input=input, actor=None, trigger=Run.Trigger.WEBHOOK
-            )
-        except InvalidInput as exc:
-            # The request was fine; its content does not fit the workflow.
-            raise Unprocessable(exc.detail, errors=exc.errors) from None
-        except RunStartRefused as refused:
-            refusal = refused  # commit its decisions, then answer with it
-        else:
-            if delivery_id:
-                try:
-                    with transaction.atomic():
-                        WebhookReceipt.objects.create(
-                            trigger=trigger, delivery_id=delivery_id, run=run
-                        )
-                except IntegrityError:
-                    raise _Taken() from None
-            WebhookTrigger.objects.filter(pk=trigger.pk).update(last_delivery_at=timezone.now())
-    if refusal is not None:
-        raise refusal
-    return run
-
-
-def webhook_receive(
-    *,
-    trigger: WebhookTrigger,
-    body: bytes,
-    headers: Mapping[str, str],
-    query: Mapping[str, str],
-) -> tuple[Any, bool]:
-    """Verify, map and start. Returns (run, replayed). `headers` have lower-cased names."""
-    check_size(len(body))
-    if not trigger.enabled:
-        raise Conflict("This webhook trigger is disabled.")
-    verify_signature(trigger, body, headers)
-    delivery_id = delivery_id_of(headers)
-    if delivery_id:
-        run = _existing(trigger, delivery_id)
-        if run is not None:
-            return run, True
-    input = map_input(trigger, body, headers, query)
-    try:
-        return _create_run(trigger, input, delivery_id), False
-    except _Taken:
-        # A concurrent delivery with the same id won the constraint; answer its run.
-        assert delivery_id is not None
-        run = _existing(trigger, delivery_id)
-        if run is None:  # pragma: no cover - the winner committed before we read
-            raise Conflict("The same delivery is being processed; retry shortly.") from None
-        return run, True

@@ -10,6 +10,7 @@ from typing import Any
 
 import jwt
 import pytest
+from django.contrib.auth.hashers import MD5PasswordHasher
 from rest_framework.test import APIClient
 from rest_framework_simplejwt.token_blacklist.models import BlacklistedToken
 from rest_framework_simplejwt.tokens import AccessToken, RefreshToken
@@ -82,6 +83,44 @@ def test_register_duplicate_email_is_case_insensitive(api: APIClient) -> None:
     body = assert_error(response, 400, "validation_error")
     assert "email" in body["errors"]
     assert User.objects.filter(email__iexact="foo@example.com").count() == 1
+
+
+def test_register_does_not_say_that_an_address_has_an_account(api: APIClient) -> None:
+    """A taken address gets one generic refusal, and only after the password checks, so a
+    weak password answers the same for a taken address and a free one."""
+    UserFactory(email="taken@example.com")
+
+    taken = assert_error(
+        api.post("/api/v1/auth/register", {"email": "taken@example.com", "password": PASSWORD}),
+        400,
+        "validation_error",
+    )
+    assert "exist" not in json.dumps(taken).lower()
+    assert "account" not in taken["errors"]["email"][0].split(".")[0].lower()
+    weak = [
+        api.post("/api/v1/auth/register", {"email": email, "password": "short1"}).json()
+        for email in ("taken@example.com", "free@example.com")
+    ]
+    assert list(weak[0]["errors"]) == list(weak[1]["errors"]) == ["password"]
+
+
+class CountingHasher(MD5PasswordHasher):
+    calls = 0
+
+    def encode(self, password: str, salt: str) -> str:
+        type(self).calls += 1
+        return super().encode(password, salt)
+
+
+def test_the_refusal_hashes_the_password_as_a_registration_does(api: APIClient, settings) -> None:
+    # So a taken address is not told apart by a quicker answer.
+    settings.PASSWORD_HASHERS = [f"{__name__}.CountingHasher"]
+    UserFactory(email="taken@example.com")
+    for email, status in (("taken@example.com", 400), ("free@example.com", 201)):
+        CountingHasher.calls = 0
+        response = api.post("/api/v1/auth/register", {"email": email, "password": PASSWORD})
+        assert response.status_code == status
+        assert CountingHasher.calls == 1, email
 
 
 @pytest.mark.parametrize(

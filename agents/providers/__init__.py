@@ -13,6 +13,7 @@ from .base import (
     ProviderError,
     ToolCall,
     ToolSpec,
+    config_error,
 )
 from .simulated import SimulatedProvider
 
@@ -36,14 +37,13 @@ def get_provider(config: ProviderConfig) -> Provider:
     if config.provider == "simulated":
         return SimulatedProvider(config)
     if config.provider in ("openai", "openai_compatible"):
-        from .openai_provider import OpenAIProvider
+        from .openai_provider import OpenAIProvider  # the openai SDK is heavy: loaded on use
 
         return OpenAIProvider(config)
     if config.provider == "anthropic":
-        from .anthropic_provider import AnthropicProvider
+        from .anthropic_provider import AnthropicProvider  # the anthropic SDK: loaded on use
 
         return AnthropicProvider(config)
-    from .base import config_error
 
     raise config_error(
         f"Unknown provider {config.provider!r}; expected one of {', '.join(PROVIDERS)}.",

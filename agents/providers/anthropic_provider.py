@@ -9,21 +9,17 @@ from typing import Any
 import anthropic
 
 from sparkops import egress
-from sparkops.errors import SparkOpsError
 
 from .base import (
     ChatMessage,
     ChatRequest,
     ChatResponse,
+    OnDelta,
     ProviderConfig,
-    ProviderError,
     ToolCall,
     check_base_url,
     config_error,
-    connection_error,
-    redact,
-    status_error,
-    timeout_error,
+    sdk_errors,
 )
 
 ANTHROPIC_BASE_URL = "https://api.anthropic.com"
@@ -44,7 +40,9 @@ class AnthropicProvider:
             raise config_error("An Anthropic agent needs an API key.", provider=self.name)
         self.config = config
 
-    def chat(self, request: ChatRequest) -> ChatResponse:
+    def chat(self, request: ChatRequest, on_delta: OnDelta | None = None) -> ChatResponse:
+        """The model's answer; with `on_delta`, streamed, each text piece handed to `on_delta`
+        as it arrives and the answer (text, tool uses, usage) the SDK's assembled message."""
         config = self.config
         params = self._params(request)
         # Key and base URL are always explicit: the SDK would otherwise fall back to the
@@ -58,30 +56,18 @@ class AnthropicProvider:
             timeout=config.timeout,
         )
         started = time.perf_counter()
-        try:
-            with client:
+        errors = sdk_errors(
+            anthropic, anthropic.AnthropicError, label=self.label, config=config, provider=self.name
+        )
+        with errors, client:
+            if on_delta is None:
                 message = client.messages.create(**params)
-        except anthropic.APITimeoutError as exc:
-            raise timeout_error(self.label, config.timeout, provider=self.name) from exc
-        except anthropic.APIConnectionError as exc:
-            raise connection_error(self.label, exc, provider=self.name) from exc
-        except anthropic.APIStatusError as exc:
-            message_text = _error_message(exc.body) or exc.message
-            raise status_error(
-                self.label,
-                exc.status_code,
-                redact(message_text, config.api_key),
-                provider=self.name,
-            ) from exc
-        except ProviderError:
-            raise
-        except SparkOpsError as exc:  # the egress guard, raised through the SDK unwrapped
-            raise connection_error(self.label, exc, provider=self.name) from exc
-        except anthropic.AnthropicError as exc:
-            raise ProviderError(
-                f"{self.label} returned an unusable answer: {redact(str(exc), config.api_key)}",
-                provider=self.name,
-            ) from exc
+            else:
+                with client.messages.stream(**params) as stream:
+                    for event in stream:
+                        if event.type == "text" and event.text:
+                            on_delta(event.text)
+                    message = stream.get_final_message()
         latency_ms = (time.perf_counter() - started) * 1000
         return self._response(message, request, latency_ms)
 
@@ -187,14 +173,3 @@ def _schema_text(request: ChatRequest) -> str:
     if schema is None:
         return '{"type": "object"}'
     return json.dumps(schema, indent=2, sort_keys=True)
-
-
-def _error_message(body: object) -> str:
-    # Anthropic errors look like {"type": "error", "error": {"type": ..., "message": ...}}.
-    if isinstance(body, dict):
-        error = body.get("error", body)
-        if isinstance(error, dict) and isinstance(error.get("message"), str):
-            return error["message"]
-    elif isinstance(body, str):
-        return body
-    return ""

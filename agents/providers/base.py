@@ -7,7 +7,11 @@ back into a `ChatResponse`; nothing outside `agents.providers` sees an SDK objec
 from __future__ import annotations
 
 import json
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from email.utils import parsedate_to_datetime
 from typing import Any, Protocol
 
 from sparkops import egress
@@ -74,10 +78,14 @@ class ProviderConfig:
     timeout: float = 60.0
 
 
+# Called with each piece of the answer's text as a streamed answer brings it.
+OnDelta = Callable[[str], None]
+
+
 class Provider(Protocol):
     name: str
 
-    def chat(self, request: ChatRequest) -> ChatResponse: ...
+    def chat(self, request: ChatRequest, on_delta: OnDelta | None = None) -> ChatResponse: ...
 
 
 class ProviderError(SparkOpsError):
@@ -96,14 +104,25 @@ class ProviderError(SparkOpsError):
         provider: str | None = None,
         error_type: str | None = None,
         status_code: int | None = None,
+        retry_after: float | None = None,
     ) -> None:
         extra: dict[str, Any] = {"retryable": retryable}
         if provider:
             extra["provider"] = provider
+        if retry_after is not None:
+            extra["retry_after"] = retry_after
         super().__init__(detail, extra=extra, status_code=status_code, error_type=error_type)
         self.retryable = retryable
         self.provider_status = provider_status
         self.provider = provider
+        self.retry_after = retry_after  # seconds the provider asked us to wait, if it said
+
+    @property
+    def transient(self) -> bool:
+        """Rate limited (429) or a server error (5xx): the engine retries these by default."""
+        return self.provider_status is not None and (
+            self.provider_status == 429 or self.provider_status >= 500
+        )
 
 
 def config_error(detail: str, *, provider: str | None = None) -> ProviderError:
@@ -122,8 +141,11 @@ def check_base_url(base_url: str | None, *, label: str, provider: str) -> None:
         raise connection_error(label, egress.EgressDenied(problem), provider=provider)
 
 
-def status_error(label: str, status: int, message: str, *, provider: str) -> ProviderError:
-    """Map an HTTP error answered by a provider to a ProviderError."""
+def status_error(
+    label: str, status: int, message: str, *, provider: str, retry_after: float | None = None
+) -> ProviderError:
+    """Map an HTTP error answered by a provider to a ProviderError (with the wait its
+    `Retry-After` asked for, on the retryable ones)."""
     suffix = f": {message}" if message else "."
     if status in (401, 403):
         return ProviderError(
@@ -146,6 +168,7 @@ def status_error(label: str, status: int, message: str, *, provider: str) -> Pro
             provider_status=status,
             error_type="provider_rate_limited",
             retryable=True,
+            retry_after=retry_after,
         )
     if status == 408:
         return ProviderError(
@@ -163,6 +186,7 @@ def status_error(label: str, status: int, message: str, *, provider: str) -> Pro
             provider_status=status,
             error_type="provider_error",
             retryable=True,
+            retry_after=retry_after,
         )
     return ProviderError(
         f"{label} refused the request (HTTP {status}){suffix}",
@@ -170,6 +194,84 @@ def status_error(label: str, status: int, message: str, *, provider: str) -> Pro
         provider_status=status,
         error_type="provider_bad_request",
     )
+
+
+@contextmanager
+def sdk_errors(
+    sdk: Any, base_error: type[Exception], *, label: str, config: ProviderConfig, provider: str
+) -> Iterator[None]:
+    """Turns what a call through an official SDK raises into a ProviderError: a timeout, no
+    connection (or the egress guard's refusal), the provider's HTTP error (by status, its
+    message without the API key), or an answer the SDK could not use (`base_error`, the SDK's
+    root exception). The openai and anthropic SDKs name their exceptions alike."""
+    try:
+        yield
+    except sdk.APITimeoutError as exc:
+        raise timeout_error(label, config.timeout, provider=provider) from exc
+    except sdk.APIConnectionError as exc:
+        raise connection_error(label, exc, provider=provider) from exc
+    except sdk.APIStatusError as exc:
+        message = error_message(exc.body) or exc.message
+        raise status_error(
+            label,
+            exc.status_code,
+            redact(message, config.api_key),
+            provider=provider,
+            retry_after=retry_after_seconds(getattr(exc.response, "headers", None)),
+        ) from exc
+    except ProviderError:
+        raise
+    except SparkOpsError as exc:  # the egress guard, raised through the SDK unwrapped
+        raise connection_error(label, exc, provider=provider) from exc
+    except base_error as exc:
+        raise ProviderError(
+            f"{label} returned an unusable answer: {redact(str(exc), config.api_key)}",
+            provider=provider,
+        ) from exc
+
+
+MAX_RETRY_AFTER = 3600.0
+
+
+def retry_after_seconds(headers: Any, now: datetime | None = None) -> float | None:
+    """The wait a provider asked for: `retry-after-ms` (OpenAI), else `Retry-After` in seconds
+    or as an HTTP date. None when absent or unreadable; capped at an hour."""
+    if not headers:
+        return None
+    seconds: float | None = None
+    millis = headers.get("retry-after-ms")
+    value = headers.get("retry-after")
+    try:
+        if millis is not None:
+            seconds = float(millis) / 1000
+        elif value is not None:
+            seconds = float(value)
+    except ValueError:
+        seconds = None
+    if seconds is None and value:
+        try:
+            when = parsedate_to_datetime(value)
+        except (TypeError, ValueError):
+            return None
+        if when.tzinfo is None:
+            when = when.replace(tzinfo=UTC)
+        seconds = (when - (now or datetime.now(UTC))).total_seconds()
+    if seconds is None or seconds != seconds:  # NaN
+        return None
+    return min(max(seconds, 0.0), MAX_RETRY_AFTER)
+
+
+def error_message(body: object) -> str:
+    """The message of a provider's error body: `{"message": ...}` (what the OpenAI SDK hands
+    over, having taken the body's "error" object), `{"error": {"message": ...}}` (Anthropic's
+    whole body), or plain text."""
+    if isinstance(body, dict):
+        for error in (body, body.get("error")):
+            if isinstance(error, dict) and isinstance(error.get("message"), str):
+                return error["message"]
+    elif isinstance(body, str):
+        return body
+    return ""
 
 
 def timeout_error(label: str, timeout: float, *, provider: str) -> ProviderError:

@@ -10,22 +10,19 @@ from typing import Any
 import openai
 
 from sparkops import egress
-from sparkops.errors import SparkOpsError
 
 from .base import (
     ChatMessage,
     ChatRequest,
     ChatResponse,
+    OnDelta,
     ProviderConfig,
     ProviderError,
     ToolCall,
     check_base_url,
     config_error,
-    connection_error,
     parse_arguments,
-    redact,
-    status_error,
-    timeout_error,
+    sdk_errors,
 )
 
 OPENAI_BASE_URL = "https://api.openai.com/v1"
@@ -47,7 +44,9 @@ class OpenAIProvider:
                 provider=self.name,
             )
 
-    def chat(self, request: ChatRequest) -> ChatResponse:
+    def chat(self, request: ChatRequest, on_delta: OnDelta | None = None) -> ChatResponse:
+        """The model's answer; with `on_delta`, streamed, each text piece handed to `on_delta`
+        as it arrives and the answer (text, tool calls, usage) assembled from the chunks."""
         config = self.config
         params = self._params(request)
         # Always pass key and base URL explicitly: the SDK would otherwise fall back to the
@@ -63,29 +62,66 @@ class OpenAIProvider:
             timeout=config.timeout,
         )
         started = time.perf_counter()
-        try:
-            with client:
+        errors = sdk_errors(
+            openai, openai.OpenAIError, label=self.label, config=config, provider=self.name
+        )
+        with errors, client:
+            if on_delta is None:
                 completion = client.chat.completions.create(**params)
-        except openai.APITimeoutError as exc:
-            raise timeout_error(self.label, config.timeout, provider=self.name) from exc
-        except openai.APIConnectionError as exc:
-            raise connection_error(self.label, exc, provider=self.name) from exc
-        except openai.APIStatusError as exc:
-            message = _error_message(exc.body) or exc.message
-            raise status_error(
-                self.label, exc.status_code, redact(message, config.api_key), provider=self.name
-            ) from exc
-        except ProviderError:
-            raise
-        except SparkOpsError as exc:  # the egress guard, raised through the SDK unwrapped
-            raise connection_error(self.label, exc, provider=self.name) from exc
-        except openai.OpenAIError as exc:
-            raise ProviderError(
-                f"{self.label} returned an unusable answer: {redact(str(exc), config.api_key)}",
-                provider=self.name,
-            ) from exc
+            else:
+                return self._streamed(client, params, request, on_delta, started)
         latency_ms = (time.perf_counter() - started) * 1000
         return self._response(completion, request, latency_ms)
+
+    def _streamed(
+        self,
+        client: openai.OpenAI,
+        params: dict[str, Any],
+        request: ChatRequest,
+        on_delta: OnDelta,
+        started: float,
+    ) -> ChatResponse:
+        texts: list[str] = []
+        calls: dict[int, dict[str, str]] = {}
+        model = finish = None
+        usage = None
+        stream = client.chat.completions.create(
+            **params, stream=True, stream_options={"include_usage": True}
+        )
+        with stream:
+            for chunk in stream:
+                model = chunk.model or model
+                usage = chunk.usage or usage
+                for choice in chunk.choices:
+                    delta = choice.delta
+                    finish = choice.finish_reason or finish
+                    if delta.content:
+                        texts.append(delta.content)
+                        on_delta(delta.content)
+                    for call in delta.tool_calls or []:
+                        part = calls.setdefault(call.index, {"id": "", "name": "", "args": ""})
+                        part["id"] = call.id or part["id"]
+                        if call.function is not None:
+                            part["name"] += call.function.name or ""
+                            part["args"] += call.function.arguments or ""
+        return ChatResponse(
+            content="".join(texts) if texts else None,
+            tool_calls=[
+                ToolCall(
+                    id=part["id"],
+                    name=part["name"],
+                    arguments=parse_arguments(part["args"]),
+                    raw_arguments=part["args"],
+                )
+                for _, part in sorted(calls.items())
+            ],
+            input_tokens=(usage.prompt_tokens or 0) if usage else 0,
+            output_tokens=(usage.completion_tokens or 0) if usage else 0,
+            model=model or request.model,
+            finish_reason=finish,
+            latency_ms=(time.perf_counter() - started) * 1000,
+            provider=self.name,
+        )
 
     def _params(self, request: ChatRequest) -> dict[str, Any]:
         params: dict[str, Any] = {
@@ -166,14 +202,3 @@ def _message(message: ChatMessage) -> dict[str, Any]:
             ],
         }
     return {"role": message.role, "content": message.content or ""}
-
-
-def _error_message(body: object) -> str:
-    # The SDK hands over the body's "error" object when there is one.
-    if isinstance(body, dict):
-        message = body.get("message")
-        if isinstance(message, str):
-            return message
-    elif isinstance(body, str):
-        return body
-    return ""

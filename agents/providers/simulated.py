@@ -23,6 +23,7 @@ from .base import (
     ChatMessage,
     ChatRequest,
     ChatResponse,
+    OnDelta,
     ProviderConfig,
     ToolCall,
     config_error,
@@ -53,8 +54,10 @@ class SimulatedProvider:
                 "A scripted simulated agent needs a non-empty list of turns.", provider=self.name
             )
 
-    def chat(self, request: ChatRequest) -> ChatResponse:
+    def chat(self, request: ChatRequest, on_delta: OnDelta | None = None) -> ChatResponse:
         content, tool_calls = self._reply(request.messages)
+        if on_delta is not None and content:
+            on_delta(content)  # a simulated answer arrives in one piece
         output_text = (content or "") + "".join(c.name + c.raw_arguments for c in tool_calls)
         return ChatResponse(
             content=content,

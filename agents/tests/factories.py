@@ -6,6 +6,7 @@ import factory
 
 from agents import services
 from agents.models import Agent
+from projects import services as project_services
 from projects.tests.factories import ProjectFactory
 from tools.models import Tool
 
@@ -48,3 +49,42 @@ def tool_for(project: Any = None, *, name: str | None = None, **fields: Any) -> 
 
 
 tool_for.counter = 0  # type: ignore[attr-defined]
+
+
+def scripted_agent(cast: Any, *, model: str, tool: Any) -> Agent:
+    """A simulated agent ("helper") that calls `tool` once, then answers: two model calls of 7
+    input and 3 output tokens each."""
+    return services.agent_create(
+        actor=cast.owner,
+        project=cast.project,
+        name="Helper",
+        slug="helper",
+        provider="simulated",
+        model=model,
+        tools=[tool.pk],
+        settings={
+            "mode": "script",
+            "turns": [
+                {"tool_calls": [{"name": tool.name, "arguments": {"expression": "2+2"}}]},
+                {"content": "Result: {last_tool_result}"},
+            ],
+            "input_tokens": 7,
+            "output_tokens": 3,
+        },
+    )
+
+
+def remote_agent(cast: Any, *, slug: str, base_url: str, key: str = "sk-x") -> Agent:
+    """An OpenAI agent ("Remote", model gpt-test-1) at `base_url` (a FakeLLMServer's), its API
+    key in the project secret "key"."""
+    project_services.secret_create(project=cast.project, actor=cast.owner, name="key", value=key)
+    return services.agent_create(
+        actor=cast.owner,
+        project=cast.project,
+        name="Remote",
+        slug=slug,
+        provider="openai",
+        model="gpt-test-1",
+        base_url=base_url,
+        credentials_secret="key",
+    )

@@ -495,3 +495,33 @@ def test_the_key_never_appears_in_api_responses(cast, fake_llm, allow_loopback):
         text = response.content.decode()
         assert KEY not in text
     assert "LLM_KEY" in client.get(detail(agent)).content.decode()  # the name, not the value
+
+
+def test_diff_shows_each_changed_field_before_and_after(cast):
+    tool = tool_for(cast.project)
+    agent = AgentFactory(project=cast.project, system_prompt="one", tools=[tool.pk])
+    client = cast.client("developer")
+    client.patch(detail(agent), {"system_prompt": "two", "tools": []}, format="json")
+    client.patch(detail(agent), {"model": "sim-2"}, format="json")
+    viewer = cast.client("viewer")
+    body = viewer.get(f"{detail(agent)}diff", {"from": 1, "to": 3}).json()
+    assert (body["from_version"], body["to_version"]) == (1, 3)
+    assert body["changed_fields"] == ["model", "system_prompt", "tools"]
+    assert body["changes"]["system_prompt"] == {"from": "one", "to": "two"}
+    assert body["changes"]["tools"] == {
+        "from": [str(tool.pk)],
+        "to": [],
+        "added": [],
+        "removed": [str(tool.pk)],
+    }
+    default = viewer.get(f"{detail(agent)}diff").json()  # previous -> current
+    assert (default["from_version"], default["to_version"], default["changed_fields"]) == (
+        2,
+        3,
+        ["model"],
+    )
+    bad = viewer.get(f"{detail(agent)}diff", {"from": "x"})
+    assert bad.status_code == 400 and "from" in bad.json()["errors"]
+    unknown = viewer.get(f"{detail(agent)}diff", {"from": 1, "to": 7})
+    assert unknown.status_code == 400
+    assert unknown.json()["errors"] == {"to": ["No version 7; the latest is 3."]}

@@ -458,6 +458,22 @@ def test_anthropic_status_mapping(fake_llm, allow_loopback, status, error_type, 
     )
 
 
+@pytest.mark.parametrize(("kind", "label"), [("openai", "OpenAI"), ("anthropic", "Anthropic")])
+def test_the_providers_own_message_is_shown_without_the_key(fake_llm, allow_loopback, kind, label):
+    # One mapping reads both SDKs' error bodies: OpenAI's unwrapped error, Anthropic's whole one.
+    fake_llm.enqueue(kind, {"status": 400, "message": f"No such model; key {API_KEY}"})
+    config = openai_config(fake_llm) if kind == "openai" else anthropic_config(fake_llm)
+
+    error = call_failing(config, ask("Hi", model="claude-test"))
+
+    assert error.detail == f"{label} refused the request (HTTP 400): No such model; key [redacted]"
+    assert (error.error_type, error.retryable, error.provider) == (
+        "provider_bad_request",
+        False,
+        kind,
+    )
+
+
 def test_anthropic_needs_an_api_key():
     with pytest.raises(ProviderError) as caught:
         get_provider(ProviderConfig(provider="anthropic", model="claude-test"))
@@ -615,3 +631,19 @@ def test_unknown_provider_is_a_config_error():
 
     assert caught.value.error_type == "provider_config_error"
     assert caught.value.status_code == 400
+
+
+def test_retry_after_is_read_in_seconds_milliseconds_or_as_a_date():
+    from datetime import UTC, datetime
+
+    from agents.providers.base import retry_after_seconds
+
+    now = datetime(2025, 1, 6, 12, 0, 0, tzinfo=UTC)
+    assert retry_after_seconds({"retry-after": "7"}) == 7.0
+    assert retry_after_seconds({"retry-after-ms": "250", "retry-after": "9"}) == 0.25
+    date = "Mon, 06 Jan 2025 12:00:30 GMT"
+    assert retry_after_seconds({"retry-after": date}, now=now) == 30.0
+    assert retry_after_seconds({"retry-after": "soon"}) is None
+    assert retry_after_seconds({"retry-after": "-3"}) == 0.0
+    assert retry_after_seconds({"retry-after": "99999"}) == 3600.0
+    assert retry_after_seconds({}) is None

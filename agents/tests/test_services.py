@@ -8,6 +8,7 @@ from agents import services
 from agents.models import Agent, AgentVersion
 from agents.providers import ProviderError
 from agents.tests.factories import AgentFactory, tool_for
+from policies.models import AuditEvent
 from projects import services as project_services
 from projects.models import Secret
 from projects.secrets import SecretBag
@@ -107,6 +108,20 @@ def test_changing_tools_writes_a_version(cast):
     # the same set in another order is no change
     agent = services.agent_update(agent=agent, actor=cast.developer, tools=[one.pk, two.pk])
     assert agent.version == 2
+
+
+def test_a_tools_only_change_saves_the_row_and_given_tools_are_audited(cast):
+    one = tool_for(cast.project)
+    agent = create(cast)
+    before = Agent.objects.get(pk=agent.pk).updated_at
+    services.agent_update(agent=agent, actor=cast.developer, tools=[one.pk])
+    assert Agent.objects.get(pk=agent.pk).updated_at > before
+    services.agent_update(agent=agent, actor=cast.developer, tools=[one.pk], description="d")
+    events = AuditEvent.objects.filter(action="agent.update").order_by("created_at")
+    assert [event.changes for event in events] == [
+        {"tools": [one.pk]},
+        {"description": "d", "tools": [one.pk]},  # the tools as given, though unchanged
+    ]
 
 
 def test_global_tools_may_be_used(cast):

@@ -8,8 +8,8 @@ from typing import Any
 from agents import services as agent_services
 from agents.models import ModelPrice
 from policies import services
-from runs.tests.conftest import builtin_tool
-from runs.tests.factories import make_workflow
+from tools.tests.factories import builtin_tool
+from workflows.tests.factories import make_workflow
 
 
 def make_policy(project: Any, actor: Any, kind: str, rule: dict[str, Any], **fields: Any) -> Any:
@@ -64,7 +64,9 @@ def looping_agent(cast, calls: int, **extra: Any) -> Any:
     million)."""
     sim_priced()
     noop = builtin_tool(cast.project, cast.owner, "noop", "noop")
-    turns = [{"tool_calls": [{"name": "noop", "arguments": {"n": i}}]} for i in range(calls - 1)]
+    turns: list[dict[str, Any]] = [
+        {"tool_calls": [{"name": "noop", "arguments": {"n": i}}]} for i in range(calls - 1)
+    ]
     turns.append({"content": "done"})
     agent = make_agent(
         cast,

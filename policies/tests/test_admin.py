@@ -15,9 +15,10 @@ from django.utils import timezone
 
 from accounts.tests.factories import UserFactory
 from policies.budgets import budget_add
-from policies.models import AuditEvent, Budget, BudgetSpend, Policy, PolicyDecision, UsageRecord
+from policies.models import Budget, BudgetSpend, Policy, PolicyDecision, UsageRecord
 from policies.tests.factories import make_budget, make_policy
-from runs.tests.factories import make_workflow, transform
+from sparkops.audit import AuditEvent
+from workflows.tests.factories import make_workflow, transform
 
 pytestmark = pytest.mark.django_db
 
@@ -27,7 +28,7 @@ ADMIN = "/admin/policies"
 @pytest.fixture
 def operator(db: Any) -> Client:
     client = Client()
-    client.force_login(UserFactory(is_staff=True, is_superuser=True))
+    client.force_login(UserFactory.create(is_staff=True, is_superuser=True))
     return client
 
 

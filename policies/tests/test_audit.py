@@ -12,12 +12,12 @@ from django.test import Client
 from accounts import services as account_services
 from accounts.tests.factories import UserFactory
 from agents import services as agent_services
-from policies.models import AuditEvent
 from policies.tests.factories import make_budget, make_policy
 from projects import services as project_services
-from runs.tests.factories import make_workflow, transform
+from sparkops.audit import AuditEvent
 from tools import services as tool_services
 from workflows import services as workflow_services
+from workflows.tests.factories import make_workflow, transform
 
 pytestmark = pytest.mark.django_db
 
@@ -93,7 +93,7 @@ def test_global_tool_actions_have_no_project(cast):
 def test_member_actions(cast):
     newcomer = UserFactory(email="new@example.com")
     membership = project_services.membership_add(
-        project=cast.project, actor=cast.admin, email="new@example.com", role="viewer"
+        project=cast.project, actor=cast.admin, user=newcomer, role="viewer"
     )
     project_services.membership_update(membership=membership, actor=cast.admin, role="developer")
     project_services.membership_remove(membership=membership, actor=cast.admin)
@@ -142,7 +142,7 @@ def test_project_actions(cast):
     project_id = project.pk
     project_services.project_update(project=project, actor=cast.owner, description="x")
     project_services.membership_add(
-        project=project, actor=cast.owner, email=cast.admin.email, role="admin"
+        project=project, actor=cast.owner, user=cast.admin, role="admin"
     )
     project_services.project_transfer(project=project, actor=cast.owner, new_owner=cast.admin)
     project_services.project_delete(project=project, actor=cast.admin)
@@ -244,6 +244,6 @@ def test_the_log_is_append_only(cast):
 
 
 def test_clone_is_audited_on_the_new_project(cast):
-    clone = project_services.project_clone(project=cast.project, actor=cast.viewer, name="Copy")
+    clone = workflow_services.project_clone(project=cast.project, actor=cast.viewer, name="Copy")
     assert actions(project=clone) == ["project.create", "project.clone"]
     assert last("project.clone").changes == {"source": str(cast.project.pk)}

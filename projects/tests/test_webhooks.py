@@ -16,6 +16,7 @@ from projects import webhooks
 from projects.models import WebhookDelivery, WebhookEndpoint
 from projects.tests.receiver import Receiver
 from runs import services as run_services
+from runs import webhooks as run_webhooks
 from runs.models import Run
 from runs.tests.factories import make_workflow, transform
 from sparkops.testing.engine import wait_for_run, wait_until
@@ -106,6 +107,33 @@ def test_run_started_and_approval_requested_are_reported_once(cast):
 
 
 # --- retry rules ---------------------------------------------------------------------------------
+
+
+@pytest.mark.django_db
+@pytest.mark.usefixtures("metrics_token")
+def test_attempts_are_counted_by_outcome_once_committed(
+    cast, local, settings, django_capture_on_commit_callbacks
+):
+    from sparkops.testing.scraping import delta, scrape
+
+    settings.SPARKOPS_WEBHOOK_RETRY_SCHEDULE = [300]
+    before = scrape()
+    with Receiver(503, 503, 400) as receiver:
+        endpoint_for(cast, receiver.url)
+        with django_capture_on_commit_callbacks(execute=True):
+            retried, final = emit(cast), emit(cast)
+            attempt(retried[0])  # 503: retrying
+            make_due(retried[0])
+            attempt(retried[0])  # 503 again, schedule spent: gave_up
+            attempt(final[0])  # 400: failed
+            (ok,) = emit(cast)
+            attempt(ok)  # 200: delivered
+    after = scrape()
+    counted = {
+        outcome: delta(before, after, "sparkops_webhook_deliveries_total", outcome=outcome)
+        for outcome in ("delivered", "retrying", "gave_up", "failed")
+    }
+    assert counted == {"delivered": 1, "retrying": 1, "gave_up": 1, "failed": 1}
 
 
 @pytest.mark.django_db
@@ -330,7 +358,7 @@ def test_ping_deliveries_and_redeliver(cast, local):
 
         listed = client.get(f"{URL}{endpoint.pk}/deliveries/").json()
         assert [d["event_type"] for d in listed["results"]] == ["ping"]
-        assert client.get(f"{URL}{endpoint.pk}/deliveries/?status=failed").json()["count"] == 0
+        assert client.get(f"{URL}{endpoint.pk}/deliveries/?status=failed").json()["results"] == []
 
         again = client.post(f"{URL}{endpoint.pk}/deliveries/{ping.pk}/redeliver")
         assert again.status_code == 202 and again.json()["status"] == "pending"
@@ -363,13 +391,20 @@ def test_delivery_list_query_count_is_constant(cast, local, django_assert_num_qu
     endpoint, _ = endpoint_for(cast, "http://127.0.0.1:9/a")
     emit(cast)
     url = f"{URL}{endpoint.pk}/deliveries/"
-    # auth user, endpoint with its project (admin-membership subquery), role check, count, page
-    with django_assert_num_queries(5):
-        assert client.get(url).json()["count"] == 1
-    for _ in range(10):
+    # auth user, endpoint with its project (admin-membership subquery), role check, page: no
+    # COUNT(*), the log is cursor-paged
+    with django_assert_num_queries(4):
+        assert len(client.get(url).json()["results"]) == 1
+    for _ in range(60):
         emit(cast)
-    with django_assert_num_queries(5):
-        assert client.get(url).json()["count"] == 11
+    with django_assert_num_queries(4):
+        first = client.get(url).json()
+    assert len(first["results"]) == 50 and "count" not in first
+    with django_assert_num_queries(4):
+        second = client.get(first["next"]).json()
+    assert len(second["results"]) == 11 and second["next"] is None
+    ids = [d["id"] for d in first["results"] + second["results"]]
+    assert ids == sorted(ids, reverse=True) and len(set(ids)) == 61
 
 
 @pytest.mark.django_db
@@ -378,5 +413,5 @@ def test_unreported_run_events_cost_no_query(cast, django_assert_num_queries):
 
     events = [RunEvent(run_id=None, seq=1, type="step.status", payload={"status": "queued"})]
     with django_assert_num_queries(0):
-        assert webhooks.run_events_record(run_id=None, events=events) == []
+        assert run_webhooks.run_events_record(run_id=None, events=events) == []
     assert Run.objects.count() == 0

@@ -15,7 +15,10 @@ pauses again."""
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import asdict
+from decimal import Decimal
+from itertools import count
 from typing import Any
 
 from agents.models import Agent
@@ -29,11 +32,13 @@ from agents.providers import (
     get_provider,
 )
 from agents.services import agent_provider_config
-from runs import observability
+from runs import deltas, observability
 from runs.models import RunEvent, RunStep
 from runs.services import policy_hooks
 from runs.services.usage import usage_record
+from sparkops.db import release_connection
 from sparkops.errors import SparkOpsError
+from tools.mcp_services import mcp_tools_of
 
 from .checkpoint import Checkpoint
 from .errors import PauseForApproval, StepError
@@ -48,7 +53,9 @@ def run_agent(
     agent = Agent.objects.filter(project=step.run.project, slug=node["agent"]).first()
     if agent is None or agent.status != Agent.Status.ACTIVE:
         raise StepError("agent_unavailable", f"Agent '{node['agent']}' is missing or disabled.")
-    tools = {tool.name: tool for tool in agent.tools.filter(status="active")}
+    tools: dict[str, Any] = {tool.name: tool for tool in agent.tools.filter(status="active")}
+    for mcp_tool in mcp_tools_of(agent.project_id, agent.mcp_tools, as_of=step.run.created_at):
+        tools.setdefault(mcp_tool.name, mcp_tool)
     prompt = render(node.get("prompt", ""), context, "the prompt")
     if not isinstance(prompt, str):
         prompt = json.dumps(prompt, default=str)
@@ -105,16 +112,26 @@ def run_agent(
             response_format=response_format,
         )
         policy_hooks.before_model_call(step=step, agent=agent, request=request)
+        release_connection()  # no connection held while the model thinks (sparkops.db)
+        checkpoint.calls += 1
         try:
             with observability.model_call(agent.provider, request) as call:
-                response = call.done(provider.chat(request))
+                response = call.done(
+                    provider.chat(request, on_delta=_publisher(step, checkpoint, iteration))
+                )
         except ProviderError as exc:
             checkpoint()  # a call cut short by the step's timeout is a step timeout
             raise StepError(
-                exc.error_type, str(exc.detail), retryable=exc.retryable, provider=agent.provider
+                exc.error_type,
+                str(exc.detail),
+                retryable=exc.retryable,
+                provider=agent.provider,
+                **provider_details(exc),
             ) from exc
-        price = price_for(agent.provider, response.model or agent.model)
-        cost = price.cost(response.input_tokens, response.output_tokens) if price else 0
+        price = price_for(
+            agent.provider, response.model or agent.model, project_id=agent.project_id
+        )
+        cost = price.cost(response.input_tokens, response.output_tokens) if price else Decimal(0)
         usage_record(
             step=step,
             attempt=checkpoint.attempt,
@@ -151,6 +168,28 @@ def run_agent(
         "max_iterations",
         f"The agent did not give a final answer within {agent.max_iterations} iterations.",
     )
+
+
+def _publisher(step: RunStep, checkpoint: Checkpoint, iteration: int) -> Callable[[str], None]:
+    """Hands each piece of the model's streamed answer to the run's open event streams as an
+    `llm.delta` event (runs.deltas: never a stored row)."""
+    index = count()
+
+    def on_delta(text: str) -> None:
+        deltas.publish(
+            step.run_id,
+            {
+                "run": step.run_id,
+                "step": step.pk,
+                "node_id": step.node_id,
+                "attempt": checkpoint.attempt,
+                "iteration": iteration,
+                "index": next(index),
+                "text": text,
+            },
+        )
+
+    return on_delta
 
 
 def _call_tools(
@@ -221,6 +260,7 @@ def _message(saved: dict[str, Any]) -> ChatMessage:
     fields["tool_calls"] = [ToolCall(**call) for call in fields.get("tool_calls") or []]
     message = ChatMessage(**fields)
     if checked:
+        # A mark on the object, as policy_hooks sets it, not a field sent to a provider.
         message._policy_checked = True  # type: ignore[attr-defined]
     return message
 
@@ -282,3 +322,16 @@ def _final_output(agent: Agent, content: str | None) -> Any:
             f"The agent was asked for JSON but answered text that does not parse: {exc}",
             retryable=True,
         ) from exc
+
+
+def provider_details(exc: ProviderError) -> dict[str, Any]:
+    """What the retry policy reads off a provider's refusal: its HTTP status, whether it is a
+    rate limit or server error (retried by default), and the wait it asked for."""
+    details: dict[str, Any] = {}
+    if exc.provider_status is not None:
+        details["provider_status"] = exc.provider_status
+    if exc.transient:
+        details["transient"] = True
+    if exc.retry_after is not None:
+        details["retry_after"] = round(exc.retry_after, 3)
+    return details

@@ -4,7 +4,7 @@ heartbeat), and through which it records the step's input and call events."""
 from __future__ import annotations
 
 import time
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from django.utils import timezone
@@ -12,6 +12,7 @@ from django.utils import timezone
 from projects.secrets import SecretBag
 from runs.models import RunStep
 from runs.services.state import find_tool, step_event
+from sparkops.db import reconnecting
 from sparkops.nul import strip_nul
 
 from .errors import StepError, StepSuperseded
@@ -33,12 +34,22 @@ class Checkpoint:
     ) -> None:
         self.step = step
         self.attempt = attempt
-        self.deadline = timezone.now() + timedelta(seconds=timeout)
+        # The step's own timeout, capped at the run's deadline: every model and HTTP call of
+        # the step waits at most `remaining()`, so none outlives the run.
+        own = timezone.now() + timedelta(seconds=timeout)
+        run_deadline = step.run.deadline
+        self.run_bound = run_deadline is not None and run_deadline < own
+        self.deadline: datetime = (
+            run_deadline if run_deadline is not None and self.run_bound else own
+        )
         self.secrets = SecretBag(step.run.project_id)
         self.deferred_writes = deferred_writes
         self.input: Any = None
         self.has_input = False
         self.events: list[dict[str, Any]] = []
+        # Model and tool calls begun: until the first, the attempt has only read (and
+        # deferred its writes), so it may start over on a fresh connection.
+        self.calls = 0
         self._verified = time.monotonic()
 
     def remaining(self) -> float:
@@ -46,20 +57,27 @@ class Checkpoint:
 
     def __call__(self) -> None:
         if time.monotonic() - self._verified >= self.FRESH_SECONDS:
-            moved = RunStep.objects.filter(
-                pk=self.step.pk,
-                attempt=self.attempt,
-                status=RunStep.Status.RUNNING,
-                run__cancel_requested=False,
-            ).update(heartbeat_at=timezone.now())
+            # Often the first query after a model or HTTP wait: a connection the server
+            # dropped meanwhile is replaced (the update is fenced: trying it again is harmless).
+            moved = reconnecting(
+                lambda: RunStep.objects.filter(
+                    pk=self.step.pk,
+                    attempt=self.attempt,
+                    status=RunStep.Status.RUNNING,
+                    run__cancel_requested=False,
+                ).update(heartbeat_at=timezone.now())
+            )
             if not moved:
                 raise StepSuperseded()
             self._verified = time.monotonic()
         self._check_timeout()
 
     def _check_timeout(self) -> None:
-        if self.remaining() <= 0:
-            raise StepError("timeout", "The step ran past its timeout.", retryable=True)
+        if self.remaining() > 0:
+            return
+        if self.run_bound:  # not retried: the run times out (runs.services.attempts)
+            raise StepError("run_timed_out", "The run passed its deadline (timeout_seconds).")
+        raise StepError("timeout", "The step ran past its timeout.", retryable=True)
 
     def record_input(self, value: Any) -> None:
         value = strip_nul(self.secrets.redact(value))
@@ -86,7 +104,7 @@ class Checkpoint:
         return ({"input": self.input} if self.has_input else {}), self.events
 
     def tool_named(self, name: str) -> Any:
-        return find_tool(self.step.run.project_id, name)
+        return find_tool(self.step.run.project_id, name, as_of=self.step.run.created_at)
 
 
 class InlineCheckpoint(Checkpoint):
@@ -106,4 +124,5 @@ class InlineCheckpoint(Checkpoint):
         self._check_timeout()
 
     def tool_named(self, name: str) -> Any:
-        return find_tool(self.step.run.project_id, name, self.tools)
+        run = self.step.run
+        return find_tool(run.project_id, name, self.tools, as_of=run.created_at)

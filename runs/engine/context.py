@@ -7,7 +7,7 @@ from typing import Any
 
 from projects.secrets import SecretBag
 from runs.models import Run, RunStep
-from workflows.templating import referenced_steps
+from sparkops.templating import referenced_steps
 
 
 def template_context(run: Run, steps: dict[str, Any], secrets: SecretBag | None) -> dict[str, Any]:
@@ -30,7 +30,7 @@ def template_context(run: Run, steps: dict[str, Any], secrets: SecretBag | None)
 def step_states(run_id: Any, node_ids: Any = None) -> dict[str, dict[str, Any]]:
     """Output, status and error of the given steps (all when None), in one query. Templates
     name the steps they read, so a step of a 500-node run loads what it needs, not 500 rows."""
-    rows = RunStep.objects.filter(run_id=run_id)
+    rows = RunStep.objects.filter(run_id=run_id, item_index__isnull=True)  # not map items
     if node_ids is not None:
         node_ids = list(node_ids)
         if not node_ids:

@@ -8,6 +8,8 @@ from typing import Any
 
 from runs.models import RunStep
 from runs.services import policy_hooks
+from sparkops.errors import SparkOpsError
+from sparkops.templating import TemplateError, evaluate_condition
 from tools.models import Tool
 
 from .agent import run_agent
@@ -24,7 +26,11 @@ def _context(step: RunStep, checkpoint: Checkpoint, *values: Any) -> dict[str, A
     names: set[str] = set()
     for value in values:
         names |= referenced(value)
-    return template_context(step.run, step_states(step.run_id, names), checkpoint.secrets)
+    context = template_context(step.run, step_states(step.run_id, names), checkpoint.secrets)
+    if step.item_index is not None:  # an item of a map, an iteration of a loop
+        context["item"], context["item_index"] = step.item, step.item_index
+        context["previous"], context["iteration"] = step.item, step.item_index
+    return context
 
 
 def execute(*, step: RunStep, node: dict[str, Any], checkpoint: Checkpoint) -> Any:
@@ -36,6 +42,8 @@ def execute(*, step: RunStep, node: dict[str, Any], checkpoint: Checkpoint) -> A
         return output
     if step.type == "tool":
         return _execute_tool(step, node, checkpoint)
+    if step.type == "switch":
+        return _execute_switch(step, node, checkpoint)
     if step.type == "agent":
         return run_agent(
             step=step,
@@ -44,6 +52,38 @@ def execute(*, step: RunStep, node: dict[str, Any], checkpoint: Checkpoint) -> A
             context=_context(step, checkpoint, node.get("prompt"), node.get("system_prompt")),
         )
     raise StepError("unsupported_node", f"Node type '{step.type}' cannot be executed.")
+
+
+def _execute_switch(step: RunStep, node: dict[str, Any], checkpoint: Checkpoint) -> Any:
+    """The branch a switch picks: the first case that holds (its `when`, or `value` equal to
+    its `equals`), else the `default`; a step error when neither."""
+    cases = [case for case in node.get("cases") or [] if isinstance(case, dict)]
+    names = referenced(node.get("value"))
+    for case in cases:
+        names |= referenced(case.get("when"), condition=True)
+    context = template_context(step.run, step_states(step.run_id, names), checkpoint.secrets)
+    value = None
+    if "value" in node:
+        value = render(node["value"], context, "the switch value")
+    checkpoint.record_input({"value": value} if "value" in node else None)
+    for index, case in enumerate(cases):
+        if "when" in case:
+            try:
+                holds = bool(evaluate_condition(case["when"], context))
+            except (TemplateError, SparkOpsError) as exc:
+                raise StepError(
+                    "template_error", f"Cannot evaluate case {index} of the switch: {exc.detail}"
+                ) from exc
+        else:
+            holds = value == case.get("equals")
+        if holds:
+            return {"branch": case["to"], "case": index, "value": value}
+    if isinstance(node.get("default"), str):
+        return {"branch": node["default"], "case": None, "value": value}
+    shown = f" (value {value!r})" if "value" in node else ""
+    raise StepError(
+        "no_branch", f"No case of switch '{step.node_id}' holds{shown} and it has no default."
+    )
 
 
 def _execute_tool(step: RunStep, node: dict[str, Any], checkpoint: Checkpoint) -> Any:

@@ -1,6 +1,6 @@
-"""Heartbeats for running steps: one daemon thread per worker process refreshes
-`heartbeat_at` of every step attempt executing in that process, so a step blocked in a long
-model call still looks alive, and a killed worker's steps go silent and get recovered."""
+"""Heartbeats for running steps: one daemon thread (a greenlet under gevent) per worker process
+refreshes `heartbeat_at` of every step attempt executing in that process, so a step blocked in
+a long model call still looks alive, and a killed worker's steps go silent and get recovered."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ from django.db import close_old_connections, connection
 from django.utils import timezone
 
 from runs.models import RunStep
+from sparkops.db import reconnecting
 
 logger = logging.getLogger(__name__)
 
@@ -28,11 +29,16 @@ def _beat_once() -> None:
         beating = dict(_running)
     if not beating:
         return
-    now = timezone.now()
+    # One UPDATE per attempt number, not per step: a gevent worker has hundreds of steps in
+    # flight, nearly all on their first attempt.
+    by_attempt: dict[int, list[int]] = {}
     for step_id, attempt in beating.items():
-        RunStep.objects.filter(pk=step_id, attempt=attempt, status=RunStep.Status.RUNNING).update(
-            heartbeat_at=now
-        )
+        by_attempt.setdefault(attempt, []).append(step_id)
+    now = timezone.now()
+    for attempt, step_ids in by_attempt.items():
+        RunStep.objects.filter(
+            pk__in=step_ids, attempt=attempt, status=RunStep.Status.RUNNING
+        ).update(heartbeat_at=now)
 
 
 def _loop() -> None:
@@ -41,13 +47,18 @@ def _loop() -> None:
         _wake.wait(interval)
         _wake.clear()
         try:
-            _beat_once()
+            # The update is idempotent: on a connection the server dropped, beat again on a
+            # fresh one now rather than skip a beat (steps silent too long look dead).
+            if _running:
+                reconnecting(_beat_once)
         except Exception:
             logger.exception("heartbeat failed")
-        finally:
+        try:
             close_old_connections()
             if not _running:
                 connection.close()
+        except Exception:  # a broken connection must not end the heartbeat of every step
+            logger.exception("heartbeat: closing its connection failed")
 
 
 def _ensure_thread() -> None:

@@ -7,6 +7,9 @@ Rules (DESIGN.md §6):
 - a node is ready when every upstream node is finished;
 - a ready node whose every upstream was skipped is skipped (so are nodes downstream of only
   skipped nodes, transitively); `when` is evaluated by the caller, which needs the outputs;
+- a branch of a `switch` is skipped once the switch is finished unless the switch succeeded
+  and picked it (`chosen`, read by the caller from the switch's output); its downstream then
+  follows the rule above;
 - a failed node fails the run unless it says `continue_on_failure`;
 - a run with a fatal failure finishes `failed` (remaining nodes are cancelled by the caller);
   a run whose nodes are all finished finishes `succeeded`; one with nothing queued or running
@@ -18,6 +21,8 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
+
+from workflows.definition import switch_branches
 
 PENDING = "pending"
 QUEUED = "queued"
@@ -38,6 +43,7 @@ class NodeSpec:
     depends_on: tuple[str, ...] = ()
     continue_on_failure: bool = False
     when: str | None = None
+    branches: tuple[str, ...] = ()  # a switch's possible targets
 
     @classmethod
     def from_definition(cls, node: dict[str, Any]) -> NodeSpec:
@@ -47,6 +53,7 @@ class NodeSpec:
             depends_on=tuple(node.get("depends_on") or ()),
             continue_on_failure=bool(node.get("continue_on_failure", False)),
             when=node.get("when"),
+            branches=tuple(switch_branches(node)),
         )
 
 
@@ -59,6 +66,8 @@ class Plan:
     ready: list[str] = field(default_factory=list)
     skip: list[str] = field(default_factory=list)
     fatal: list[str] = field(default_factory=list)
+    # Why a node in `skip` is skipped, when not because its every upstream was.
+    skip_reasons: dict[str, str] = field(default_factory=dict)
     # "succeeded" | "failed" when the run is over, else "running" | "waiting_approval".
     run_status: str = RUNNING
 
@@ -67,8 +76,12 @@ class Plan:
         return self.run_status in (SUCCEEDED, FAILED)
 
 
-def plan(nodes: Iterable[NodeSpec], statuses: dict[str, str]) -> Plan:
+def plan(
+    nodes: Iterable[NodeSpec], statuses: dict[str, str], chosen: dict[str, str] | None = None
+) -> Plan:
+    """`chosen`: the branch each succeeded switch picked."""
     nodes = list(nodes)
+    chosen = chosen or {}
     statuses = dict(statuses)
     by_id = {node.id: node for node in nodes}
     result = Plan()
@@ -87,6 +100,13 @@ def plan(nodes: Iterable[NodeSpec], statuses: dict[str, str]) -> Plan:
         changed = False
         for node in nodes:
             if statuses.get(node.id) != PENDING or not node.depends_on:
+                continue
+            switch = _not_taken(node, by_id, statuses, chosen)
+            if switch is not None:
+                statuses[node.id] = SKIPPED
+                result.skip.append(node.id)
+                result.skip_reasons[node.id] = f"switch '{switch}' took another branch"
+                changed = True
                 continue
             upstream = [statuses.get(dep) for dep in node.depends_on if dep in by_id]
             if upstream and all(status == SKIPPED for status in upstream):
@@ -109,3 +129,19 @@ def plan(nodes: Iterable[NodeSpec], statuses: dict[str, str]) -> Plan:
     ):
         result.run_status = WAITING_APPROVAL
     return result
+
+
+def _not_taken(
+    node: NodeSpec, by_id: dict[str, NodeSpec], statuses: dict[str, str], chosen: dict[str, str]
+) -> str | None:
+    """The finished switch upstream of `node` that did not pick it, if any."""
+    for dep in node.depends_on:
+        switch = by_id.get(dep)
+        if (
+            switch is not None
+            and node.id in switch.branches
+            and statuses.get(dep) in FINISHED
+            and not (statuses.get(dep) == SUCCEEDED and chosen.get(dep) == node.id)
+        ):
+            return dep
+    return None

@@ -10,8 +10,8 @@ from runs import observability
 from runs.models import RunEvent, RunStep
 from runs.services import policy_hooks
 from sparkops.errors import SparkOpsError
+from sparkops.templating import TemplateError, render_value
 from tools.services import tool_execute
-from workflows.templating import TemplateError, render_value
 
 from .checkpoint import Checkpoint
 from .errors import StepError
@@ -36,6 +36,7 @@ def call_tool(
 ) -> Any:
     """Execute a tool (validated against its schema) and record a `tool.call` event."""
     checkpoint()
+    checkpoint.calls += 1
     try:
         result = tool_execute(
             tool=tool,
@@ -50,6 +51,7 @@ def call_tool(
             checkpoint.secrets.redact(
                 {
                     "tool": tool.name,
+                    **getattr(tool, "event_fields", {}),
                     "arguments": arguments,
                     "ok": False,
                     "error": str(exc.detail),
@@ -66,6 +68,7 @@ def call_tool(
         checkpoint.secrets.redact(
             {
                 "tool": tool.name,
+                **getattr(tool, "event_fields", {}),  # an MCP tool: its server, tool, snapshot
                 "arguments": arguments,
                 "ok": result.ok,
                 "latency_ms": round(result.latency_ms, 2),

@@ -4,18 +4,20 @@ planning the run afterwards; and re-queue an attempt whose worker went silent.""
 
 from __future__ import annotations
 
+import json
 import logging
 from datetime import timedelta
 from typing import Any, NoReturn
 
-from django.db import transaction
+from django.db import connection, transaction
 from django.utils import timezone
 
-from runs import observability
+from runs import observability, signals
 from runs.engine import executors, heartbeat
 from runs.engine.checkpoint import Checkpoint
 from runs.engine.errors import PauseForApproval, StepError, StepPaused, StepSuperseded
-from runs.models import RunEvent, RunStep
+from runs.models import Run, RunEvent, RunStep
+from sparkops.db import RECONNECT_TRIES, connection_lost, reconnecting, reset_connection
 from sparkops.nul import strip_nul
 
 from . import policy_hooks
@@ -23,7 +25,16 @@ from .dispatch import send_step
 from .events import event_append, events_append
 from .failures import oversized, record_failure, redacted
 from .planning import run_advance_locked
-from .state import WORKER_NAME, has_successors, lock_run, node_of, step_timeout
+from .state import (
+    WORKER_NAME,
+    has_successors,
+    lock_run,
+    node_of,
+    past_deadline,
+    split_item_id,
+    step_timeout,
+    time_out_locked,
+)
 
 logger = logging.getLogger("runs.services.engine")
 
@@ -31,6 +42,108 @@ logger = logging.getLogger("runs.services.engine")
 def step_start(*, step_id: int, attempt: int) -> RunStep | None:
     """queued → running for exactly one delivery of `attempt`; None means "not yours, do
     nothing" (duplicate, stale attempt, cancelled run, or a retry that is not due yet)."""
+    if connection.vendor == "postgresql":
+        started = _start_one_statement(step_id, attempt)
+        if started is not None:
+            return started
+    return _start_checked(step_id, attempt)
+
+
+# The whole start in one statement, its own transaction: lock the run (first, as everywhere),
+# if it is running, not cancelled and within its deadline; move the step queued → running,
+# fenced by its attempt and due; number and write its `running` event; return both rows. The
+# run's row is locked for this statement only. Nothing moves when any condition fails, and the
+# careful path (`_start_checked`) then works out why (early delivery, deadline, duplicate).
+_START_SQL = """
+WITH run AS (
+    SELECT r.id FROM runs_run r JOIN runs_runstep s ON s.run_id = r.id
+    WHERE s.id = %(step)s AND r.status IN ('queued', 'running', 'waiting_approval')
+      AND NOT r.cancel_requested AND (r.deadline IS NULL OR r.deadline > %(now)s)
+    FOR UPDATE OF r
+), step AS (
+    UPDATE runs_runstep s
+    SET status = 'running', started_at = %(now)s, heartbeat_at = %(now)s, worker = %(worker)s,
+        next_attempt_at = NULL
+    FROM run
+    WHERE s.id = %(step)s AND s.run_id = run.id AND s.attempt = %(attempt)s
+      AND s.status = 'queued' AND (s.next_attempt_at IS NULL OR s.next_attempt_at <= %(due)s)
+    RETURNING {step_columns}
+), counter AS (
+    UPDATE runs_run r SET event_seq = r.event_seq + 1 FROM step WHERE r.id = step.run_id
+    RETURNING {run_columns}
+), event AS (
+    INSERT INTO runs_runevent (run_id, seq, type, node_id, attempt, payload, created_at)
+    SELECT counter.id, counter.event_seq, 'step.status', step.node_id, step.attempt,
+           %(payload)s::jsonb, %(now)s
+    FROM counter, step
+    RETURNING id
+)
+SELECT step.*, counter.*, event.id FROM step, counter, event
+"""
+
+
+def _columns(model: Any) -> list[Any]:
+    return list(model._meta.concrete_fields)
+
+
+def _start_sql() -> str:
+    step_fields = _columns(RunStep)
+    run_fields = _columns(Run)
+    return _START_SQL.format(
+        step_columns=", ".join(f"s.{field.column}" for field in step_fields),
+        run_columns=", ".join(f"r.{field.column}" for field in run_fields),
+    )
+
+
+def _from_row(model: Any, values: list[Any]) -> Any:
+    fields = _columns(model)
+    converted = []
+    for field, value in zip(fields, values, strict=True):
+        for converter in field.get_db_converters(connection):
+            value = converter(value, None, connection)
+        converted.append(value)
+    return model.from_db(connection.alias, [field.attname for field in fields], converted)
+
+
+def _start_one_statement(step_id: int, attempt: int) -> RunStep | None:
+    now = timezone.now()
+    payload = {"status": "running", "worker": WORKER_NAME}
+    with connection.cursor() as cursor:
+        cursor.execute(
+            _start_sql(),
+            {
+                "step": step_id,
+                "attempt": attempt,
+                "now": now,
+                "due": now + timedelta(seconds=0.5),
+                "worker": WORKER_NAME,
+                "payload": json.dumps(payload),
+            },
+        )
+        row = cursor.fetchone()
+    if row is None:
+        return None
+    width = len(RunStep._meta.concrete_fields)
+    step: RunStep = _from_row(RunStep, list(row[:width]))
+    run: Run = _from_row(Run, list(row[width:-1]))
+    step.run = run
+    event = RunEvent(
+        pk=row[-1],
+        run_id=run.pk,
+        seq=run.event_seq,
+        type=RunEvent.Type.STEP_STATUS,
+        node_id=step.node_id,
+        attempt=attempt,
+        payload=payload,
+        created_at=now,
+    )
+    signals.events_appended.send(sender=RunEvent, run_id=run.pk, events=[event])
+    return step
+
+
+def _start_checked(step_id: int, attempt: int) -> RunStep | None:
+    """The start with every case told apart: an early delivery is sent again for when it is
+    due, a run past its deadline times out."""
     step = (
         RunStep.objects.filter(pk=step_id)
         .values("run_id", "attempt", "status", "next_attempt_at")
@@ -47,6 +160,9 @@ def step_start(*, step_id: int, attempt: int) -> RunStep | None:
     with transaction.atomic():
         run = lock_run(step["run_id"])
         if run is None or run.is_finished or run.cancel_requested:
+            return None
+        if past_deadline(run, now):  # no new call once the run is out of time
+            time_out_locked(run)
             return None
         moved = RunStep.objects.filter(
             pk=step_id, attempt=attempt, status=RunStep.Status.QUEUED
@@ -74,29 +190,24 @@ def step_succeed(
     *, step: RunStep, attempt: int, output: Any, checkpoint: Checkpoint | None = None
 ) -> bool:
     """running → succeeded, once, with what the checkpoint deferred; then plan the run.
-    Returns False for a discarded result."""
+    Returns False for a discarded result (a result after the run's deadline is discarded and
+    the run times out)."""
     too_large = oversized(output)
     if too_large is not None:
         return step_fail(step=step, attempt=attempt, checkpoint=checkpoint, error=too_large)
     output = strip_nul(output)  # a tool's or model's NULs: PostgreSQL cannot store them
     fields, events = checkpoint.deferred() if checkpoint is not None else ({}, [])
     with transaction.atomic():
-        run = lock_run(step.run_id)
+        now = timezone.now()
+        written = {"output": output, "error": None, "finished_at": now, "state": None, **fields}
+        run, moved = _lock_and_succeed(step, attempt, written, now)
         if run is None:
             return False
-        now = timezone.now()
-        moved = RunStep.objects.filter(
-            pk=step.pk, attempt=attempt, status=RunStep.Status.RUNNING
-        ).update(
-            status=RunStep.Status.SUCCEEDED,
-            output=output,
-            error=None,
-            finished_at=now,
-            state=None,
-            **fields,
-        )
         if not moved:
-            return False  # already finished, cancelled or superseded: idempotent no-op
+            # Past the run's deadline (the run times out), or already finished, cancelled or
+            # superseded: an idempotent no-op.
+            _out_of_time(run, step, attempt, events, now)
+            return False
         duration = int((now - (step.started_at or now)).total_seconds() * 1000)
         events = [
             *events,
@@ -110,15 +221,87 @@ def step_succeed(
         # A step with no successors changes the plan only when it was the last one in
         # flight (the run may now finish, or wait for an approval); otherwise the last of
         # the others plans. A 500-node fan-out plans once, not 500 times.
-        if has_successors(run, step.node_id) or not (
-            RunStep.objects.filter(
-                run_id=run.pk, status__in=[RunStep.Status.QUEUED, RunStep.Status.RUNNING]
-            ).exists()
+        # A map's item plans when its map refills its window or ends; a map's own row is not
+        # in flight (it runs while its items do).
+        if (
+            has_successors(run, step.node_id)
+            or _map_needs_planning(step)
+            or not (
+                RunStep.objects.filter(
+                    run_id=run.pk, status__in=[RunStep.Status.QUEUED, RunStep.Status.RUNNING]
+                )
+                .exclude(type="map")
+                .exists()
+            )
         ):
             run_advance_locked(run, inline=True, events=events)
         else:
             events_append(run.pk, events)
     return True
+
+
+def _map_needs_planning(step: RunStep) -> bool:
+    """An item's end changes its map's plan when items wait for room in the window, or when
+    it was the map's last one in flight (the map ends)."""
+    map_id, _ = split_item_id(step.node_id)
+    if step.item_index is None or map_id is None:
+        return False
+    waiting = set(
+        RunStep.objects.filter(
+            run_id=step.run_id,
+            item_index__isnull=False,
+            node_id__startswith=f"{map_id}[",
+            status__in=[RunStep.Status.PENDING, RunStep.Status.QUEUED, RunStep.Status.RUNNING],
+        )
+        .values_list("status", flat=True)
+        .distinct()
+    )
+    return RunStep.Status.PENDING in waiting or not waiting
+
+
+# Lock the run (first, as everywhere) and write the step's result, fenced by its attempt and
+# the run's deadline, in one statement; returns the locked run row and whether the step moved.
+_SUCCEED_SQL = """
+WITH run AS (
+    SELECT {run_columns} FROM runs_run r WHERE r.id = %(run)s FOR UPDATE
+), step AS (
+    UPDATE runs_runstep s SET status = 'succeeded', {assignments}
+    FROM run
+    WHERE s.id = %(step)s AND s.run_id = run.id AND s.attempt = %(attempt)s
+      AND s.status = 'running' AND (run.deadline IS NULL OR run.deadline > %(now)s)
+    RETURNING s.id
+)
+SELECT run.*, (SELECT count(*) FROM step) FROM run
+"""
+
+
+def _lock_and_succeed(
+    step: RunStep, attempt: int, written: dict[str, Any], now: Any
+) -> tuple[Run | None, bool]:
+    if connection.vendor != "postgresql":
+        run = lock_run(step.run_id)
+        if run is None or past_deadline(run, now):
+            return run, False
+        moved = RunStep.objects.filter(
+            pk=step.pk, attempt=attempt, status=RunStep.Status.RUNNING
+        ).update(status=RunStep.Status.SUCCEEDED, **written)
+        return run, bool(moved)
+    params: dict[str, Any] = {"run": step.run_id, "step": step.pk, "attempt": attempt, "now": now}
+    assignments = []
+    for name, value in written.items():
+        field = next(field for field in _columns(RunStep) if field.attname == name)
+        assignments.append(f"{field.column} = %(set_{name})s")
+        params[f"set_{name}"] = field.get_db_prep_save(value, connection)
+    sql = _SUCCEED_SQL.format(
+        run_columns=", ".join(f"r.{field.column}" for field in _columns(Run)),
+        assignments=", ".join(assignments),
+    )
+    with connection.cursor() as cursor:
+        cursor.execute(sql, params)
+        row = cursor.fetchone()
+    if row is None:
+        return None, False
+    return _from_row(Run, list(row[:-1])), bool(row[-1])
 
 
 def step_fail(
@@ -139,6 +322,8 @@ def step_fail(
             or current.status != RunStep.Status.RUNNING
         ):
             return False
+        if _out_of_time(run, step, attempt, deferred_events):
+            return True
         events: list[dict[str, Any]] = list(deferred_events)
         status = record_failure(
             run,
@@ -170,6 +355,8 @@ def step_pause(
         run = lock_run(step.run_id)
         if run is None or run.is_finished or run.cancel_requested:
             raise StepSuperseded()
+        if _out_of_time(run, step, attempt, []):
+            raise StepSuperseded()
         moved = RunStep.objects.filter(
             pk=step.pk, attempt=attempt, status=RunStep.Status.RUNNING
         ).update(status=RunStep.Status.WAITING_APPROVAL, state=state, heartbeat_at=None)
@@ -194,6 +381,23 @@ def step_pause(
             ],
         )
     raise StepPaused()
+
+
+def _out_of_time(
+    run: Any, step: RunStep, attempt: int, events: list[dict[str, Any]], now: Any = None
+) -> bool:
+    """Call with the run locked, as an attempt ends: past the run's deadline, whatever the
+    attempt brought is discarded and the run times out (what the attempt recorded on the way,
+    `events`, is kept). True when that happened."""
+    if run.is_finished or not past_deadline(run, now):
+        return False
+    current = RunStep.objects.filter(
+        pk=step.pk, attempt=attempt, status=RunStep.Status.RUNNING
+    ).exists()
+    if not current:
+        return False
+    time_out_locked(run, events=list(events))
+    return True
 
 
 def step_recover(*, step_id: int, attempt: int, reason: str) -> bool:
@@ -233,7 +437,9 @@ def step_recover(*, step_id: int, attempt: int, reason: str) -> bool:
 
 @observability.step_scope
 def step_execute(*, step_id: int, attempt: int) -> None:
-    step = step_start(step_id=step_id, attempt=attempt)
+    # Fenced by the attempt number: a start whose commit went through before the connection
+    # dropped is not repeated (the second try finds the step running and does nothing).
+    step = reconnecting(lambda: step_start(step_id=step_id, attempt=attempt))
     if step is None:
         return
     if step.type == "agent":
@@ -244,35 +450,77 @@ def step_execute(*, step_id: int, attempt: int) -> None:
         _execute(step, attempt)
 
 
+# How an attempt ends is written through `reconnecting`: the first write after a model or HTTP
+# wait is where a connection the server dropped meanwhile shows, and every one of these writes
+# is fenced by the attempt number (running → …), so a retried write cannot apply twice. Only
+# when the retries are spent does the error reach Celery: the task fails and the sweeper
+# re-queues the silent attempt, as before.
+
+
+def _call_executor(step: RunStep, node: dict[str, Any], checkpoint: Checkpoint) -> Any:
+    """The executor, started over on a fresh connection if it loses its own before making
+    any model or tool call (it has only read by then, its writes deferred or idempotent), at
+    most RECONNECT_TRIES times in all."""
+    for tries in range(1, RECONNECT_TRIES + 1):
+        try:
+            return executors.execute(step=step, node=node, checkpoint=checkpoint)
+        except Exception as exc:
+            if (
+                checkpoint.calls
+                or tries >= RECONNECT_TRIES
+                or connection.in_atomic_block
+                or not connection_lost(exc)
+            ):
+                raise
+            logger.warning("step %s: connection lost before any call; starting over", step.pk)
+            reset_connection()
+            checkpoint.events.clear()
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
 def _execute(step: RunStep, attempt: int) -> None:
     node = node_of(step.run, step.node_id)
     checkpoint = Checkpoint(step, attempt, step_timeout(node), deferred_writes=step.type != "agent")
     try:
         with heartbeat.beating(step.pk, attempt), observability.step_span(step, attempt):
             try:
-                output = executors.execute(step=step, node=node, checkpoint=checkpoint)
+                output = _call_executor(step, node, checkpoint)
             except PauseForApproval as pause:
-                step_pause(step=step, attempt=attempt, state=pause.state, request=pause.request)
+                state, request = pause.state, pause.request
+                reconnecting(
+                    lambda: step_pause(step=step, attempt=attempt, state=state, request=request)
+                )
     except StepPaused:  # waiting for an approval, its loop saved (step_pause)
         return
     except StepSuperseded:
         logger.info("step %s attempt %s superseded; result discarded", step.pk, attempt)
         return
     except StepError as exc:
-        step_fail(
-            step=step, attempt=attempt, error=redacted(exc, checkpoint), checkpoint=checkpoint
+        error = redacted(exc, checkpoint)
+        reconnecting(
+            lambda: step_fail(step=step, attempt=attempt, error=error, checkpoint=checkpoint)
         )
         return
-    except Exception as exc:  # a bug or an unexpected library error: fail clearly, don't retry
+    except Exception as exc:
+        if connection_lost(exc):
+            # The executor lost the connection after a call was made (or kept losing it): not
+            # the step's failure. The last resort: the attempt is re-queued as the next one
+            # now, not after the sweeper finds it silent.
+            logger.warning("step %s attempt %s lost its database connection", step.pk, attempt)
+            reconnecting(
+                lambda: step_recover(step_id=step.pk, attempt=attempt, reason="connection_lost")
+            )
+            return
+        # A bug or an unexpected library error: fail clearly, don't retry.
         logger.exception("step %s attempt %s crashed", step.pk, attempt)
-        error = StepError("internal_error", f"{exc.__class__.__name__}: {exc}")
-        step_fail(
-            step=step, attempt=attempt, error=redacted(error, checkpoint), checkpoint=checkpoint
+        error = redacted(
+            StepError("internal_error", f"{exc.__class__.__name__}: {exc}"), checkpoint
+        )
+        reconnecting(
+            lambda: step_fail(step=step, attempt=attempt, error=error, checkpoint=checkpoint)
         )
         return
-    step_succeed(
-        step=step,
-        attempt=attempt,
-        output=checkpoint.secrets.redact(output),
-        checkpoint=checkpoint,
+    result = checkpoint.secrets.redact(output)
+    reconnecting(
+        lambda: step_succeed(step=step, attempt=attempt, output=result, checkpoint=checkpoint)
     )

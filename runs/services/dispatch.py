@@ -35,3 +35,10 @@ def send_step(step_id: int, attempt: int, *, countdown: float | None = None) -> 
     if countdown:
         options["countdown"] = countdown
     transaction.on_commit(lambda: _send("runs.step_execute", [step_id, attempt], **options))
+
+
+def send_child_start(step_id: int, attempt: int) -> None:
+    """Start the child run of a `workflow` step (after commit)."""
+    transaction.on_commit(
+        lambda: _send("runs.child_start", [step_id, attempt], queue="orchestration")
+    )

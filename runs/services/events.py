@@ -1,18 +1,26 @@
-"""The run's append-only event log. Sequence numbers come from one atomic UPDATE of the run's
+"""The run's append-only event log. Sequence numbers come from an atomic UPDATE of the run's
 counter inside the caller's transaction: concurrent writers for the same run queue on that row,
-and a rolled-back transaction gives its numbers back, so `seq` is gap-free."""
+and a rolled-back transaction gives its numbers back, so `seq` is gap-free, and a reader never
+sees a number before every smaller one has committed (resuming by `Last-Event-ID` skips and
+repeats nothing). The engine appends its events as the last statement of a transaction, so the
+counter is held for the commit only: on PostgreSQL the counter UPDATE and the INSERT are one
+statement."""
 
 from __future__ import annotations
 
 import contextlib
+import json
 from collections.abc import Iterator
 from contextvars import ContextVar
+from datetime import datetime
 from typing import Any
 
 from django.db import connection, transaction
+from django.db.models import F
+from django.utils import timezone
 
 from runs import signals
-from runs.models import Run, RunEvent
+from runs.models import Run, RunEvent, RunStep
 from sparkops.nul import strip_nul
 
 _collecting: ContextVar[tuple[str, list[dict[str, Any]]] | None] = ContextVar(
@@ -32,19 +40,39 @@ def collecting(run_id: Any, into: list[dict[str, Any]]) -> Iterator[list[dict[st
         _collecting.reset(token)
 
 
-def events_append(run_id: Any, events: list[dict[str, Any]]) -> list[RunEvent]:
+def events_append(
+    run_id: Any,
+    events: list[dict[str, Any]],
+    *,
+    queue: tuple[list[int], datetime] | None = None,
+) -> list[RunEvent]:
     """Append `events` (dicts with type, payload and optionally node_id, attempt) in order.
     Callers are inside the engine's transaction; outside one, this makes its own. Returns the
-    rows written (none when collected, see `collecting`)."""
+    rows written (none when collected, see `collecting`).
+
+    `queue` (step ids, time): the planner's pending → queued move of those steps, made in the
+    same statement as the events on PostgreSQL (the caller holds the run lock)."""
+    step_ids, queued_at = queue or ([], None)
+    if step_ids and (not events or connection.vendor != "postgresql"):
+        queue_steps(step_ids, queued_at)
+        step_ids = []
     if not events:
         return []
     events = strip_nul(events)  # payloads quote tool and model output
     collector = _collecting.get()
     if collector is not None and collector[0] == str(run_id):
+        if step_ids:
+            queue_steps(step_ids, queued_at)
         collector[1].extend(events)
         return []
     with transaction.atomic(savepoint=False):
-        return _append(run_id, events)
+        return _append(run_id, events, step_ids, queued_at)
+
+
+def queue_steps(step_ids: list[int], queued_at: Any) -> None:
+    RunStep.objects.filter(pk__in=step_ids, status=RunStep.Status.PENDING).update(
+        status=RunStep.Status.QUEUED, attempt=F("attempt") + 1, queued_at=queued_at
+    )
 
 
 def _advance_seq(run_id: Any, count: int) -> int:
@@ -63,23 +91,81 @@ def _advance_seq(run_id: Any, count: int) -> int:
     return int(row[0])
 
 
-def _append(run_id: Any, events: list[dict[str, Any]]) -> list[RunEvent]:
-    last = _advance_seq(run_id, len(events))
-    first = last - len(events) + 1
-    rows = [
-        RunEvent(
-            run_id=run_id,
-            seq=first + index,
-            type=event["type"],
-            node_id=event.get("node_id") or "",
-            attempt=event.get("attempt"),
-            payload=event.get("payload") or {},
+def _append(
+    run_id: Any, events: list[dict[str, Any]], step_ids: list[int], queued_at: Any
+) -> list[RunEvent]:
+    if connection.vendor == "postgresql":
+        created = _append_one_statement(run_id, events, step_ids, queued_at)
+    else:
+        last = _advance_seq(run_id, len(events))
+        first = last - len(events) + 1
+        created = RunEvent.objects.bulk_create(
+            [_event(run_id, first + index, event) for index, event in enumerate(events)]
         )
-        for index, event in enumerate(events)
-    ]
-    created = RunEvent.objects.bulk_create(rows)
     signals.events_appended.send(sender=RunEvent, run_id=run_id, events=created)
     return created
+
+
+def _event(run_id: Any, seq: int, event: dict[str, Any], **fields: Any) -> RunEvent:
+    return RunEvent(
+        run_id=run_id,
+        seq=seq,
+        type=event["type"],
+        node_id=event.get("node_id") or "",
+        attempt=event.get("attempt"),
+        payload=event.get("payload") or {},
+        **fields,
+    )
+
+
+_APPEND_SQL = """
+WITH queued AS (
+    UPDATE runs_runstep SET status = 'queued', attempt = attempt + 1, queued_at = %(queued_at)s
+    WHERE id = ANY(%(queue)s::bigint[]) AND status = 'pending'
+    RETURNING id
+), counter AS (
+    UPDATE runs_run SET event_seq = event_seq + %(count)s WHERE id = %(run)s RETURNING event_seq
+)
+INSERT INTO runs_runevent (run_id, seq, type, node_id, attempt, payload, created_at)
+SELECT %(run)s, counter.event_seq - %(count)s + e.ord, e.type, e.node_id, e.attempt, e.payload,
+       %(now)s
+FROM counter,
+     unnest(%(types)s::text[], %(nodes)s::text[], %(attempts)s::int[], %(payloads)s::jsonb[])
+         WITH ORDINALITY AS e(type, node_id, attempt, payload, ord)
+RETURNING id, seq
+"""
+
+
+def _append_one_statement(
+    run_id: Any, events: list[dict[str, Any]], step_ids: list[int], queued_at: Any
+) -> list[RunEvent]:
+    """The counter's UPDATE and the rows' INSERT in one statement (PostgreSQL): one round trip,
+    and the run's counter is locked from this statement to the commit that follows it."""
+    now = timezone.now()
+    rows = [_event(run_id, 0, event, created_at=now) for event in events]
+    with connection.cursor() as cursor:
+        cursor.execute(
+            _APPEND_SQL,
+            {
+                "count": len(rows),
+                "queue": step_ids,
+                "queued_at": queued_at,
+                "run": Run._meta.pk.get_db_prep_value(run_id, connection),
+                "now": now,
+                "types": [row.type for row in rows],
+                "nodes": [row.node_id for row in rows],
+                "attempts": [row.attempt for row in rows],
+                "payloads": [json.dumps(row.payload) for row in rows],
+            },
+        )
+        written = {seq: pk for pk, seq in cursor.fetchall()}
+    if not written:
+        raise Run.DoesNotExist(run_id)
+    first = min(written)
+    for index, row in enumerate(rows):
+        row.seq = first + index
+        row.pk = written[row.seq]
+    return rows
 
 
 def event_append(

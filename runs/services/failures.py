@@ -48,10 +48,10 @@ def record_failure(
     else failed. Appends the step's event to `events`; returns the new status. Call with the
     run locked."""
     now = timezone.now()
-    policy = retry_policy(run, node_of(run, node_id))
+    policy = retry_policy(run, node_of(run, node_id), error)
     error_dict = strip_nul(error.as_dict())
     if error.retryable and failures < policy["max_attempts"] and not run.cancel_requested:
-        delay = backoff_delay(policy, failures)
+        delay = backoff_delay(policy, failures, error.details.get("retry_after"))
         fields.pop("queued_at", None)  # queued again now: the sweeper's lost-message clock
         rows.update(
             status=RunStep.Status.QUEUED,

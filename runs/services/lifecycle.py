@@ -14,7 +14,9 @@ from django.db import IntegrityError, transaction
 from django.utils import timezone
 
 from policies.enforcement import RunStartRefused
+from projects.models import project_ensure_writable
 from runs.models import IdempotencyKey, Run, RunEvent, RunStep
+from sparkops.audit import audit_record
 from sparkops.errors import Conflict, InvalidInput, NotFound, Unprocessable
 from sparkops.nul import MESSAGE as NUL_MESSAGE
 from sparkops.nul import nul_path
@@ -36,10 +38,10 @@ def run_create(*, workflow: Workflow, **create: Any) -> Run:
     written (in the caller's transaction, or committed when there is none): a caller that wraps
     this in a transaction of its own lets the refusal out of it (see run_create_idempotent)."""
     with transaction.atomic():
-        run, refusal = _run_create(workflow=workflow, **create)
-    if refusal is not None:
-        raise refusal
-    return run
+        outcome = _run_create(workflow=workflow, **create)
+    if isinstance(outcome, RunStartRefused):
+        raise outcome
+    return outcome
 
 
 def _run_create(
@@ -52,9 +54,11 @@ def _run_create(
     parent_run: Run | None = None,
     reuse_succeeded: bool = False,
     chain_depth: int = 0,
-) -> tuple[Run | None, RunStartRefused | None]:
+    parent_step: RunStep | None = None,
+) -> Run | RunStartRefused:
     if workflow.status in (Workflow.Status.PAUSED, Workflow.Status.ARCHIVED):
         raise Conflict(f"The workflow is {workflow.status}; activate it to start runs.")
+    project_ensure_writable(workflow.project)
     version = version or workflow.current_version
     definition = version.snapshot["definition"]
     input = input if input is not None else {}
@@ -66,7 +70,7 @@ def _run_create(
     validate_input(definition.get("input_schema"), input)
     decisions, refusal = policy_hooks.before_run_start(workflow=workflow)
     if refusal is not None:
-        return None, refusal
+        return refusal
     run = Run.objects.create(
         project_id=workflow.project_id,
         workflow=workflow,
@@ -78,11 +82,16 @@ def _run_create(
         parent_run=parent_run,
         reuse_succeeded=reuse_succeeded,
         chain_depth=chain_depth,
+        parent_step=parent_step,
     )
     reused = {}
     if parent_run is not None and reuse_succeeded:
         reused = {
-            step.node_id: step for step in parent_run.steps.filter(status=RunStep.Status.SUCCEEDED)
+            step.node_id: step
+            # a map's items are reused by the map itself (runs.services.planning)
+            for step in parent_run.steps.filter(
+                status=RunStep.Status.SUCCEEDED, item_index__isnull=True
+            )
         }
     now = timezone.now()
     steps = []
@@ -122,8 +131,20 @@ def _run_create(
     ]
     events_append(run.pk, events)
     policy_hooks.link_run_start(run, decisions)
+    audit_record(
+        actor=actor,
+        project=workflow.project_id,
+        action="run.retry" if trigger == Run.Trigger.RETRY else "run.start",
+        obj=run,
+        changes={
+            "workflow": workflow.pk,
+            "version": version.number,
+            "trigger": trigger,
+            **({"parent_run": str(parent_run.pk)} if parent_run else {}),
+        },
+    )
     send_enqueue(run.pk)
-    return run, None
+    return run
 
 
 def request_hash(payload: Any) -> str:
@@ -171,22 +192,23 @@ def run_create_idempotent(
                 )
             run = Run.objects.get(pk=existing.run_id)
             return run, existing.response if existing.response is not None else render(run), True
-        refusal = None
+        outcome: tuple[Run, Any] | RunStartRefused
         try:
             with transaction.atomic():
                 IdempotencyKey.objects.filter(**scope, created_at__lt=cutoff).delete()
                 try:
                     run = run_create(workflow=workflow, actor=actor, **create)
                 except RunStartRefused as refused:
-                    refusal = refused  # commit its decisions; a refusal keeps no key
+                    outcome = refused  # commit its decisions; a refusal keeps no key
                 else:
                     body_out = render(run)
                     _key_record(scope, digest, run, body_out)
+                    outcome = (run, body_out)
         except _KeyTaken:
             continue  # another request holds the key: replay it on the next pass
-        if refusal is not None:
-            raise refusal
-        return run, body_out, False
+        if isinstance(outcome, RunStartRefused):
+            raise outcome
+        return outcome[0], outcome[1], False
     raise Conflict("A request with this Idempotency-Key is in progress; retry shortly.")
 
 
@@ -206,6 +228,7 @@ def run_cancel(*, run: Run, actor: Any) -> Run:
         Run.Status.CANCELLED,
         error={"type": "cancelled", "message": f"Cancelled by {actor}."},
     )
+    audit_record(actor=actor, project=locked.project_id, action="run.cancel", obj=locked)
     return locked
 
 
@@ -293,6 +316,13 @@ def step_decide(*, run: Run, node_id: str, actor: Any, approve: bool, comment: s
         locked.status = Run.Status.RUNNING
         locked.save(update_fields=["status"])
         event_append(locked.pk, RunEvent.Type.RUN_STATUS, {"status": "running"})
+    audit_record(
+        actor=actor,
+        project=locked.project_id,
+        action="run.approve" if approve else "run.reject",
+        obj=locked,
+        changes={"node_id": node_id, "comment": comment},
+    )
     run_advance_locked(locked)
     return step
 

@@ -12,7 +12,7 @@ from typing import Any
 
 from django.conf import settings
 from django.db import transaction
-from django.db.models import F
+from django.db.models import Count
 from django.utils import timezone
 
 from projects.secrets import SecretBag
@@ -25,21 +25,25 @@ from runs.models import Run, RunEvent, RunStep
 from sparkops import logcontext, tracing
 from sparkops.errors import SparkOpsError
 from sparkops.nul import strip_nul
+from sparkops.templating import TemplateError, evaluate_condition, render_value
 from workflows.models import Workflow
-from workflows.templating import TemplateError, evaluate_condition, render_value
 
 from . import policy_hooks
-from .dispatch import send_advance, send_step
+from .dispatch import send_advance, send_child_start, send_step
 from .events import collecting as events_collecting
-from .events import events_append
+from .events import events_append, queue_steps
 from .failures import oversized, record_failure, redacted
 from .state import (
     WORKER_NAME,
     find_tool,
     finish_run,
+    item_id,
+    item_node,
     lock_run,
     node_of,
+    past_deadline,
     step_timeout,
+    time_out_locked,
     version_snapshot,
 )
 
@@ -131,6 +135,9 @@ def _advance(run: Run, *, inline: bool, events: list[dict[str, Any]]) -> None:
     if run.is_finished or run.cancel_requested or not _start(run, events):
         events_append(run.pk, events)
         return
+    if past_deadline(run):
+        time_out_locked(run, events=events)
+        return
     planning = _Planning(run, inline=inline, events=events)
     planning.settle(planning.run_until_stable())
 
@@ -170,23 +177,36 @@ class _Planning:
         # Light rows for planning; outputs are loaded only for the steps a template reads.
         self.steps = {
             row[1]: _StepRow(*row)
-            for row in RunStep.objects.filter(run=run).values_list(
+            for row in RunStep.objects.filter(run=run, item_index__isnull=True).values_list(
                 "id", "node_id", "type", "status", "attempt"
             )
         }
         self.secrets = SecretBag(run.project_id)
         self.tools: dict[str, Any] = {}
         self.to_send: list[tuple[int, int]] = []
+        # Steps queued in memory, not yet in the database: written with the events when the
+        # planning ends (one statement), or before anything else reads or writes steps.
+        self.to_queue: list[int] = []
         self.inline_left = settings.SPARKOPS_INLINE_STEPS if inline else 0
         self.inline = self.inline_left > 0
         self.deferred = False  # local steps past the inline limit: plan again after commit
         self.changed = False
+        self.chosen: dict[str, str] = {}
+        self.maps = [node.id for node in self.nodes if node.type == "map"]
+        self.loops = [node.id for node in self.nodes if node.type == "loop"]
+
+    def flush_queued(self) -> None:
+        if self.to_queue:
+            queue_steps(self.to_queue, self.now)
+            self.to_queue = []
 
     def context_for(self, value: Any, *, condition: bool = False) -> dict[str, Any]:
+        self.flush_queued()
         wanted = referenced(value, condition=condition)
         return template_context(self.run, step_states(self.run.pk, wanted), self.secrets)
 
     def set_status(self, step: _StepRow, status: str, **fields: Any) -> bool:
+        self.flush_queued()
         moved = RunStep.objects.filter(pk=step.pk, status=step.status).update(
             status=status, **fields
         )
@@ -198,7 +218,28 @@ class _Planning:
         return bool(moved)
 
     def plan(self) -> planner.Plan:
-        return planner.plan(self.nodes, {n: s.status for n, s in self.steps.items()})
+        return planner.plan(
+            self.nodes, {n: s.status for n, s in self.steps.items()}, self._chosen_branches()
+        )
+
+    def _chosen_branches(self) -> dict[str, str]:
+        """The branch each succeeded switch picked, read once per switch (runs without a
+        switch read nothing)."""
+        unread = [
+            node.id
+            for node in self.nodes
+            if node.type == "switch"
+            and node.id not in self.chosen
+            and self.steps[node.id].status == RunStep.Status.SUCCEEDED
+        ]
+        if unread:
+            rows = RunStep.objects.filter(run=self.run, node_id__in=unread).values_list(
+                "node_id", "output"
+            )
+            for node_id, output in rows:
+                branch = output.get("branch") if isinstance(output, dict) else None
+                self.chosen[node_id] = branch if isinstance(branch, str) else ""
+        return self.chosen
 
     def run_until_stable(self) -> planner.Plan:
         result = self.plan()
@@ -208,22 +249,40 @@ class _Planning:
             for node_id in result.skip:
                 step = self.steps[node_id]
                 if self.set_status(step, RunStep.Status.SKIPPED, finished_at=self.now):
-                    reason = "every upstream step was skipped"
+                    reason = result.skip_reasons.get(node_id, "every upstream step was skipped")
                     self.events.append(_step_event(step, "skipped", reason=reason))
-            ready = [step for node_id in result.ready if (step := self._consider(node_id))]
+            ready = [queued for node_id in result.ready if (queued := self._consider(node_id))]
             if ready:
                 self._queue(ready)
+            for map_id in self.maps:
+                if self.steps[map_id].status == RunStep.Status.RUNNING:
+                    _MapWindow(self, map_id).advance()
+            for loop_id in self.loops:
+                if self.steps[loop_id].status == RunStep.Status.RUNNING:
+                    _Loop(self, loop_id).advance()
             result = self.plan()
         return result
 
     def _consider(self, node_id: str) -> _StepRow | None:
         """Settle a ready node where it stands (skipped or failed by its `when`, parked for an
         approval, run inline, deferred) and return its step only when it is to be queued."""
+        self.flush_queued()
         node, step = self.by_id[node_id], self.steps[node_id]
         if node.when and not self._when_holds(node.when, step):
             return None
         if node.type == "approval":
             self._request_approval(node_id, step)
+            return None
+        if node.type == "map":
+            _MapWindow(self, node_id).start()
+            return None
+        if node.type == "loop":
+            _Loop(self, node_id).start()
+            return None
+        if node.type == "workflow":  # its child run is started after commit
+            if self.set_status(step, RunStep.Status.RUNNING, started_at=self.now, attempt=1):
+                self.events.append(_step_event(step, "running"))
+                send_child_start(step.pk, 1)
             return None
         if node.type == "tool" and _tool_needs_approval(
             self.run, node_id, step, self.events, self.set_status
@@ -273,11 +332,10 @@ class _Planning:
             )
 
     def _queue(self, ready: list[_StepRow]) -> None:
-        # One UPDATE for every ready step (a 500-node fan-out queues in one statement).
-        # Pending steps change only under the run lock we hold, so all of them move.
-        RunStep.objects.filter(
-            pk__in=[step.pk for step in ready], status=RunStep.Status.PENDING
-        ).update(status=RunStep.Status.QUEUED, attempt=F("attempt") + 1, queued_at=self.now)
+        # One UPDATE for every ready step (a 500-node fan-out queues in one statement), made
+        # with the planning's events when nothing reads steps before (`to_queue`). Pending
+        # steps change only under the run lock we hold, so all of them move.
+        self.to_queue += [step.pk for step in ready]
         for step in ready:
             step.status = RunStep.Status.QUEUED
             step.attempt += 1
@@ -286,7 +344,11 @@ class _Planning:
         self.changed = True
 
     def settle(self, result: planner.Plan) -> None:
-        if result.fatal:
+        if result.fatal or result.run_status == planner.SUCCEEDED or past_deadline(self.run):
+            self.flush_queued()
+        if past_deadline(self.run):  # inline steps ran past it: whatever they brought, too late
+            time_out_locked(self.run, events=self.events)
+        elif result.fatal:
             self._fail(result.fatal[0])
         elif result.run_status == planner.SUCCEEDED:
             self._succeed()
@@ -334,11 +396,336 @@ class _Planning:
             run.status = wanted
             run.save(update_fields=["status"])
             self.events.append({"type": RunEvent.Type.RUN_STATUS, "payload": {"status": wanted}})
-        events_append(run.pk, self.events)
+        events_append(run.pk, self.events, queue=(self.to_queue, self.now))
+        self.to_queue = []
         for step_id, attempt in self.to_send:
             send_step(step_id, attempt)
         if self.deferred:
             send_advance(run.pk)
+
+
+class _MapWindow:
+    """A `map` node under planning. `start` renders its list and writes one pending step row
+    per item (reusing the parent's succeeded items on a resume from failure); `advance` keeps
+    up to `max_concurrency` items in flight (run inline when local, else queued), and ends the
+    map: failed at the first item that failed for good (`fail_fast`, the rest cancelled), or
+    succeeded with the outputs in input order once every item is finished."""
+
+    def __init__(self, planning: _Planning, map_id: str) -> None:
+        self.planning = planning
+        self.run = planning.run
+        self.map_id = map_id
+        self.step = planning.steps[map_id]
+        self.node = planning.raw_nodes[map_id]
+
+    def _items(self) -> Any:
+        return RunStep.objects.filter(
+            run=self.run, item_index__isnull=False, node_id__startswith=f"{self.map_id}["
+        )
+
+    def _end(self, status: str, **fields: Any) -> None:
+        planning = self.planning
+        if planning.set_status(self.step, status, finished_at=planning.now, **fields):
+            payload = {"error": fields["error"]} if "error" in fields else {}
+            planning.events.append(_step_event(self.step, status, **payload))
+
+    def start(self) -> None:
+        planning, node = self.planning, self.node
+        source = node.get("items")
+        try:
+            items = (
+                render_value(source, planning.context_for(source))
+                if isinstance(source, str)
+                else source
+            )
+        except (TemplateError, SparkOpsError) as exc:
+            message = f"Cannot render the items of map '{self.map_id}': {exc.detail}"
+            self._end(RunStep.Status.FAILED, error={"type": "template_error", "message": message})
+            return
+        limit = settings.SPARKOPS_MAP_MAX_ITEMS
+        if not isinstance(items, list):
+            message = f"The items of map '{self.map_id}' are not a list: {type(items).__name__}."
+            self._end(RunStep.Status.FAILED, error={"type": "map_items", "message": message})
+            return
+        if len(items) > limit:
+            message = (
+                f"Map '{self.map_id}' has {len(items)} items; at most {limit} are allowed "
+                "(SPARKOPS_MAP_MAX_ITEMS)."
+            )
+            self._end(RunStep.Status.FAILED, error={"type": "too_many_items", "message": message})
+            return
+        reused = self._reusable(items)
+        item_type = node["node"]["type"]
+        now = planning.now
+        rows = []
+        for index, value in enumerate(items):
+            previous = reused.get(index)
+            rows.append(
+                RunStep(
+                    run=self.run,
+                    node_id=item_id(self.map_id, index),
+                    type=item_type,
+                    item_index=index,
+                    item=value,
+                    status=RunStep.Status.SUCCEEDED if previous else RunStep.Status.PENDING,
+                    input=previous.input if previous else None,
+                    output=previous.output if previous else None,
+                    reused_from=previous,
+                    finished_at=now if previous else None,
+                )
+            )
+        planning.flush_queued()
+        RunStep.objects.bulk_create(rows, batch_size=1000)
+        planning.events.extend(
+            {
+                "type": RunEvent.Type.STEP_STATUS,
+                "node_id": item_id(self.map_id, index),
+                "payload": {"status": "succeeded", "reused_from": str(self.run.parent_run_id)},
+            }
+            for index in sorted(reused)
+        )
+        summary = {"items": len(items), "reused": len(reused)}
+        if planning.set_status(
+            self.step, RunStep.Status.RUNNING, started_at=now, attempt=1, input=summary
+        ):
+            planning.events.append(_step_event(self.step, "running", **summary))
+        self.advance()
+
+    def _reusable(self, items: list[Any]) -> dict[int, RunStep]:
+        """On a resume from failure, the parent run's succeeded items of this map (the same
+        item at the same position): only the others run again."""
+        run = self.run
+        if not (run.reuse_succeeded and run.parent_run_id):
+            return {}
+        parent_items = RunStep.objects.filter(
+            run_id=run.parent_run_id,
+            item_index__isnull=False,
+            node_id__startswith=f"{self.map_id}[",
+            status=RunStep.Status.SUCCEEDED,
+        ).only("id", "item_index", "item", "input", "output")
+        return {
+            row.item_index: row
+            for row in parent_items
+            if row.item_index is not None
+            and row.item_index < len(items)
+            and items[row.item_index] == row.item
+        }
+
+    def advance(self) -> None:
+        planning = self.planning
+        planning.flush_queued()  # the counts below must see the items queued in memory
+        counts = dict(
+            self._items().values_list("status").annotate(n=Count("id")).values_list("status", "n")
+        )
+        failed = counts.get(RunStep.Status.FAILED, 0)
+        collect = self.node.get("on_item_failure") == "collect"
+        if failed and not collect:
+            self._fail_fast()
+            return
+        in_flight = sum(counts.get(s, 0) for s in (RunStep.Status.QUEUED, RunStep.Status.RUNNING))
+        pending = counts.get(RunStep.Status.PENDING, 0)
+        if not pending and not in_flight and not counts.get(RunStep.Status.WAITING_APPROVAL):
+            self._succeed(failed)
+            return
+        free = int(self.node.get("max_concurrency") or 10) - in_flight
+        if free <= 0 or not pending:
+            return
+        rows = (
+            self._items()
+            .filter(status=RunStep.Status.PENDING)
+            .order_by("item_index")
+            .values_list("id", "node_id", "type", "status", "attempt", "item_index", "item")[:free]
+        )
+        to_queue = []
+        for pk, node_id, step_type, status, attempt, index, item in rows:
+            row = _StepRow(pk, node_id, step_type, status, attempt)
+            node = item_node(self.node, index)
+            if not (planning.inline and _is_local(self.run, node, planning.tools)):
+                to_queue.append(row)
+            elif planning.inline_left <= 0:
+                planning.deferred = True
+            else:
+                planning.inline_left -= 1
+                _execute_inline(
+                    self.run,
+                    row,
+                    node,
+                    planning.secrets,
+                    planning.tools,
+                    planning.events,
+                    item=(index, item),
+                )
+                planning.changed = True
+        if to_queue:
+            planning._queue(to_queue)
+
+    def _fail_fast(self) -> None:
+        planning = self.planning
+        planning.flush_queued()
+        index, error = (
+            self._items()
+            .filter(status=RunStep.Status.FAILED)
+            .order_by("item_index")
+            .values_list("item_index", "error")
+            .first()
+        ) or (None, None)
+        unfinished = self._items().exclude(status__in=RunStep.FINISHED_STATUSES)
+        for node_id, previous in unfinished.values_list("node_id", "status"):
+            planning.events.append(
+                {
+                    "type": RunEvent.Type.STEP_STATUS,
+                    "node_id": node_id,
+                    "payload": {"status": "cancelled", "from": previous},
+                }
+            )
+        unfinished.update(status=RunStep.Status.CANCELLED, finished_at=planning.now, state=None)
+        message = (error or {}).get("message", "")
+        self._end(
+            RunStep.Status.FAILED,
+            error={
+                "type": "item_failed",
+                "message": f"Item {index} of map '{self.map_id}' failed: {message}",
+                "item_index": index,
+                "item_error": error,
+            },
+        )
+
+    def _succeed(self, failed: int) -> None:
+        outputs = [
+            output if status == RunStep.Status.SUCCEEDED else None
+            for status, output in self._items()
+            .order_by("item_index")
+            .values_list("status", "output")
+        ]
+        too_large = oversized(outputs)
+        if too_large is not None:
+            self._end(RunStep.Status.FAILED, error=too_large.as_dict())
+            return
+        planning = self.planning
+        if planning.set_status(
+            self.step, RunStep.Status.SUCCEEDED, output=outputs, finished_at=planning.now
+        ):
+            planning.events.append(
+                _step_event(self.step, "succeeded", items=len(outputs), failed_items=failed)
+            )
+
+
+class _Loop:
+    """A `loop` node under planning: one iteration at a time, each a step row of its own
+    (`<loop>[<n>]`, `item_index` n, `item` the previous output), run inline when local, queued,
+    or as a child run for a workflow body. After each iteration `until` is evaluated; true ends
+    the loop with that output, false starts the next, up to `max_iterations` (then it fails)."""
+
+    def __init__(self, planning: _Planning, loop_id: str) -> None:
+        self.planning = planning
+        self.run = planning.run
+        self.loop_id = loop_id
+        self.step = planning.steps[loop_id]
+        self.node = planning.raw_nodes[loop_id]
+
+    def _end(self, status: str, iterations: int, **fields: Any) -> None:
+        planning = self.planning
+        if planning.set_status(
+            self.step, status, finished_at=planning.now, input={"iterations": iterations}, **fields
+        ):
+            payload = {"error": fields["error"]} if "error" in fields else {}
+            planning.events.append(_step_event(self.step, status, iterations=iterations, **payload))
+
+    def start(self) -> None:
+        planning = self.planning
+        if planning.set_status(
+            self.step, RunStep.Status.RUNNING, started_at=planning.now, attempt=1, input={}
+        ):
+            planning.events.append(_step_event(self.step, "running"))
+            self._iterate(0, None)
+
+    def _iterate(self, index: int, previous: Any) -> None:
+        planning = self.planning
+        planning.flush_queued()
+        body = self.node["node"]
+        row = RunStep.objects.create(
+            run=self.run,
+            node_id=item_id(self.loop_id, index),
+            type=body["type"],
+            item_index=index,
+            item=previous,
+        )
+        step = _StepRow(row.pk, row.node_id, row.type, row.status, 0)
+        node = item_node(self.node, index)
+        if body["type"] == "workflow":
+            if planning.set_status(
+                step, RunStep.Status.RUNNING, started_at=planning.now, attempt=1
+            ):
+                planning.events.append(_step_event(step, "running"))
+                send_child_start(step.pk, 1)
+        elif planning.inline_left > 0 and _is_local(self.run, node, planning.tools):
+            # one iteration after the other: the next is planned once this one is written
+            planning.inline_left -= 1
+            _execute_inline(
+                self.run,
+                step,
+                node,
+                planning.secrets,
+                planning.tools,
+                planning.events,
+                item=(index, previous),
+            )
+            planning.changed = True
+        else:
+            planning._queue([step])
+
+    def advance(self) -> None:
+        planning = self.planning
+        planning.flush_queued()
+        last = (
+            RunStep.objects.filter(
+                run=self.run, item_index__isnull=False, node_id__startswith=f"{self.loop_id}["
+            )
+            .order_by("-item_index")
+            .values_list("item_index", "status", "output", "error")
+            .first()
+        )
+        if last is None:
+            return
+        last_index, status, output, error = last
+        index = int(last_index or 0)
+        if status == RunStep.Status.FAILED:
+            message = (error or {}).get("message", "")
+            self._end(
+                RunStep.Status.FAILED,
+                index + 1,
+                error={
+                    "type": "iteration_failed",
+                    "message": f"Iteration {index} of loop '{self.loop_id}' failed: {message}",
+                    "iteration": index,
+                    "iteration_error": error,
+                },
+            )
+            return
+        if status != RunStep.Status.SUCCEEDED:
+            return
+        until = self.node["until"]
+        try:
+            context = planning.context_for(until, condition=True)
+            done = evaluate_condition(until, {**context, "output": output, "iteration": index})
+        except (TemplateError, SparkOpsError) as exc:
+            message = f"Cannot evaluate the `until` of loop '{self.loop_id}': {exc.detail}"
+            error = {"type": "until_error", "message": message}
+            self._end(RunStep.Status.FAILED, index + 1, error=error)
+            return
+        if done:
+            self._end(RunStep.Status.SUCCEEDED, index + 1, output=output)
+            return
+        limit = int(self.node.get("max_iterations") or 10)
+        if index + 1 >= limit:
+            message = (
+                f"Loop '{self.loop_id}' ran {limit} iterations (max_iterations) and `until` "
+                "never held."
+            )
+            error = {"type": "max_iterations", "message": message}
+            self._end(RunStep.Status.FAILED, index + 1, error=error)
+            return
+        self._iterate(index + 1, output)
 
 
 def _tool_needs_approval(run: Run, node_id: str, step: Any, events: list, set_status: Any) -> bool:
@@ -358,9 +745,9 @@ def _tool_needs_approval(run: Run, node_id: str, step: Any, events: list, set_st
 
 
 def _is_local(run: Run, node: dict[str, Any], tools: dict[str, Any]) -> bool:
-    """A step the planner may run inline: a transform, or a call of a builtin tool (pure
-    functions of their arguments: no network, no waiting)."""
-    if node["type"] == "transform":
+    """A step the planner may run inline: a transform, a switch, or a call of a builtin tool
+    (pure functions of their arguments: no network, no waiting)."""
+    if node["type"] in ("transform", "switch"):
         return True
     if node["type"] != "tool":
         return False
@@ -375,6 +762,8 @@ def _execute_inline(
     secrets: SecretBag,
     tools: dict[str, Any],
     events: list[dict[str, Any]],
+    *,
+    item: tuple[int, Any] | None = None,
 ) -> None:
     """Run one local step in the planner's transaction, as one attempt with the same events,
     policy checks, redaction, size cap and retry rules as a step run by a worker; its row is
@@ -392,6 +781,8 @@ def _execute_inline(
         queued_at=now,
         started_at=now,
     )
+    if item is not None:  # an item of a map
+        model.item_index, model.item = item
     checkpoint = InlineCheckpoint(model, attempt, step_timeout(node), secrets, tools)
     step.attempt = attempt
     events.append(_step_event(step, "queued", inline=True))

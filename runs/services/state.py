@@ -9,6 +9,7 @@ from __future__ import annotations
 import random
 import socket
 import threading
+from datetime import datetime
 from functools import lru_cache
 from typing import Any
 
@@ -17,6 +18,7 @@ from django.utils import timezone
 
 from runs.models import Run, RunEvent, RunStep
 from sparkops.nul import strip_nul
+from tools.mcp_services import mcp_tool_named
 from tools.models import Tool
 from workflows.models import WorkflowVersion
 
@@ -32,7 +34,10 @@ def lock_run(run_id: Any) -> Run | None:
 
 @lru_cache(maxsize=256)
 def _snapshot(version_id: int) -> dict[str, Any]:
-    return WorkflowVersion.objects.values_list("snapshot", flat=True).get(pk=version_id)
+    snapshot: dict[str, Any] = WorkflowVersion.objects.values_list("snapshot", flat=True).get(
+        pk=version_id
+    )
+    return snapshot
 
 
 def version_snapshot(run: Run) -> dict[str, Any]:
@@ -43,26 +48,65 @@ def version_snapshot(run: Run) -> dict[str, Any]:
 
 
 def node_of(run: Run, node_id: str) -> dict[str, Any]:
+    """The node a step runs. An item of a `map` (`<map>[<index>]`) runs the map's item node
+    with the map's `retry` and `timeout_seconds`."""
+    node: dict[str, Any]
     for node in version_snapshot(run)["definition"]["nodes"]:
         if node["id"] == node_id:
             return node
+    parent, index = split_item_id(node_id)
+    if parent is not None:
+        return item_node(node_of(run, parent), index)
     raise KeyError(node_id)
 
 
-def retry_policy(run: Run, node: dict[str, Any]) -> dict[str, Any]:
+def item_id(map_id: str, index: int) -> str:
+    return f"{map_id}[{index}]"
+
+
+def split_item_id(node_id: str) -> tuple[str | None, int]:
+    """(map id, index) of an item step's node id; (None, -1) for any other."""
+    if node_id.endswith("]") and "[" in node_id:
+        parent, _, index = node_id[:-1].rpartition("[")
+        if index.isdigit():
+            return parent, int(index)
+    return None, -1
+
+
+def item_node(map_node: dict[str, Any], index: int) -> dict[str, Any]:
+    node = {**map_node["node"], "id": item_id(map_node["id"], index)}
+    for key in ("retry", "timeout_seconds"):
+        if key in map_node:
+            node[key] = map_node[key]
+    return node
+
+
+def retry_policy(run: Run, node: dict[str, Any], error: Any = None) -> dict[str, Any]:
+    """The node's `retry` over the workflow's `retry_policy`. A provider's rate limit (429) or
+    server error (5xx) is retried by default: on a node without a `retry` block it gets at least
+    SPARKOPS_PROVIDER_RETRY_ATTEMPTS attempts (a node's own `retry` block, even one of a single
+    attempt, is taken as written)."""
     policy = dict(version_snapshot(run).get("retry_policy") or {})
     policy.update(node.get("retry") or {})
+    attempts = int(policy.get("max_attempts", 1))
+    if "retry" not in node and error is not None and error.details.get("transient"):
+        attempts = max(attempts, settings.SPARKOPS_PROVIDER_RETRY_ATTEMPTS)
     return {
-        "max_attempts": int(policy.get("max_attempts", 1)),
+        "max_attempts": attempts,
         "backoff_seconds": float(policy.get("backoff_seconds", 2)),
         "max_backoff_seconds": float(policy.get("max_backoff_seconds", 300)),
     }
 
 
-def backoff_delay(policy: dict[str, Any], failures: int) -> float:
-    """Exponential backoff with jitter: base·2^(n-1), capped, times a factor in [0.5, 1]."""
-    base = policy["backoff_seconds"] * (2 ** max(failures - 1, 0))
-    return min(base, policy["max_backoff_seconds"]) * random.uniform(0.5, 1.0)  # noqa: S311
+def backoff_delay(policy: dict[str, Any], failures: int, retry_after: Any = None) -> float:
+    """Exponential backoff with jitter: base·2^(n-1), capped, times a factor in [0.5, 1]; never
+    shorter than the `Retry-After` the provider answered (itself capped by the policy's cap)."""
+    base: float = policy["backoff_seconds"] * (2 ** max(failures - 1, 0))
+    cap: float = policy["max_backoff_seconds"]
+    delay = min(base, cap) * random.uniform(0.5, 1.0)  # noqa: S311
+    if isinstance(retry_after, int | float) and retry_after > 0:
+        delay = max(delay, min(float(retry_after), cap))
+    return delay
 
 
 def step_timeout(node: dict[str, Any]) -> float:
@@ -122,16 +166,42 @@ def finish_run(
     hooks.run_finished(run)
 
 
+# A run's deadline works like Temporal's workflow execution timeout: `timeout_seconds` after the
+# run started, the run is over. The engine checks it where it acts (planning, a step's start,
+# a step's result, a pause), a step's calls wait at most until it, and the sweeper times out
+# runs where nothing acts (waiting for an approval, steps stuck in a queue). A result that
+# arrives after the deadline is discarded, whatever it is: the run ends `timed_out`.
+RUN_TIMED_OUT = {"type": "timed_out", "message": "The run passed its deadline (timeout_seconds)."}
+
+
+def past_deadline(run: Run, now: datetime | None = None) -> bool:
+    return run.deadline is not None and run.deadline <= (now or timezone.now())
+
+
+def time_out_locked(run: Run, *, events: list[dict[str, Any]] | None = None) -> None:
+    """Call with the run row locked, on an unfinished run past its deadline: it ends
+    `timed_out`, its unfinished steps cancelled (a running one stops at its next checkpoint,
+    its result discarded). `events` (the caller's) are written first."""
+    run.cancel_requested = True
+    run.save(update_fields=["cancel_requested"])
+    finish_run(run, Run.Status.TIMED_OUT, error=dict(RUN_TIMED_OUT), events=events)
+
+
 def step_event(*, step: RunStep, attempt: int, type: str, payload: dict[str, Any]) -> None:
     event_append(step.run_id, type, payload, node_id=step.node_id, attempt=attempt)
 
 
-def find_tool(project_id: Any, name: str, cache: dict[str, Any] | None = None) -> Any:
+def find_tool(
+    project_id: Any, name: str, cache: dict[str, Any] | None = None, *, as_of: Any = None
+) -> Any:
     """The tool a node or a model names, as the project sees it (its own or a global one);
-    None when there is none. With `cache`, each name is read once."""
+    None when there is none. With `cache`, each name is read once. An MCP server's tool is
+    the one of the snapshot current at `as_of` (the run's start: runs pin what they use)."""
     if cache is not None and name in cache:
         return cache[name]
-    tool = Tool.objects.usable_in(project_id).filter(name=name).first()
+    tool: Any = Tool.objects.usable_in(project_id).filter(name=name).first()
+    if tool is None:  # `<server>__<tool>`: a tool of one of the project's MCP servers
+        tool = mcp_tool_named(project_id, name, as_of=as_of)
     if cache is not None:
         cache[name] = tool
     return tool

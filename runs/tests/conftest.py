@@ -17,8 +17,11 @@ from urllib.parse import parse_qs, urlsplit
 import pytest
 from django.db import transaction
 
+# Engine tests import these builders from here.
+from runs.tests.factories import tool_node  # noqa: F401
 from sparkops.testing.engine import wait_until
 from sparkops.testing.fake_llm import FakeLLMServer
+from tools.tests.factories import builtin_tool  # noqa: F401
 
 
 @pytest.fixture(autouse=True)
@@ -261,25 +264,6 @@ def http_tool(
         parameters={"type": "object", "properties": properties or {}},
         config={"method": "POST", "url": url, "body": "{{ args }}", **config},
     )
-
-
-def builtin_tool(project: Any, actor: Any, name: str, function: str) -> Any:
-    from tools import services as tool_services
-
-    return tool_services.tool_create(
-        actor=actor, project=project, name=name, kind="builtin", config={"function": function}
-    )
-
-
-def tool_node(id: str, tool: str, args: Any = None, *depends_on: str, **extra: Any) -> dict:
-    return {
-        "id": id,
-        "type": "tool",
-        "tool": tool,
-        "args": args or {},
-        "depends_on": list(depends_on),
-        **extra,
-    }
 
 
 @contextlib.contextmanager

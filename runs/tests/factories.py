@@ -2,30 +2,13 @@
 
 from __future__ import annotations
 
+from decimal import Decimal
 from typing import Any
 
-from workflows import services as workflow_services
-
-
-def make_workflow(project: Any, actor: Any, nodes: list[dict[str, Any]], **fields: Any) -> Any:
-    definition = {"nodes": nodes}
-    for key in ("input_schema", "output"):
-        if key in fields:
-            definition[key] = fields.pop(key)
-    fields.setdefault("name", "wf")
-    return workflow_services.workflow_create(
-        actor=actor, project=project, definition=definition, **fields
-    )
-
-
-def transform(id: str, output: Any, *depends_on: str, **extra: Any) -> dict[str, Any]:
-    return {
-        "id": id,
-        "type": "transform",
-        "output": output,
-        "depends_on": list(depends_on),
-        **extra,
-    }
+from agents.models import ModelPrice
+from agents.tests.factories import scripted_agent
+from tools.tests.factories import builtin_tool
+from workflows.tests.factories import make_workflow, transform
 
 
 def finished_run(cast: Any, status: str = "succeeded") -> Any:
@@ -43,3 +26,50 @@ def finished_run(cast: Any, status: str = "succeeded") -> Any:
     )
     RunStep.objects.create(run=run, node_id="a", type="transform", status="succeeded", output=1)
     return run
+
+
+def tool_node(id: str, tool: str, args: Any = None, *depends_on: str, **extra: Any) -> dict:
+    return {
+        "id": id,
+        "type": "tool",
+        "tool": tool,
+        "args": args or {},
+        "depends_on": list(depends_on),
+        **extra,
+    }
+
+
+def agent_and_tool_workflow(cast: Any, name: str, tool: Any) -> Any:
+    """prep (transform) → think (the "helper" agent: one tool call, two model calls) → sum (a
+    step of `tool`)."""
+    return make_workflow(
+        cast.project,
+        cast.owner,
+        [
+            transform("prep", {"topic": "otters"}),
+            {
+                "id": "think",
+                "type": "agent",
+                "agent": "helper",
+                "prompt": "Work on {{ steps.prep.output.topic }}",
+                "depends_on": ["prep"],
+            },
+            tool_node("sum", tool.name, {"expression": "1+1"}, "think"),
+        ],
+        name=name,
+    )
+
+
+def metered_workflow(cast: Any) -> Any:
+    """The metrics tests' run: `agent_and_tool_workflow` ("metrics-run") with the helper agent
+    on a priced simulated model (sim-metrics: $1000 / $2000 a million tokens) and the
+    calculator as its tool."""
+    ModelPrice.objects.create(
+        provider="simulated",
+        model_pattern="sim-metrics*",
+        input_per_million=Decimal("1000"),
+        output_per_million=Decimal("2000"),
+    )
+    calc = builtin_tool(cast.project, cast.owner, "calc_metrics", "calculator")
+    scripted_agent(cast, model="sim-metrics", tool=calc)
+    return agent_and_tool_workflow(cast, "metrics-run", calc)

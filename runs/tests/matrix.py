@@ -24,4 +24,7 @@ ROUTES = {
     "run-stream": ObjectRoute(_run),
     "run-approve": ObjectRoute(_waiting),
     "run-reject": ObjectRoute(_waiting),
+    # MCP messages are all POSTs: a viewer lists tools (a read); a viewer's tool call is a tool
+    # error, not an HTTP status (runs/tests/test_mcp.py).
+    "project-mcp": ObjectRoute(lambda cast: {"pk": cast.project.pk}, viewer_allowed=("post",)),
 }

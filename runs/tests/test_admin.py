@@ -26,7 +26,7 @@ STEPS = "/admin/runs/runstep/"
 @pytest.fixture
 def operator(db: Any) -> Client:
     client = Client()
-    client.force_login(UserFactory(is_staff=True, is_superuser=True))
+    client.force_login(UserFactory.create(is_staff=True, is_superuser=True))
     return client
 
 

@@ -13,9 +13,11 @@ from agents import services as agent_services
 from agents.models import ModelPrice
 from projects import services as project_services
 from runs import services
+from runs.models import Run
 from runs.tests.conftest import builtin_tool, events_of, http_tool
 from runs.tests.factories import make_workflow
 from sparkops.testing.engine import wait_for_run
+from workflows import services as workflow_services
 
 pytestmark = pytest.mark.usefixtures("engine")
 
@@ -330,6 +332,58 @@ def test_provider_429_is_retried_then_succeeds(cast, fake_llm, priced):
     assert run.cost == Decimal("0.02")
 
 
+# Backoff far shorter than the Retry-After the fake answers, so the wait shows which one won.
+QUICK_BACKOFF = {"max_attempts": 1, "backoff_seconds": 0.05, "max_backoff_seconds": 5}
+
+
+@pytest.mark.parametrize("kind", ["openai", "anthropic"])
+def test_a_rate_limit_is_retried_by_default_after_its_retry_after(cast, fake_llm, priced, kind):
+    make_agent(cast, fake_llm, kind)
+    fake_llm.enqueue(kind, {"status": 429, "headers": {"Retry-After": "1"}})
+    fake_llm.enqueue(kind, {"content": "done", "input_tokens": 10, "output_tokens": 5})
+    # No `retry` block on the node, and a workflow policy of one attempt.
+    workflow = agent_workflow(cast)
+    workflow_services.workflow_update(
+        workflow=workflow, actor=cast.owner, retry_policy=QUICK_BACKOFF
+    )
+    run = run_of(cast, workflow)
+    assert run.status == "succeeded", run.error
+    step = run.steps.get(node_id="think")
+    assert (step.attempt, step.failures, step.output) == (2, 1, {"text": "done"})
+    (retry,) = [e for e in events_of(run, "step.status", "think") if e.payload.get("retry")]
+    assert retry.payload["error"]["type"] == "provider_rate_limited"
+    assert retry.payload["error"]["retry_after"] == 1.0
+    assert retry.payload["delay_seconds"] == 1.0
+    assert retry.payload["max_attempts"] == 4  # SPARKOPS_PROVIDER_RETRY_ATTEMPTS
+    first, second = fake_llm.requests_for(kind)
+    assert second.received_at - first.received_at >= 1.0
+
+
+def test_server_errors_are_retried_by_default_until_the_attempts_run_out(cast, fake_llm):
+    make_agent(cast, fake_llm, "openai")
+    for _ in range(4):
+        fake_llm.enqueue("openai", {"status": 503, "headers": {"retry-after-ms": "50"}})
+    workflow = agent_workflow(cast)
+    workflow_services.workflow_update(
+        workflow=workflow, actor=cast.owner, retry_policy=QUICK_BACKOFF
+    )
+    run = run_of(cast, workflow)
+    assert run.status == "failed"
+    step = run.steps.get(node_id="think")
+    assert (step.attempt, step.failures) == (4, 4)
+    assert step.error["type"] == "provider_error" and step.error["provider_status"] == 503
+    assert len(fake_llm.requests_for("openai")) == 4
+
+
+def test_a_node_retry_block_is_taken_as_written(cast, fake_llm):
+    make_agent(cast, fake_llm, "openai")
+    fake_llm.enqueue("openai", {"status": 429, "headers": {"Retry-After": "0"}})
+    run = run_of(cast, agent_workflow(cast, retry={"max_attempts": 1}))
+    assert run.status == "failed"
+    assert run.steps.get(node_id="think").error["type"] == "provider_rate_limited"
+    assert len(fake_llm.requests_for("openai")) == 1
+
+
 def test_agent_step_timeout_bounds_every_model_call(cast, fake_llm):
     calc = builtin_tool(cast.project, cast.owner, "calc", "calculator")
     make_agent(cast, fake_llm, "openai", tools=[calc])
@@ -345,3 +399,67 @@ def test_agent_step_timeout_bounds_every_model_call(cast, fake_llm):
     # the second call had only what was left of the step's 2 s, not a fresh 2 s
     # a fresh 2 s for the second call would end after 4 s
     assert (step.finished_at - step.started_at).total_seconds() < 3.9
+
+
+def test_a_map_of_agent_items_records_tokens_and_cost_per_item(cast, fake_llm, priced):
+    make_agent(cast, fake_llm, "openai")
+    for n in (1, 2, 3):
+        fake_llm.enqueue(
+            "openai", {"content": f"summary {n}", "input_tokens": 10 * n, "output_tokens": n}
+        )
+    wf = make_workflow(
+        cast.project,
+        cast.owner,
+        [
+            {
+                "id": "each",
+                "type": "map",
+                "items": "{{ input.docs }}",
+                "node": {"type": "agent", "agent": "helper", "prompt": "Summarise {{ item }}"},
+                "max_concurrency": 1,
+            }
+        ],
+        output="{{ steps.each.output | map(attribute='text') | list }}",
+    )
+    run = run_of(cast, wf, {"docs": ["a", "b", "c"]})
+    assert run.status == "succeeded", run.error
+    assert run.output == ["summary 1", "summary 2", "summary 3"]
+    prompts = [r.body["messages"][-1]["content"] for r in fake_llm.requests_for("openai")]
+    assert prompts == ["Summarise a", "Summarise b", "Summarise c"]
+    items = run.steps.filter(item_index__isnull=False).order_by("item_index")
+    assert [(s.node_id, s.input_tokens, s.output_tokens) for s in items] == [
+        ("each[0]", 10, 1),
+        ("each[1]", 20, 2),
+        ("each[2]", 30, 3),
+    ]
+    assert [s.cost for s in items] == [Decimal("0.012"), Decimal("0.024"), Decimal("0.036")]
+    assert (run.input_tokens, run.output_tokens, run.cost) == (60, 6, Decimal("0.072"))
+    assert [e.node_id for e in events_of(run, "llm.call")] == ["each[0]", "each[1]", "each[2]"]
+
+
+def test_a_child_runs_tokens_and_cost_roll_up_to_the_parent_step_and_run(cast, fake_llm, priced):
+    make_agent(cast, fake_llm, "openai")
+    fake_llm.enqueue("openai", {"content": "researched", "input_tokens": 100, "output_tokens": 10})
+    agent_workflow(cast)  # slug "wf": one agent step
+    parent = make_workflow(
+        cast.project,
+        cast.owner,
+        [
+            {
+                "id": "sub",
+                "type": "workflow",
+                "workflow": "wf",
+                "input": {"topic": "{{ input.topic }}"},
+            }
+        ],
+        name="parent",
+        output="{{ steps.sub.output.answer.text }}",
+    )
+    run = run_of(cast, parent, {"topic": "otters"})
+    assert run.status == "succeeded", run.error
+    assert run.output == "researched"
+    child = Run.objects.get(parent_step__run=run)
+    assert (child.input_tokens, child.output_tokens, child.cost) == (100, 10, Decimal("0.12"))
+    step = run.steps.get(node_id="sub")
+    assert (step.input_tokens, step.output_tokens, step.cost) == (100, 10, Decimal("0.12"))
+    assert (run.input_tokens, run.output_tokens, run.cost) == (100, 10, Decimal("0.12"))

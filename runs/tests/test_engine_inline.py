@@ -772,12 +772,17 @@ def test_secrets_are_redacted_from_what_an_inline_step_records(cast):
 
 
 @pytest.mark.django_db
-def test_the_sweeper_runs_local_steps_inline(cast, settings):
+def test_a_run_the_sweeper_sends_runs_local_steps_inline(
+    cast, settings, django_capture_on_commit_callbacks
+):
     settings.SPARKOPS_QUEUED_GRACE = 0
     builtin_tool(cast.project, cast.owner, "calc", "calculator")
     run = start(cast, calc_chain(cast, 3))  # its first task never sent (test transaction)
-    counts = services.sweep()
+    with django_capture_on_commit_callbacks() as sent:  # the sweeper sends, it does not plan
+        counts = services.sweep()
     assert counts["enqueued"] == 1
+    assert len(sent) == 1
+    services.run_enqueue(run_id=run.pk)  # what the message does on a worker
     run.refresh_from_db()
     assert run.status == "succeeded", run.error
     assert run.output == {"last": 3}

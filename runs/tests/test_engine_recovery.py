@@ -4,6 +4,7 @@ are fenced by the attempt number and idempotent; concurrency limits admit runs i
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 from datetime import timedelta
 from decimal import Decimal
@@ -13,6 +14,7 @@ from django.db import transaction
 from django.utils import timezone
 
 from runs import services
+from runs.engine import heartbeat
 from runs.models import Run, RunEvent, RunStep
 from runs.services import attempts, dispatch, usage
 from runs.tests.conftest import events_of, http_tool, sends_lost, tool_node, worker_idle
@@ -129,6 +131,29 @@ def test_a_live_step_is_not_recovered(cast):
     assert counts["steps_recovered"] == 0
     assert counts["steps_timed_out"] == 0
     assert RunStep.objects.get(run=run, node_id="a").attempt == 1
+
+
+def test_one_update_refreshes_the_heartbeats_of_a_workers_running_steps(
+    cast, django_assert_num_queries
+):
+    """A gevent steps worker has hundreds of steps in flight: its heartbeat is one UPDATE per
+    attempt number in flight, not one per step; a superseded attempt is not refreshed."""
+    run = lost_run(cast, [transform(node, 1) for node in "abcd"])
+    put(run)
+    long_ago = timezone.now() - timedelta(minutes=2)
+    steps = {
+        node: put_step(run, node, status="running", attempt=attempt, heartbeat_at=long_ago)
+        for node, attempt in (("a", 1), ("b", 1), ("c", 1), ("d", 2))
+    }
+    with contextlib.ExitStack() as stack:
+        for node in "abcd":  # d's worker still runs its first attempt: superseded
+            stack.enter_context(heartbeat.beating(steps[node].pk, 1))
+        # the UPDATE of the attempt-1 steps
+        with django_assert_num_queries(1):
+            heartbeat._beat_once()
+    beats = dict(RunStep.objects.filter(run=run).values_list("node_id", "heartbeat_at"))
+    assert all(beats[node] > long_ago for node in "abc")
+    assert beats["d"] == long_ago
 
 
 def test_sweeper_fails_a_step_stuck_past_its_timeout(cast):

@@ -129,7 +129,11 @@ def test_a_transformed_secret_fails_the_step_naming_the_secret(cast, template):
 def console_log() -> Iterator[io.StringIO]:
     """The real console handler of settings.LOGGING (JSON formatter, its filters), writing into
     a buffer, with every logger (the HTTP libraries' too) at DEBUG."""
-    handler = next(h for h in logging.getLogger().handlers if h.get_name() == "console")
+    handler = next(
+        h
+        for h in logging.getLogger().handlers
+        if isinstance(h, logging.StreamHandler) and h.get_name() == "console"
+    )
     buffer = io.StringIO()
     previous = handler.setStream(buffer)
     names = ["", *HTTP_LOGGERS, "sparkops", "runs", "tools", "celery"]

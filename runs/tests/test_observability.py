@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import logging
+import shutil
 import subprocess
 import sys
 import threading
@@ -17,103 +18,35 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import pytest
+from django.conf import settings
 from django.test import Client
 from django.utils import timezone
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind, StatusCode
-from prometheus_client.parser import text_string_to_metric_families
 
-from agents import services as agent_services
-from agents.models import ModelPrice
-from projects import services as project_services
+from agents.tests.factories import remote_agent, scripted_agent
 from runs import services
 from runs.models import RunEvent, RunStep
-from runs.tests.conftest import builtin_tool, tool_node
-from runs.tests.factories import finished_run, make_workflow, transform
+from runs.tests.conftest import builtin_tool
+from runs.tests.factories import (
+    agent_and_tool_workflow,
+    finished_run,
+    make_workflow,
+    metered_workflow,
+    transform,
+)
 from sparkops import logcontext, metrics, tracing
 from sparkops.testing.engine import wait_for_run, wait_until
+from sparkops.testing.scraping import delta, scrape, scrape_until, value
+
+pytestmark = pytest.mark.usefixtures("metrics_token")
 
 # --- helpers ------------------------------------------------------------------------------------
-
-Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
-
-
-def scrape(client: Client | None = None, **headers: Any) -> Samples:
-    response = (client or Client()).get("/metrics", **headers)
-    assert response.status_code == 200, response.content
-    assert response["Content-Type"].startswith("text/plain")
-    samples: Samples = {}
-    for family in text_string_to_metric_families(response.content.decode()):
-        for sample in family.samples:
-            samples[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
-    return samples
-
-
-def value(samples: Samples, name: str, **labels: str) -> float:
-    return samples.get((name, tuple(sorted(labels.items()))), 0.0)
-
-
-def delta(before: Samples, after: Samples, name: str, **labels: str) -> float:
-    return round(value(after, name, **labels) - value(before, name, **labels), 9)
-
-
-def scrape_until(before: Samples, name: str, **labels: str) -> Samples:
-    """Scrape until `name{labels}` moved: engine metrics are recorded after commit, in the
-    worker thread, so the run's row may be read a moment before they are."""
-
-    def moved() -> Samples | None:
-        samples = scrape()
-        return samples if delta(before, samples, name, **labels) else None
-
-    return wait_until(moved, what=f"{name}{labels} to move")
 
 
 def start(workflow: Any, actor: Any, input: dict[str, Any] | None = None) -> Any:
     return services.run_create(workflow=workflow, input=input or {}, actor=actor)
-
-
-def scripted_agent(cast: Any, *, model: str, tool: Any) -> Any:
-    """A simulated agent that calls `tool` once, then answers: two model calls of 7 input and
-    3 output tokens each."""
-    return agent_services.agent_create(
-        actor=cast.owner,
-        project=cast.project,
-        name="Helper",
-        slug="helper",
-        provider="simulated",
-        model=model,
-        tools=[tool.pk],
-        settings={
-            "mode": "script",
-            "turns": [
-                {"tool_calls": [{"name": tool.name, "arguments": {"expression": "2+2"}}]},
-                {"content": "Result: {last_tool_result}"},
-            ],
-            "input_tokens": 7,
-            "output_tokens": 3,
-        },
-    )
-
-
-def agent_and_tool_workflow(cast: Any, name: str, tool: Any) -> Any:
-    """prep (transform) → think (agent: one tool call, two model calls) → sum (tool step)."""
-    return make_workflow(
-        cast.project,
-        cast.owner,
-        [
-            transform("prep", {"topic": "otters"}),
-            {
-                "id": "think",
-                "type": "agent",
-                "agent": "helper",
-                "prompt": "Work on {{ steps.prep.output.topic }}",
-                "depends_on": ["prep"],
-            },
-            tool_node("sum", tool.name, {"expression": "1+1"}, "think"),
-        ],
-        name=name,
-    )
 
 
 # --- /metrics after a real run ------------------------------------------------------------------
@@ -121,15 +54,7 @@ def agent_and_tool_workflow(cast: Any, name: str, tool: Any) -> Any:
 
 @pytest.mark.usefixtures("engine")
 def test_metrics_count_a_real_run(cast):
-    ModelPrice.objects.create(
-        provider="simulated",
-        model_pattern="sim-metrics*",
-        input_per_million=Decimal("1000"),
-        output_per_million=Decimal("2000"),
-    )
-    calc = builtin_tool(cast.project, cast.owner, "calc_metrics", "calculator")
-    scripted_agent(cast, model="sim-metrics", tool=calc)
-    workflow = agent_and_tool_workflow(cast, "metrics-run", calc)
+    workflow = metered_workflow(cast)
     wf = {"project": "acme", "workflow": workflow.slug}
     before = scrape()
 
@@ -294,35 +219,72 @@ def test_metrics_add_up_across_processes(db):
 # --- who may scrape -------------------------------------------------------------------------------
 
 
-def test_metrics_allowed_from_localhost_only_by_default(db):
-    assert Client().get("/metrics").status_code == 200
-    assert Client().get("/metrics/").status_code == 200
-    response = Client(REMOTE_ADDR="10.1.2.3").get("/metrics")
-    assert response.status_code == 403
-    assert response.json()["type"] == "permission_denied"
-    assert Client(REMOTE_ADDR="::ffff:127.0.0.1").get("/metrics").status_code == 200
-    assert Client().post("/metrics").status_code == 405
+def test_metrics_are_closed_to_anonymous_callers_even_from_localhost(db):
+    # A reverse proxy on this host makes every client 127.0.0.1: "local" proves nothing.
+    for client in (Client(), Client(REMOTE_ADDR="::ffff:127.0.0.1"), Client(REMOTE_ADDR="::1")):
+        response = client.get("/metrics")
+        assert response.status_code == 403
+        assert response.json()["type"] == "permission_denied"
+        assert "sparkops_" not in response.content.decode()
+    assert Client(REMOTE_ADDR="10.1.2.3").get("/metrics/").status_code == 403
 
 
-def test_metrics_with_a_bearer_token(db, settings):
-    settings.SPARKOPS_METRICS_TOKEN = "scrape-secret"
-    remote = Client(REMOTE_ADDR="10.1.2.3")
-    response = remote.get("/metrics")
-    assert response.status_code == 401
-    assert response["WWW-Authenticate"].startswith("Bearer")
-    assert remote.get("/metrics", HTTP_AUTHORIZATION="Bearer wrong").status_code == 401
-    assert remote.get("/metrics", HTTP_AUTHORIZATION="Basic scrape-secret").status_code == 401
-    assert remote.get("/metrics", HTTP_AUTHORIZATION="Bearer scrape-secret").status_code == 200
-    # The allow-list still works without the token.
-    assert Client().get("/metrics").status_code == 200
+def test_metrics_are_closed_when_no_token_is_set(db, settings):
+    settings.SPARKOPS_METRICS_TOKEN = ""
+    assert Client().get("/metrics", HTTP_AUTHORIZATION="Bearer ").status_code == 403
+    assert Client().get("/metrics").status_code == 403
+
+
+def test_metrics_with_the_bearer_token(db, metrics_token):
+    local, remote = Client(), Client(REMOTE_ADDR="10.1.2.3")
+    for client in (local, remote):
+        assert client.get("/metrics").status_code == 403
+        wrong = client.get("/metrics", HTTP_AUTHORIZATION="Bearer wrong")
+        assert wrong.status_code == 403
+        assert wrong.json()["type"] == "permission_denied"
+        assert (
+            client.get("/metrics", HTTP_AUTHORIZATION=f"Basic {metrics_token}").status_code == 403
+        )
+        right = client.get("/metrics", HTTP_AUTHORIZATION=f"Bearer {metrics_token}")
+        assert right.status_code == 200
+        assert b"sparkops_runs_active" in right.content
+    assert remote.get("/metrics/", HTTP_AUTHORIZATION=f"bearer {metrics_token}").status_code == 200
+    assert (
+        Client().post("/metrics", HTTP_AUTHORIZATION=f"Bearer {metrics_token}").status_code == 405
+    )
 
 
 def test_metrics_allow_list_of_networks(db, settings):
-    settings.SPARKOPS_METRICS_ALLOW = ["10.0.0.0/8", "fd00::/8"]
+    settings.SPARKOPS_METRICS_TOKEN = ""
+    settings.SPARKOPS_METRICS_ALLOW = ["10.0.0.0/8", "fd00::/8", "127.0.0.1/32"]
     assert Client(REMOTE_ADDR="10.1.2.3").get("/metrics").status_code == 200
     assert Client(REMOTE_ADDR="fd00::5").get("/metrics").status_code == 200
+    assert Client(REMOTE_ADDR="::ffff:127.0.0.1").get("/metrics").status_code == 200
     assert Client(REMOTE_ADDR="192.168.1.1").get("/metrics").status_code == 403
-    assert Client().get("/metrics").status_code == 403  # 127.0.0.1 is no longer listed
+    settings.SPARKOPS_METRICS_ALLOW = ["10.0.0.0/8"]
+    assert Client().get("/metrics").status_code == 403  # 127.0.0.1 is not listed
+
+
+def test_make_run_writes_a_metrics_token_that_scrapes(db, settings, tmp_path):
+    """README: `make run` writes a random token into .env, and the curl shown there reads it."""
+    shutil.copy(settings.BASE_DIR / "Makefile", tmp_path / "Makefile")
+    for i in range(2):  # two fresh .env files: two different tokens
+        subprocess.run(["make", "-s", ".env"], cwd=tmp_path, check=True, timeout=60)
+        env = (tmp_path / ".env").read_text()
+        (tmp_path / ".env").rename(tmp_path / f"env-{i}")
+    tokens = [
+        subprocess.run(
+            ["sed", "-n", "s/^SPARKOPS_METRICS_TOKEN=//p", str(tmp_path / f"env-{i}")],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+        for i in range(2)
+    ]
+    assert all(len(token) >= 32 for token in tokens) and tokens[0] != tokens[1], env
+    settings.SPARKOPS_METRICS_TOKEN = tokens[1]
+    assert scrape(HTTP_AUTHORIZATION=f"Bearer {tokens[1]}")
+    assert Client().get("/metrics", HTTP_AUTHORIZATION=f"Bearer {tokens[0]}").status_code == 403
 
 
 # --- traces ---------------------------------------------------------------------------------------
@@ -343,7 +305,8 @@ def run_span_of(exporter: InMemorySpanExporter, run: Any) -> Any:
 
     def find() -> Any:
         for span in exporter.get_finished_spans():
-            if span.attributes.get("sparkops.run.id") == str(run.pk) and span.parent is None:
+            attributes = span.attributes or {}
+            if attributes.get("sparkops.run.id") == str(run.pk) and span.parent is None:
                 return span
         return None
 
@@ -426,17 +389,7 @@ def test_spans_of_a_run_nest_run_step_and_calls(cast, spans):
 
 @pytest.mark.usefixtures("engine")
 def test_failures_mark_spans_as_errors(cast, spans, fake_llm):
-    project_services.secret_create(project=cast.project, actor=cast.owner, name="key", value="sk-x")
-    agent_services.agent_create(
-        actor=cast.owner,
-        project=cast.project,
-        name="Remote",
-        slug="remote",
-        provider="openai",
-        model="gpt-test-1",
-        base_url=fake_llm.openai_base_url,
-        credentials_secret="key",
-    )
+    remote_agent(cast, slug="remote", base_url=fake_llm.openai_base_url)
     fake_llm.enqueue("openai", {"status": 401})
     workflow = make_workflow(
         cast.project,
@@ -609,7 +562,6 @@ def test_engine_log_lines_carry_the_run_context(cast, caplog):
     assert all(isinstance(r.duration_ms, int) for r in succeeded)
 
     # The JSON formatter of settings.LOGGING writes them as top-level keys.
-    from django.conf import settings
     from pythonjsonlogger.json import JsonFormatter
 
     options = {k: v for k, v in settings.LOGGING["formatters"]["json"].items() if k != "()"}
@@ -637,7 +589,6 @@ def test_log_scopes_nest_and_never_leak():
 
 
 def test_logging_settings_install_the_filter():
-    from django.conf import settings
 
     assert settings.LOGGING["handlers"]["console"]["filters"] == ["run_context", "redact_secrets"]
     console = [
@@ -660,8 +611,8 @@ def test_secret_filter_redacts_message_exception_and_extras_and_forgets_after_th
 
             item = logging.LogRecord("app", logging.ERROR, __file__, 1, "got %s", (secret,), None)
             item.exc_info = sys.exc_info()
-        for key, value in extra.items():
-            setattr(item, key, value)
+        for key, extra_value in extra.items():
+            setattr(item, key, extra_value)
         return item
 
     with logcontext.scope(run_id="r1"):

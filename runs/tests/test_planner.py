@@ -68,3 +68,44 @@ def test_all_finished_is_success():
     result = plan(DIAMOND, dict.fromkeys("abcd", "succeeded"))
     assert result.run_status == "succeeded"
     assert result.finished
+
+
+# --- switch ---------------------------------------------------------------------------------
+
+ROUTED = [
+    NodeSpec(id="s", type="switch", branches=("x", "y")),
+    NodeSpec(id="x", type="tool", depends_on=("s",)),
+    NodeSpec(id="y", type="tool", depends_on=("s",)),
+    n("after_y", "y"),
+    n("join", "x", "y"),
+]
+
+
+def test_a_switch_skips_the_branches_it_did_not_pick_and_their_downstream():
+    statuses = {"s": "succeeded", "x": "pending", "y": "pending", "after_y": "pending"}
+    statuses["join"] = "pending"
+    result = plan(ROUTED, statuses, {"s": "x"})
+    assert result.skip == ["y", "after_y"]
+    assert result.skip_reasons == {"y": "switch 's' took another branch"}
+    assert result.ready == ["x"]
+
+
+def test_branches_wait_for_the_switch_and_all_are_skipped_when_it_failed():
+    pending = dict.fromkeys(["x", "y", "after_y", "join"], "pending")
+    assert plan(ROUTED, {"s": "running", **pending}).ready == []
+    assert plan(ROUTED, {"s": "pending", **pending}).ready == ["s"]
+    failed = NodeSpec(id="s", type="switch", branches=("x", "y"), continue_on_failure=True)
+    result = plan([failed, *ROUTED[1:]], {"s": "failed", **pending})
+    assert result.skip == ["x", "y", "after_y", "join"]
+    assert result.run_status == "succeeded"
+
+
+def test_a_node_depending_on_a_switch_without_being_a_branch_runs():
+    nodes = [*ROUTED, n("audit", "s")]
+    statuses = {
+        "s": "succeeded",
+        **dict.fromkeys(["x", "y", "after_y", "join", "audit"], "pending"),
+    }
+    result = plan(nodes, statuses, {"s": "y"})
+    assert result.skip == ["x"]
+    assert result.ready == ["y", "audit"]

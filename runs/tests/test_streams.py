@@ -10,18 +10,20 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from django.db import transaction
 from rest_framework.exceptions import Throttled
 
 from runs import streams
 from runs.models import Run, RunEvent
 from runs.tests.factories import make_workflow, transform
-from runs.tests.test_observability import delta, scrape
 from sparkops import cache as cache_state
 from sparkops.testing.engine import wait_until
 from sparkops.testing.processes import RedisServer
+from sparkops.testing.scraping import delta, scrape
 
 # Streams run outside a transaction in production (and close connections when they end).
-pytestmark = pytest.mark.django_db(transaction=True)
+# /metrics is closed without a token; `scrape` sends the one `metrics_token` sets.
+pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.usefixtures("metrics_token")]
 
 
 @pytest.fixture(autouse=True)
@@ -186,3 +188,24 @@ def test_the_worker_warns_when_its_threads_lower_the_cap(
         streams.set_server_threads(32)
     assert streams.process_limit() == 24
     assert "limited to 24 per process" in caplog.text
+
+
+def test_a_stream_closed_inside_another_transaction_leaves_it_working(
+    cast: Any, run: Run, settings: Any
+) -> None:
+    """An abandoned stream is closed whenever the garbage collector gets to it, in whatever
+    thread runs then, perhaps in the middle of that one's transaction: the transaction goes on."""
+    settings.SPARKOPS_STREAM_POLL_SECONDS = 0.01
+    response = cast.client("viewer").get(url(run))
+    chunks = iter(response.streaming_content)
+    assert next(chunks).decode().startswith("retry:")
+    RunEvent.objects.create(run=run, seq=1, type="run.status", payload={})
+    assert b"event: run.status" in next(chunks)
+    with transaction.atomic():
+        workflow = Run.objects.get(pk=run.pk).workflow
+        # What the collector does to an abandoned stream, whenever it runs: the generator is
+        # closed (here the test client's wrapper, which closes the response and the view's).
+        response._iterator.close()
+        workflow.name = "renamed"
+        workflow.save(update_fields=["name"])
+    assert Run.objects.get(pk=run.pk).workflow.name == "renamed"

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -23,8 +24,11 @@ from django.db.models import Avg, Count, Exists, Max, OuterRef, Q, QuerySet, Sub
 from django.db.models.functions import TruncDay, TruncHour
 from django.utils import timezone
 
+from policies.budgets import period_start
+from policies.models import Budget, BudgetSpend
 from projects.models import Project
 from runs.models import Run, RunStep
+from sparkops.celery import app as celery_app
 
 from .palette import RUN_STATUS_ORDER
 
@@ -71,7 +75,7 @@ def runs_per_bucket(runs: QuerySet[Run], *, now: datetime, unit: str) -> list[Bu
     if unit == "hour":
         last = now.replace(minute=0, second=0, microsecond=0)
         starts = [last - timedelta(hours=i) for i in range(HOURS - 1, -1, -1)]
-        trunc = TruncHour("created_at", tzinfo=UTC)
+        trunc: TruncHour | TruncDay = TruncHour("created_at", tzinfo=UTC)
     else:
         last = now.replace(hour=0, minute=0, second=0, microsecond=0)
         starts = [last - timedelta(days=i) for i in range(DAYS - 1, -1, -1)]
@@ -159,7 +163,9 @@ def duration_percentiles(
     return values
 
 
-def spend_per_project(runs: QuerySet[Run], *, now: datetime, limit: int = 10) -> list[dict]:
+def spend_per_project(
+    runs: QuerySet[Run], *, now: datetime, limit: int = 10
+) -> list[Mapping[str, Any]]:
     return list(
         runs.filter(created_at__gte=now - timedelta(days=DAYS))
         .values("project_id", "project__name")
@@ -169,7 +175,9 @@ def spend_per_project(runs: QuerySet[Run], *, now: datetime, limit: int = 10) ->
     )
 
 
-def slowest_workflows(runs: QuerySet[Run], *, now: datetime, limit: int = TOP) -> list[dict]:
+def slowest_workflows(
+    runs: QuerySet[Run], *, now: datetime, limit: int = TOP
+) -> list[Mapping[str, Any]]:
     """Workflows by mean duration of their runs finished in the last 30 days."""
     return list(
         runs.filter(
@@ -183,10 +191,13 @@ def slowest_workflows(runs: QuerySet[Run], *, now: datetime, limit: int = TOP) -
     )
 
 
-def most_failing_workflows(runs: QuerySet[Run], *, now: datetime, limit: int = TOP) -> list[dict]:
+def most_failing_workflows(
+    runs: QuerySet[Run], *, now: datetime, limit: int = TOP
+) -> list[dict[str, Any]]:
     """Workflows by failed (or timed out) runs in the last 30 days."""
-    rows = list(
-        runs.filter(created_at__gte=now - timedelta(days=DAYS))
+    rows: list[dict[str, Any]] = [
+        dict(row)
+        for row in runs.filter(created_at__gte=now - timedelta(days=DAYS))
         .values("workflow_id", "workflow__name", "project__name")
         .annotate(
             failed=Count("pk", filter=Q(status__in=FAILED)),
@@ -194,7 +205,7 @@ def most_failing_workflows(runs: QuerySet[Run], *, now: datetime, limit: int = T
         )
         .filter(failed__gt=0)
         .order_by("-failed", "workflow__name")[:limit]
-    )
+    ]
     for row in rows:
         row["rate"] = row["failed"] / row["ended"] if row["ended"] else None
     return rows
@@ -262,8 +273,7 @@ def celery_status(app: Any = None) -> dict[str, Any]:
     if cached is not None:
         return cached
     if app is None:
-        from sparkops.celery import app
-
+        app = celery_app
     status: dict[str, Any] = {"queues": [], "workers": [], "errors": []}
     timeout = _inspect_timeout()
     now = time.time()
@@ -299,13 +309,10 @@ def celery_status(app: Any = None) -> dict[str, Any]:
 def budget_bars(user: Any, project: Project | None = None, *, now: datetime) -> list[dict]:
     """Enabled budgets of the visible projects with their spend in the current period: two
     queries whatever the number of runs (budgets, then their spend rows)."""
-    from policies.budgets import period_start
-    from policies.models import Budget, BudgetSpend
-
-    budgets = Budget.objects.filter(project__in=visible_projects(user), enabled=True)
+    enabled = Budget.objects.filter(project__in=visible_projects(user), enabled=True)
     if project is not None:
-        budgets = budgets.filter(project=project)
-    budgets = list(budgets.select_related("project", "workflow", "agent").order_by("name")[:20])
+        enabled = enabled.filter(project=project)
+    budgets = list(enabled.select_related("project", "workflow", "agent").order_by("name")[:20])
     starts = {budget.pk: period_start(budget, now) for budget in budgets}
     spends = {
         (row.budget_id, row.period_start): row.spend

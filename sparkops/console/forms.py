@@ -53,10 +53,11 @@ class RunNowForm(forms.Form):
         super().__init__(*args, **kwargs)
         schema = input_schema if isinstance(input_schema, dict) else {}
         properties = schema.get("properties")
+        if not isinstance(properties, dict):
+            properties = {}
         required = set(schema.get("required") or [])
         self.per_property = (
             schema.get("type", "object") == "object"
-            and isinstance(properties, dict)
             and bool(properties)
             and all(isinstance(p, dict) for p in properties.values())
         )

@@ -13,6 +13,11 @@ every edge runs forward (a dependency always sits in an earlier band).
 Timeline: one bar per step attempt (retries and recoveries are separate bars on the step's
 row), derived from the run's `step.status` events, which record every transition with its
 attempt number. Queue wait is the lighter part of a bar; approval waits are their own bars.
+The model calls (`llm.call`) and tool calls (`tool.call`) of an attempt are sub-bars inside it:
+each event is written when its call returns, with its `latency_ms`, so a call spans
+[written - latency, written], clipped to its attempt (events a step writes all at once, as an
+inline step does, are laid back to back ending where they were written). Every bar and sub-bar
+lies inside the plot area, whatever the events say.
 """
 
 from __future__ import annotations
@@ -55,6 +60,7 @@ class NodeBox:
     status: str | None = None
     attempts: int = 0
     error: str = ""
+    progress: str = ""  # a map's items: "finished/total items"
     # Diff view: added | removed | changed, with the keys that changed.
     diff: str | None = None
     changed_keys: list[str] = field(default_factory=list)
@@ -116,6 +122,11 @@ class DagLayout:
 
 
 def _ref(node: dict[str, Any]) -> str:
+    inner = node.get("node")
+    if node.get("type") == "map" and isinstance(inner, dict):  # what runs per item
+        return f"each: {_ref(inner) or inner.get('type')}"
+    if node.get("type") == "loop" and isinstance(inner, dict):  # what each iteration runs
+        return f"repeat: {_ref(inner) or inner.get('type')}"
     value = node.get(node.get("type") or "")
     return value if isinstance(value, str) else ""
 
@@ -221,7 +232,8 @@ def dag_layout(definition: Any, direction: str = "auto") -> DagLayout:
                 edge["source"],
                 edge["target"],
                 edge["conditional"],
-                target.when,
+                target.when
+                or (f"switch {source.id} picks it" if source.type == "switch" else None),
                 *ends,
                 vertical=not across,
             )
@@ -243,6 +255,18 @@ def dag_layout(definition: Any, direction: str = "auto") -> DagLayout:
 
 
 @dataclass
+class Call:
+    """A model call or a tool call made during an attempt, as its event recorded it."""
+
+    kind: str  # "llm" or "tool"
+    name: str  # the model, or the tool
+    at: datetime  # when the event was written: the call had returned
+    latency: float  # seconds
+    ok: bool = True
+    payload: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
 class Attempt:
     """One bar: a step attempt (`task`), an approval wait (`approval`), or an instant
     (`marker`: skipped, reused from the parent run, cancelled before it was queued)."""
@@ -260,6 +284,7 @@ class Attempt:
     input_tokens: int = 0
     output_tokens: int = 0
     cost: Decimal = Decimal(0)
+    calls: list[Call] = field(default_factory=list)
 
     @property
     def begin(self) -> datetime | None:
@@ -291,8 +316,9 @@ def _close(bar: Attempt, at: datetime, status: str, error: str = "") -> None:
 
 class _AttemptLog:
     """Reads a run's events in order and keeps one open bar per node: each `step.status`
-    closes the node's open bar or opens the next one; `llm.call` adds to an attempt's usage;
-    `approval.decided` notes the verdict on the bar waiting for it."""
+    closes the node's open bar or opens the next one; `llm.call` adds to an attempt's usage and,
+    like `tool.call`, is one of its calls; `approval.decided` notes the verdict on the bar
+    waiting for it."""
 
     def __init__(self) -> None:
         self.bars: list[Attempt] = []
@@ -300,6 +326,7 @@ class _AttemptLog:
         self.usage: dict[tuple[str, int | None], list[Any]] = defaultdict(
             lambda: [0, 0, Decimal(0)]
         )
+        self.calls: dict[tuple[str, int | None], list[Call]] = defaultdict(list)
 
     def read(self, event: Any) -> None:
         kind, node_id = _get(event, "type"), _get(event, "node_id")
@@ -312,6 +339,10 @@ class _AttemptLog:
             spent[0] += int(payload.get("input_tokens") or 0)
             spent[1] += int(payload.get("output_tokens") or 0)
             spent[2] += _decimal(payload.get("cost"))
+            self.call(node_id, attempt, "llm", str(payload.get("model") or ""), at, payload)
+        elif kind == "tool.call":
+            name = str(payload.get("tool") or "")
+            self.call(node_id, attempt, "tool", name, at, payload, ok=bool(payload.get("ok", True)))
         elif kind == "approval.decided" and node_id in self.current:
             verdict = "approved" if payload.get("approved") else "rejected"
             comment = f": {payload['comment']}" if payload.get("comment") else ""
@@ -326,6 +357,22 @@ class _AttemptLog:
                 self.waiting(node_id, at)
             elif status in ("succeeded", "failed", "cancelled", "skipped"):
                 self.finished(node_id, attempt, at, status, payload)
+
+    def call(
+        self,
+        node_id: str,
+        attempt: int | None,
+        kind: str,
+        name: str,
+        at: datetime,
+        payload: dict[str, Any],
+        ok: bool = True,
+    ) -> None:
+        try:
+            latency = max(float(payload.get("latency_ms") or 0), 0.0) / 1000
+        except (TypeError, ValueError):
+            latency = 0.0
+        self.calls[(node_id, attempt)].append(Call(kind, name, at, latency, ok, payload))
 
     def _open(self, bar: Attempt) -> Attempt:
         self.current[bar.node_id] = bar
@@ -386,6 +433,7 @@ class _AttemptLog:
                 spent = self.usage.get((bar.node_id, bar.attempt))
                 if spent:
                     bar.input_tokens, bar.output_tokens, bar.cost = spent
+                bar.calls = self.calls.get((bar.node_id, bar.attempt), [])
         return self.bars
 
 
@@ -399,6 +447,15 @@ def step_attempts(events: Iterable[Any]) -> list[Attempt]:
 
 
 @dataclass
+class CallBar:
+    call: Call
+    x: float
+    w: float
+    start: datetime
+    end: datetime
+
+
+@dataclass
 class GanttBar:
     attempt: Attempt
     row: int
@@ -409,6 +466,7 @@ class GanttBar:
     wait_w: float
     run_x: float
     run_w: float
+    calls: list[CallBar] = field(default_factory=list)
 
 
 @dataclass
@@ -496,7 +554,8 @@ def gantt_layout(
 ) -> GanttLayout:
     """Place the bars on one time axis from `start` to `end` (the run's creation to its end, or
     now while it is active; open attempts reach `end`). Every bar lies within the axis and is
-    at least 2 px wide, so an instant still shows."""
+    at least 2 px wide (a marker 3 px), so an instant still shows; every call's sub-bar lies
+    within its attempt's bar."""
     if end <= start:
         end = start + timedelta(seconds=1)
     span = (end - start).total_seconds()
@@ -511,12 +570,32 @@ def gantt_layout(
         offset = ((at or end) - start).total_seconds()
         return plot_x0 + min(max(offset / span, 0.0), 1.0) * plot_w
 
-    def segment(a: float, b: float) -> tuple[float, float]:
+    def segment(
+        a: float, b: float, min_w: float = 2.0, lo: float = plot_x0, hi: float = plot_x1
+    ) -> tuple[float, float]:
+        """[a, b] inside [lo, hi], at least `min_w` wide (or as wide as [lo, hi] allows)."""
+        a, b = min(max(a, lo), hi), min(max(b, lo), hi)
         width_ = max(b - a, 0.0)
-        if width_ < 2:
-            width_ = 2.0
-            a = min(a, plot_x1 - width_)
+        if width_ < min_w:
+            width_ = min(min_w, hi - lo)
+            a = max(min(a, hi - width_), lo)
         return a, width_
+
+    def call_bars(attempt: Attempt, run_x: float, run_w: float) -> list[CallBar]:
+        """The attempt's calls inside its run segment, laid out from the last one back: each
+        ends when its event was written (or where the next one begins, if earlier)."""
+        if attempt.kind != "task" or attempt.started_at is None or not attempt.calls:
+            return []
+        begin, limit = attempt.started_at, attempt.finished_at or end
+        placed = []
+        for call in reversed(attempt.calls):
+            stop = max(min(call.at, limit), begin)
+            start_ = max(stop - timedelta(seconds=call.latency), begin)
+            limit = start_
+            x, w = segment(x_of(start_), x_of(stop), 2.0, run_x, run_x + run_w)
+            placed.append(CallBar(call, x, w, start_, stop))
+        placed.reverse()
+        return placed
 
     rows = [
         GanttRow(node_id, row_status.get(node_id, "pending"), top + i * row_h, row_h)
@@ -534,7 +613,8 @@ def gantt_layout(
             run_x, run_w = wait_x + wait_w, 0.0  # never started: only the wait shows
         else:
             begin = attempt.started_at or attempt.finished_at
-            run_x, run_w = segment(x_of(begin), x_of(attempt.finished_at))
+            min_w = 3.0 if attempt.kind == "marker" else 2.0
+            run_x, run_w = segment(x_of(begin), x_of(attempt.finished_at), min_w)
         bars.append(
             GanttBar(
                 attempt=attempt,
@@ -545,6 +625,7 @@ def gantt_layout(
                 wait_w=wait_w,
                 run_x=run_x,
                 run_w=run_w,
+                calls=call_bars(attempt, run_x, run_w),
             )
         )
     step = tick_step(span)

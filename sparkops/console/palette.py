@@ -36,6 +36,10 @@ TYPE_COLORS = {
     "tool": ("#e0f2fe", "#0284c7"),
     "approval": ("#fef3c7", "#d97706"),
     "transform": ("#f1f5f9", "#475569"),
+    "switch": ("#ccfbf1", "#0d9488"),
+    "map": ("#fce7f3", "#db2777"),
+    "workflow": ("#e0e7ff", "#4f46e5"),
+    "loop": ("#ecfccb", "#65a30d"),
 }
 DEFAULT_TYPE_COLORS = ("#f9fafb", "#6b7280")
 
@@ -50,6 +54,9 @@ RUN_STATUS_ORDER = [
     "queued",
     "pending",
 ]
+
+# Sub-bars of a timeline attempt: its model calls and tool calls (a failed tool call is red).
+CALL_COLORS = {"llm": "#7c3aed", "tool": "#0284c7", "failed": "#b91c1c"}
 
 DIFF_COLORS = {"added": "#16a34a", "removed": "#dc2626", "changed": "#d97706"}
 

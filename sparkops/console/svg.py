@@ -15,8 +15,9 @@ from typing import Any
 from django.utils.html import escape
 from django.utils.safestring import SafeString, mark_safe
 
-from .layout import Attempt, DagLayout, GanttLayout, NodeBox
+from .layout import Attempt, CallBar, DagLayout, GanttLayout, NodeBox
 from .palette import (
+    CALL_COLORS,
     DEFAULT_TYPE_COLORS,
     DIFF_COLORS,
     STATUS_TINTS,
@@ -71,6 +72,40 @@ def _shape(node: NodeBox, fill: str, stroke: str, width: float, dash: str = "") 
     if node.type == "transform":
         points = [(x + 10, y), (x + w, y), (x + w - 10, y + h), (x, y + h)]
         return f'<polygon points="{" ".join(f"{px:.1f},{py:.1f}" for px, py in points)}" {common}/>'
+    if node.type == "loop":  # a box with an inner dashed box: a body run again and again
+        inner = f'fill="none" stroke="{stroke}" stroke-width="1" stroke-dasharray="3 2"'
+        return (
+            f'<rect x="{x:.1f}" y="{y:.1f}" width="{w}" height="{h}" rx="10" {common}/>'
+            f'<rect x="{x + 4:.1f}" y="{y + 4:.1f}" width="{w - 8}" height="{h - 8}" rx="7" '
+            f"{inner}/>"
+        )
+    if node.type == "workflow":  # a subroutine box: a workflow inside
+        inner = f'stroke="{stroke}" stroke-width="1"'
+        return (
+            f'<rect x="{x:.1f}" y="{y:.1f}" width="{w}" height="{h}" rx="3" {common}/>'
+            f'<line x1="{x + 8:.1f}" y1="{y:.1f}" x2="{x + 8:.1f}" y2="{y + h:.1f}" {inner}/>'
+            f'<line x1="{x + w - 8:.1f}" y1="{y:.1f}" x2="{x + w - 8:.1f}" y2="{y + h:.1f}" '
+            f"{inner}/>"
+        )
+    if node.type == "map":  # a stack of cards: one node per item
+        back = f'fill="{fill}" stroke="{stroke}" stroke-width="1" stroke-opacity="0.6"'
+        return (
+            f'<rect x="{x + 6:.1f}" y="{y - 6:.1f}" width="{w}" height="{h}" rx="3" {back}/>'
+            f'<rect x="{x + 3:.1f}" y="{y - 3:.1f}" width="{w}" height="{h}" rx="3" {back}/>'
+            f'<rect x="{x:.1f}" y="{y:.1f}" width="{w}" height="{h}" rx="3" {common}/>'
+        )
+    if node.type == "switch":  # an octagon: a routing point
+        points = [
+            (x + 10, y),
+            (x + w - 10, y),
+            (x + w, y + 10),
+            (x + w, y + h - 10),
+            (x + w - 10, y + h),
+            (x + 10, y + h),
+            (x, y + h - 10),
+            (x, y + 10),
+        ]
+        return f'<polygon points="{" ".join(f"{px:.1f},{py:.1f}" for px, py in points)}" {common}/>'
     radius = 14 if node.type == "agent" else 3
     return f'<rect x="{x:.1f}" y="{y:.1f}" width="{w}" height="{h}" rx="{radius}" {common}/>'
 
@@ -84,6 +119,8 @@ def _node_title(node: NodeBox) -> str:
     if node.status:
         attempts = f", {node.attempts} attempts" if node.attempts > 1 else ""
         lines.append(f"status: {node.status.replace('_', ' ')}{attempts}")
+    if node.progress:
+        lines.append(node.progress)
     if node.error:
         lines.append(f"error: {truncate(node.error, 300)}")
     if node.diff:
@@ -105,6 +142,8 @@ def _node(node: NodeBox) -> str:
         if node.diff == "removed":
             dash = ' stroke-dasharray="6 3"'
     detail = node.type + (f" · {node.ref}" if node.ref else "")
+    if node.progress:
+        detail = node.progress
     if node.status:
         detail = f"{node.status.replace('_', ' ')} · {detail}"
     parts = [
@@ -204,6 +243,15 @@ def attempt_title(attempt: Attempt) -> str:
             f"tokens {attempt.input_tokens} in / {attempt.output_tokens} out · "
             f"cost ${attempt.cost.normalize():f}"
         )
+    if attempt.calls:
+        models = sum(1 for call in attempt.calls if call.kind == "llm")
+        tools = len(attempt.calls) - models
+        counts = [
+            f"{n} {what}{'s' if n != 1 else ''}"
+            for n, what in ((models, "model call"), (tools, "tool call"))
+            if n
+        ]
+        lines.append(", ".join(counts) + " (hover the inner bars)")
     if attempt.error:
         lines.append(f"error: {truncate(attempt.error, 300)}")
     if attempt.note:
@@ -211,11 +259,68 @@ def attempt_title(attempt: Attempt) -> str:
     return "\n".join(lines)
 
 
+def call_title(bar: CallBar) -> str:
+    call, payload = bar.call, bar.call.payload
+    took = humanize_seconds(call.latency) if call.latency else "under 1 ms"
+    when = f"{bar.start:%H:%M:%S.%f}"[:-3]
+    if call.kind == "llm":
+        lines = [f"model call {call.name or '?'}" + _iteration(payload)]
+        lines.append(f"took {took} · ended {when}")
+        lines.append(
+            f"tokens {payload.get('input_tokens', 0)} in / {payload.get('output_tokens', 0)} out"
+            f" · cost ${_decimal_text(payload.get('cost'))}"
+            + (" (price unknown)" if payload.get("price_unknown") else "")
+        )
+        if payload.get("tool_calls"):
+            lines.append("asked for: " + ", ".join(str(t) for t in payload["tool_calls"]))
+        elif payload.get("finish_reason"):
+            lines.append(f"finished: {payload['finish_reason']}")
+        return "\n".join(lines)
+    lines = [f"tool call {call.name or '?'}" + _iteration(payload)]
+    lines.append(f"{'ok' if call.ok else 'failed'} · took {took} · ended {when}")
+    if payload.get("http_status"):
+        lines.append(f"HTTP {payload['http_status']}")
+    if payload.get("error"):
+        lines.append(f"error: {truncate(str(payload['error']), 300)}")
+    return "\n".join(lines)
+
+
+def _iteration(payload: dict[str, Any]) -> str:
+    return f" · iteration {payload['iteration']}" if payload.get("iteration") else ""
+
+
+def _decimal_text(value: Any) -> str:
+    try:
+        return f"{Decimal(str(value or 0)).normalize():f}"
+    except ArithmeticError:
+        return "?"
+
+
+def _call_bars(bars: Sequence[CallBar], y: float, h: float) -> str:
+    if not bars:
+        return ""
+    inset = 3 if h >= 12 else 1
+    out = ['<g class="calls">']
+    for bar in bars:
+        call = bar.call
+        fill = CALL_COLORS[call.kind] if call.ok else CALL_COLORS["failed"]
+        out.append(
+            f'<g class="call" data-kind="{call.kind}" data-name="{escape(call.name)}"'
+            f' data-ok="{1 if call.ok else 0}"><title>{escape(call_title(bar))}</title>'
+            f'<rect x="{bar.x:.1f}" y="{y + inset:.1f}" width="{bar.w:.1f}" '
+            f'height="{h - 2 * inset:.1f}" fill="{fill}" stroke="#fff" stroke-width="0.6" '
+            'rx="1"/></g>'
+        )
+    out.append("</g>")
+    return "".join(out)
+
+
 def gantt_svg(layout: GanttLayout, *, now_line: bool = False) -> SafeString:
     hatch = _uid("hatch")
     bottom = layout.top + sum(row.h for row in layout.rows)
     out = [
         f'<svg xmlns="http://www.w3.org/2000/svg" class="sparkops-gantt" role="img" '
+        f'data-plot-x0="{layout.plot_x0:.1f}" data-plot-x1="{layout.plot_x1:.1f}" '
         f'aria-label="Run timeline" width="{layout.width:.0f}" height="{layout.height:.0f}" '
         f'viewBox="0 0 {layout.width:.0f} {layout.height:.0f}" {FONT}>',
         f'<defs><pattern id="{hatch}" patternUnits="userSpaceOnUse" width="6" height="6" '
@@ -237,14 +342,22 @@ def gantt_svg(layout: GanttLayout, *, now_line: bool = False) -> SafeString:
             f'<text x="20" y="{row.y + row.h / 2 + size / 2 - 1:.1f}" font-size="{size}" '
             f'fill="#111827">{escape(truncate(row.node_id, 26))}</text></g>'
         )
+    plot_w = layout.plot_x1 - layout.plot_x0
+    out.append(
+        f'<rect class="plot" x="{layout.plot_x0:.1f}" y="{layout.top:.1f}" '
+        f'width="{plot_w:.1f}" height="{bottom - layout.top:.1f}" fill="none" '
+        'stroke="#cbd5e1"/>'
+    )
     for x, label in layout.ticks:
+        # A label near the right edge ends at its tick, so it never runs out of the picture.
+        anchor = "end" if layout.plot_x1 - x < 30 else "middle"
         out.append(
             f'<line x1="{x:.1f}" y1="{layout.top:.1f}" x2="{x:.1f}" y2="{bottom:.1f}" '
             'stroke="#e5e7eb"/>'
-            f'<text x="{x:.1f}" y="{layout.top - 8:.1f}" text-anchor="middle" font-size="10" '
-            f'fill="#6b7280">{escape(label)}</text>'
-            f'<text x="{x:.1f}" y="{bottom + 16:.1f}" text-anchor="middle" font-size="10" '
-            f'fill="#6b7280">{escape(label)}</text>'
+            f'<text class="tick" x="{x:.1f}" y="{layout.top - 8:.1f}" text-anchor="{anchor}" '
+            f'font-size="10" fill="#6b7280">{escape(label)}</text>'
+            f'<text class="tick" x="{x:.1f}" y="{bottom + 16:.1f}" text-anchor="{anchor}" '
+            f'font-size="10" fill="#6b7280">{escape(label)}</text>'
         )
     for bar in layout.bars:
         attempt = bar.attempt
@@ -267,15 +380,22 @@ def gantt_svg(layout: GanttLayout, *, now_line: bool = False) -> SafeString:
             stroke = ' stroke="#d97706"' if attempt.kind == "approval" else ""
             if attempt.kind == "marker":
                 out.append(
-                    f'<rect class="run" x="{bar.run_x:.1f}" y="{bar.y:.1f}" width="3" '
-                    f'height="{bar.h}" fill="{color}"/>'
+                    f'<rect class="run" x="{bar.run_x:.1f}" y="{bar.y:.1f}" '
+                    f'width="{bar.run_w:.1f}" height="{bar.h}" fill="{color}"/>'
                 )
             else:
                 out.append(
                     f'<rect class="run" x="{bar.run_x:.1f}" y="{bar.y:.1f}" '
                     f'width="{bar.run_w:.1f}" height="{bar.h}" fill="{fill}"{stroke} rx="2"/>'
                 )
-            if attempt.attempt and attempt.attempt > 1 and bar.run_w > 22 and bar.h >= 12:
+            out.append(_call_bars(bar.calls, bar.y, bar.h))
+            if (
+                attempt.attempt
+                and attempt.attempt > 1
+                and bar.run_w > 22
+                and bar.h >= 12
+                and not bar.calls
+            ):
                 out.append(
                     f'<text x="{bar.run_x + 4:.1f}" y="{bar.y + bar.h - 4:.1f}" font-size="9" '
                     f'fill="#fff">#{attempt.attempt}</text>'
@@ -304,6 +424,48 @@ def _nice_max(value: float) -> float:
     return value
 
 
+def _axis_text(value: float, unit: str) -> str:
+    if unit != "$":
+        return f"{value:g}"
+    if value == 0:
+        return "$0"
+    digits = 2 if value >= 0.1 else max(2, 1 - math.floor(math.log10(value)))
+    text = f"{value:,.{digits}f}"
+    while digits > 2 and text.endswith("0"):  # $0.0010 → $0.001, but $0.50 stays
+        text, digits = text[:-1], digits - 1
+    return f"${text}"
+
+
+# A chart with at most this many buckets holding data is "sparse" (one day of data in a
+# 30-day chart): each such bar gets its date and its value written next to it.
+SPARSE = 3
+LABEL_GAP = 34  # px between the centres of two x-axis labels, so they never overlap
+
+
+def _gridlines(
+    top_value: float, unit: str, *, left: float, right: float, top: float, plot_h: float
+) -> list[str]:
+    """Horizontal lines with their value: whole numbers only for counts (no "0.5 runs"),
+    halves for money; only the baseline when there is no data (no made-up scale)."""
+    out = []
+    for fraction in (0, 0.25, 0.5, 0.75, 1):
+        value = top_value * fraction
+        if fraction and not top_value:
+            continue
+        if unit != "$" and value != int(value):
+            continue
+        if unit == "$" and fraction in (0.25, 0.75):
+            continue
+        y = top + plot_h * (1 - fraction)
+        out.append(
+            f'<line x1="{left}" y1="{y:.1f}" x2="{right}" y2="{y:.1f}" '
+            f'stroke="{"#9ca3af" if fraction == 0 else "#e5e7eb"}"/>'
+            f'<text class="y-label" x="{left - 4}" y="{y + 3:.1f}" text-anchor="end" '
+            f'font-size="9" fill="#6b7280">{escape(_axis_text(value, unit))}</text>'
+        )
+    return out
+
+
 def stacked_bars_svg(
     buckets: Sequence[tuple[str, dict[str, float]]],
     *,
@@ -313,35 +475,59 @@ def stacked_bars_svg(
     height: float = 180,
     unit: str = "",
     colors: dict[str, str] | None = None,
+    empty: str = "No data in this period.",
 ) -> SafeString:
-    """Vertical bars, one per bucket, stacked by key in `order`. `buckets` = (label, values)."""
-    left, right, top, bottom = 40, 8, 10, 24
+    """Vertical bars, one per bucket, stacked by key in `order`. `buckets` = (label, values).
+
+    Readable whatever the data: counts get whole-number gridlines; a bar is at most 48 px wide
+    (one bucket does not fill the chart); when only a few buckets hold data (one day of data
+    in a 30-day chart) each of those bars is labelled with its bucket and its value; small
+    amounts of money keep their significant digits; no data at all draws the frame and says
+    `empty` in the middle."""
+    left, right, top, bottom = 44, 8, 14, 24
     plot_h = height - top - bottom
     plot_w = width - left - right
-    total = max((sum(values.values()) for _, values in buckets), default=0)
-    top_value = _nice_max(float(total))
+    totals = [sum(float(v or 0) for v in values.values()) for _, values in buckets]
+    total = max(totals, default=0)
+    top_value = _nice_max(float(total)) if total else 0.0
     slot = plot_w / max(len(buckets), 1)
-    bar_w = max(slot * 0.75, 1.0)
+    bar_w = min(max(slot * 0.75, 1.0), 48.0)
+    filled = [i for i, t in enumerate(totals) if t > 0]
+    sparse = 0 < len(filled) <= SPARSE
     out = [
         f'<svg xmlns="http://www.w3.org/2000/svg" class="sparkops-chart" width="{width:.0f}" '
-        f'height="{height:.0f}" viewBox="0 0 {width:.0f} {height:.0f}" {FONT}>'
+        f'height="{height:.0f}" viewBox="0 0 {width:.0f} {height:.0f}" role="img"'
+        + (' data-empty="1"' if not filled else "")
+        + f' data-plot-x0="{left}" data-plot-x1="{width - right:.0f}" {FONT}>'
     ]
-    for fraction in (0, 0.5, 1):
-        y = top + plot_h * (1 - fraction)
-        value = top_value * fraction
-        text = f"{value:g}" if unit != "$" else f"${value:,.2f}".rstrip("0").rstrip(".")
+    out.extend(_gridlines(top_value, unit, left=left, right=width - right, top=top, plot_h=plot_h))
+    if not filled:
         out.append(
-            f'<line x1="{left}" y1="{y:.1f}" x2="{width - right}" y2="{y:.1f}" stroke="#e5e7eb"/>'
-            f'<text x="{left - 4}" y="{y + 3:.1f}" text-anchor="end" font-size="9" '
-            f'fill="#6b7280">{escape(text)}</text>'
+            f'<text class="empty" x="{left + plot_w / 2:.1f}" y="{top + plot_h / 2:.1f}" '
+            f'text-anchor="middle" font-size="12" fill="#6b7280">{escape(empty)}</text>'
         )
-    for i, (label, values) in enumerate(buckets):
+    labelled: list[float] = []
+
+    def label(i: int, text: str, strong: bool = False) -> None:
+        cx = left + i * slot + slot / 2
+        if any(abs(cx - other) < LABEL_GAP for other in labelled):
+            return
+        labelled.append(cx)
+        half = len(text) * 2.9  # about 5.8 px a character at this size
+        cx = min(max(cx, left + half), width - right - half)  # inside the picture
+        weight = ' font-weight="600" fill="#374151"' if strong else ' fill="#6b7280"'
+        out.append(
+            f'<text class="x-label" x="{cx:.1f}" y="{height - 8}" text-anchor="middle" '
+            f'font-size="9"{weight}>{escape(text)}</text>'
+        )
+
+    for i, (name, values) in enumerate(buckets):
         x = left + i * slot + (slot - bar_w) / 2
         y = top + plot_h
         summary = ", ".join(f"{k.replace('_', ' ')} {v:g}" for k, v in values.items() if v)
         out.append(
-            f'<g class="bucket" data-label="{escape(label)}"><title>{escape(label)}: '
-            f"{escape(summary or 'none')}</title>"
+            f'<g class="bucket" data-label="{escape(name)}" data-total="{totals[i]:g}">'
+            f"<title>{escape(name)}: {escape(summary or 'none')}</title>"
             f'<rect x="{left + i * slot:.1f}" y="{top}" width="{slot:.1f}" height="{plot_h}" '
             'fill="transparent"/>'
         )
@@ -356,12 +542,23 @@ def stacked_bars_svg(
                 f'<rect class="seg" data-key="{escape(key)}" data-value="{value:g}" '
                 f'x="{x:.1f}" y="{y:.1f}" width="{bar_w:.1f}" height="{h:.1f}" fill="{color}"/>'
             )
-        out.append("</g>")
-        if i % label_every == 0:
+        if sparse and totals[i] > 0:
+            value_text = _axis_text(totals[i], unit) if unit == "$" else f"{totals[i]:g}"
+            # Centred over its bar, but never out of the picture (about 6 px a character).
+            half = len(value_text) * 3.2
+            cx = min(max(x + bar_w / 2, left + half), width - right - half)
             out.append(
-                f'<text x="{x + bar_w / 2:.1f}" y="{height - 8}" text-anchor="middle" '
-                f'font-size="9" fill="#6b7280">{escape(label)}</text>'
+                f'<text class="value" x="{cx:.1f}" y="{max(y - 3, 9):.1f}" '
+                f'text-anchor="middle" font-size="10" font-weight="600" fill="#111827">'
+                f"{escape(value_text)}</text>"
             )
+        out.append("</g>")
+    if sparse:  # the bars with data first, then the regular labels where there is room
+        for i in filled:
+            label(i, buckets[i][0], strong=True)
+    for i, (name, _) in enumerate(buckets):
+        if i % label_every == 0 or i == len(buckets) - 1:
+            label(i, name)
     out.append("</svg>")
     return mark_safe("".join(out))  # noqa: S308  (every text above is escaped)
 

@@ -4,6 +4,7 @@ replaces the admin index. Writes go through the services only."""
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 from django.contrib import admin, messages
@@ -16,13 +17,17 @@ from django.template.loader import render_to_string
 from django.urls import reverse
 from django.utils import timezone
 
+from runs import services
+from runs import services as run_services
 from runs.models import Run, RunEvent, RunStep
+from runs.services.state import split_item_id
 from sparkops.errors import SparkOpsError
+from workflows import services as workflow_services
 
 from . import dashboard as figures
 from .forms import DecisionForm, RunNowForm
 from .layout import DagLayout, dag_layout, gantt_layout, step_attempts
-from .palette import DIFF_COLORS, RUN_STATUS_ORDER, TYPE_COLORS, status_color
+from .palette import DIFF_COLORS, RUN_STATUS_ORDER, TYPE_COLORS
 from .svg import dag_svg, gantt_svg, humanize_seconds, legend_items, money, stacked_bars_svg
 
 STEP_LEGEND = [
@@ -123,8 +128,6 @@ def _int(value: Any, default: int) -> int:
 def workflow_diff_view(model_admin: Any, request: HttpRequest, object_id: str) -> HttpResponse:
     """Two versions side by side: removed and changed nodes marked on the left (older), added
     and changed nodes on the right (newer)."""
-    from workflows import services as workflow_services
-
     workflow = _object_or_404(model_admin, request, object_id)
     to_number = _int(request.GET.get("to"), workflow.version)
     from_number = _int(request.GET.get("from"), max(to_number - 1, 1))
@@ -174,8 +177,6 @@ def workflow_diff_view(model_admin: Any, request: HttpRequest, object_id: str) -
 def run_now_view(model_admin: Any, request: HttpRequest, object_id: str) -> HttpResponse:
     """Start a run (trigger "manual") with an input form built from the input schema; the
     service validates the input and its errors land on the fields."""
-    from runs import services as run_services
-
     workflow = _object_or_404(model_admin, request, object_id)
     if not model_admin.may_write(request, workflow):
         raise PermissionDenied
@@ -215,19 +216,32 @@ def run_picture(run: Run, *, now: Any = None) -> dict[str, Any]:
     now = now or timezone.now()
     definition = (run.version.snapshot or {}).get("definition") or {}
     steps = {step.node_id: step for step in RunStep.objects.filter(run=run).order_by("id")}
+    # A map's items are collapsed into the map: its node counts them, its row has their bars.
+    progress: dict[str, list[int]] = {}
+    for node_id in [node_id for node_id, step in steps.items() if step.item_index is not None]:
+        item = steps.pop(node_id)
+        counts = progress.setdefault(split_item_id(node_id)[0] or "", [0, 0])
+        counts[0] += item.status in RunStep.FINISHED_STATUSES
+        counts[1] += 1
     events = (
         RunEvent.objects.filter(
             run=run,
             type__in=[
                 RunEvent.Type.STEP_STATUS,
                 RunEvent.Type.LLM_CALL,
+                RunEvent.Type.TOOL_CALL,
                 RunEvent.Type.APPROVAL_DECIDED,
             ],
         )
         .order_by("seq")
         .only("seq", "type", "node_id", "attempt", "payload", "created_at")
     )
-    attempts = step_attempts(events)
+    attempts = [
+        replace(attempt, node_id=map_id)
+        if (map_id := split_item_id(attempt.node_id)[0]) is not None
+        else attempt
+        for attempt in step_attempts(events)
+    ]
     tries: dict[str, int] = {}
     for attempt in attempts:
         if attempt.kind == "task":
@@ -244,6 +258,13 @@ def run_picture(run: Run, *, now: Any = None) -> dict[str, Any]:
             node.status = step.status if step else "pending"
             node.attempts = tries.get(node.id, 0)
             node.error = str(((step.error or {}) if step else {}).get("message") or "")
+            if node.id in progress:
+                done, total = progress[node.id]
+                node.progress = (
+                    f"{total} iteration{'s' if total > 1 else ''}"
+                    if node.type == "loop"
+                    else f"{done}/{total} items"
+                )
         picture["graph"] = _picture(layout, f"Run {run.pk}")
         order = [node_id for layer in layout.layers for node_id in layer]
     live = not run.is_finished
@@ -263,7 +284,6 @@ def run_picture(run: Run, *, now: Any = None) -> dict[str, Any]:
         run=run,
         step_counts=_count_by_status(steps.values()),
         cost=money(run.cost),
-        status_color=status_color(run.status),
     )
     return picture
 
@@ -304,8 +324,6 @@ def run_live_view(model_admin: Any, request: HttpRequest, object_id: str) -> Htt
 
 def run_decide_view(model_admin: Any, request: HttpRequest, object_id: str) -> HttpResponse:
     """Approve or reject one waiting step from the run's page."""
-    from runs import services as run_services
-
     if request.method != "POST":
         return HttpResponse(status=405)
     run = _object_or_404(model_admin, request, object_id)
@@ -344,8 +362,6 @@ RUN_OPERATIONS = {
 
 
 def _services() -> Any:
-    from runs import services
-
     return services
 
 
@@ -376,8 +392,6 @@ def decide_action(
 ) -> HttpResponse | None:
     """A bulk approve/reject admin action with an intermediate page for the comment. `steps`
     are the waiting steps concerned; each decision is reported on its own."""
-    from runs import services as run_services
-
     steps = list(steps.select_related("run__workflow"))
     form = DecisionForm(request.POST if request.POST.get("confirm") else None)
     if request.POST.get("confirm") and form.is_valid():
@@ -437,10 +451,16 @@ def dashboard_view(request: HttpRequest) -> HttpResponse:
     data = figures.dashboard(request.user, selected)
     order = RUN_STATUS_ORDER
     data["hourly_svg"] = stacked_bars_svg(
-        [(b.start.strftime("%H:00"), b.counts) for b in data["hourly"]], order=order, label_every=3
+        [(b.start.strftime("%H:00"), b.counts) for b in data["hourly"]],
+        order=order,
+        label_every=3,
+        empty="No runs in the last 24 hours.",
     )
     data["daily_svg"] = stacked_bars_svg(
-        [(b.start.strftime("%b %d"), b.counts) for b in data["daily"]], order=order, label_every=5
+        [(b.start.strftime("%b %d"), b.counts) for b in data["daily"]],
+        order=order,
+        label_every=5,
+        empty="No runs in the last 30 days.",
     )
     data["spend_svg"] = stacked_bars_svg(
         [(b.start.strftime("%b %d"), {"spend": float(b.cost)}) for b in data["daily"]],
@@ -448,6 +468,7 @@ def dashboard_view(request: HttpRequest) -> HttpResponse:
         colors={"spend": "#7c3aed"},
         label_every=5,
         unit="$",
+        empty="No spend in the last 30 days.",
     )
     top = max((row["total"] for row in data["spend_per_project"]), default=0) or 1
     for row in data["spend_per_project"]:

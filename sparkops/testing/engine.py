@@ -10,10 +10,11 @@ from typing import Any
 
 from django.db import connection
 
+from runs.models import Run, RunStep
+from sparkops.celery import app
+
 
 def purge_queues() -> None:
-    from sparkops.celery import app
-
     with app.connection_for_write() as conn:
         for queue in ("orchestration", "steps"):
             with contextlib.suppress(Exception):
@@ -23,10 +24,9 @@ def purge_queues() -> None:
 @contextlib.contextmanager
 def celery_worker(concurrency: int = 8) -> Iterator[Any]:
     """A threads-pool worker consuming both engine queues, in this process."""
+    # Celery's test worker loads only where a worker is started (not in benches or the CLI).
     import celery.contrib.testing.tasks  # noqa: F401  (registers celery.ping for start_worker)
     from celery.contrib.testing.worker import start_worker
-
-    from sparkops.celery import app
 
     purge_queues()
     with start_worker(
@@ -70,8 +70,6 @@ def wait_until(
 def wait_for_run(
     run_id: Any, statuses: tuple[str, ...] | None = None, timeout: float = 30.0
 ) -> Any:
-    from runs.models import Run
-
     wanted = statuses or Run.FINISHED_STATUSES
 
     def check() -> Any:
@@ -84,8 +82,6 @@ def wait_for_run(
 def wait_for_step(
     run_id: Any, node_id: str, statuses: tuple[str, ...], timeout: float = 30.0
 ) -> Any:
-    from runs.models import RunStep
-
     def check() -> Any:
         step = RunStep.objects.filter(run_id=run_id, node_id=node_id).first()
         return step if step is not None and step.status in statuses else None

@@ -16,17 +16,28 @@ A queued response for `kind` ("openai" or "anthropic") is one of:
   body the SDK of that kind parses into its matching exception class;
 - any of the above with `"delay": seconds` to answer late (and provoke client timeouts).
 
-With an empty queue the server echoes the last user message. Every request is recorded in
-`server.requests` (method, path, lower-cased headers, parsed JSON body).
+A request with `"stream": true` gets the reply as Server-Sent Events the way each API streams
+it (OpenAI chat completion chunks, with the usage chunk when `stream_options.include_usage`;
+Anthropic's message_start / content_block_* / message_delta / message_stop), the text cut in
+words and tool arguments in pieces, `"chunk_delay"` seconds (or `FakeLLMServer(chunk_delay=…)`)
+between chunks. `server.chunk_times[i]` is the `time.time()` at which chunk i of the last
+streamed reply left the server.
+
+With an empty queue the server echoes the last user message, after `FakeLLMServer(delay=…)`
+seconds. Every request is recorded in `server.requests` (method, path, lower-cased headers,
+parsed JSON body); `server.peak_in_flight` is the most chat requests it held at once (calls
+made concurrently overlap here, calls made one after another do not), and while
+`server.gate` is cleared every chat request waits for it to be set.
 """
 
 from __future__ import annotations
 
 import json
 import threading
+import time
 import uuid
 from collections import deque
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
@@ -59,11 +70,30 @@ class RecordedRequest:
     path: str
     headers: dict[str, str]  # lower-cased names
     body: Any  # parsed JSON, or None
+    received_at: float = field(default_factory=time.monotonic)  # when it arrived
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+    # Hundreds of clients connect at once in the in-flight tests and bench/inflight.py; the
+    # default backlog of 5 would drop their SYNs and delay them by a retransmit (1 s and more).
+    request_queue_size = 2048
 
 
 class FakeLLMServer:
-    def __init__(self, host: str = "127.0.0.1") -> None:
+    def __init__(
+        self, host: str = "127.0.0.1", *, delay: float = 0.0, chunk_delay: float = 0.0
+    ) -> None:
         self.host = host
+        self.delay = delay
+        self.chunk_delay = chunk_delay
+        self.chunk_times: list[float] = []
+        self.in_flight = 0
+        self.peak_in_flight = 0
+        # Cleared, every chat request waits here until it is set again (or the server stops):
+        # a test holds calls open to see how many a worker keeps in flight at once.
+        self.gate = threading.Event()
+        self.gate.set()
         self.requests: list[RecordedRequest] = []
         self._queues: dict[str, deque[dict[str, Any]]] = {kind: deque() for kind in KINDS}
         self._lock = threading.Lock()
@@ -78,8 +108,7 @@ class FakeLLMServer:
         if self._server is not None:
             return self
         self._stopping.clear()
-        server = ThreadingHTTPServer((self.host, 0), _handler_for(self))
-        server.daemon_threads = True
+        server = _Server((self.host, 0), _handler_for(self))
         self._server = server
         self._thread = threading.Thread(
             target=server.serve_forever, name="fake-llm", kwargs={"poll_interval": 0.05}
@@ -92,6 +121,7 @@ class FakeLLMServer:
         if self._server is None:
             return
         self._stopping.set()
+        self.gate.set()
         self._server.shutdown()
         self._server.server_close()
         if self._thread is not None:
@@ -141,10 +171,16 @@ class FakeLLMServer:
             for queue in self._queues.values():
                 queue.clear()
             self.requests.clear()
+            self.peak_in_flight = self.in_flight
 
     def requests_for(self, kind: str) -> list[RecordedRequest]:
         with self._lock:
             return [r for r in self.requests if r.kind == kind]
+
+    def _entered(self, change: int) -> None:
+        with self._lock:
+            self.in_flight += change
+            self.peak_in_flight = max(self.peak_in_flight, self.in_flight)
 
     def _record(self, request: RecordedRequest) -> dict[str, Any] | None:
         with self._lock:
@@ -265,6 +301,106 @@ def anthropic_message(body: dict[str, Any], spec: dict[str, Any]) -> dict[str, A
     }
 
 
+def _pieces(text: str) -> list[str]:
+    """`text` cut after each space: the words a model would stream, joined back exactly."""
+    pieces: list[str] = []
+    for word in text.split(" "):
+        pieces.append(word + " ")
+    pieces[-1] = pieces[-1][:-1]
+    return [piece for piece in pieces if piece]
+
+
+def openai_chunks(body: dict[str, Any], completion: dict[str, Any]) -> list[tuple[str | None, Any]]:
+    """`completion` as the chat.completion.chunk events OpenAI streams."""
+    choice = completion["choices"][0]
+    message = choice["message"]
+
+    def chunk(delta: dict[str, Any], finish: str | None = None) -> tuple[str | None, Any]:
+        return None, {
+            "id": completion["id"],
+            "object": "chat.completion.chunk",
+            "created": completion["created"],
+            "model": completion["model"],
+            "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}],
+        }
+
+    events = [chunk({"role": "assistant", "content": ""})]
+    events.extend(chunk({"content": piece}) for piece in _pieces(message.get("content") or ""))
+    for index, call in enumerate(message.get("tool_calls") or []):
+        arguments = call["function"]["arguments"]
+        head = {"index": index, "id": call["id"], "type": "function"}
+        events.append(
+            chunk(
+                {
+                    "tool_calls": [
+                        {**head, "function": {"name": call["function"]["name"], "arguments": ""}}
+                    ]
+                }
+            )
+        )
+        half = len(arguments) // 2
+        for part in (arguments[:half], arguments[half:]):
+            if part:
+                events.append(
+                    chunk({"tool_calls": [{"index": index, "function": {"arguments": part}}]})
+                )
+    events.append(chunk({}, choice["finish_reason"]))
+    if (body.get("stream_options") or {}).get("include_usage"):
+        _, last = chunk({})
+        events.append((None, {**last, "choices": [], "usage": completion["usage"]}))
+    events.append((None, "[DONE]"))
+    return events
+
+
+def anthropic_events(body: dict[str, Any], message: dict[str, Any]) -> list[tuple[str | None, Any]]:
+    """`message` as the events Anthropic's messages API streams."""
+    usage = message["usage"]
+    start = {
+        **message,
+        "content": [],
+        "stop_reason": None,
+        "usage": {"input_tokens": usage["input_tokens"], "output_tokens": 1},
+    }
+    events: list[tuple[str | None, Any]] = [
+        ("message_start", {"type": "message_start", "message": start})
+    ]
+    for index, block in enumerate(message["content"]):
+        if block["type"] == "text":
+            first: dict[str, Any] = {"type": "text", "text": ""}
+            deltas = [{"type": "text_delta", "text": piece} for piece in _pieces(block["text"])]
+        else:
+            first = {**block, "input": {}}
+            arguments = json.dumps(block["input"])
+            half = len(arguments) // 2
+            deltas = [
+                {"type": "input_json_delta", "partial_json": part}
+                for part in (arguments[:half], arguments[half:])
+            ]
+        events.append(
+            (
+                "content_block_start",
+                {"type": "content_block_start", "index": index, "content_block": first},
+            )
+        )
+        events.extend(
+            ("content_block_delta", {"type": "content_block_delta", "index": index, "delta": delta})
+            for delta in deltas
+        )
+        events.append(("content_block_stop", {"type": "content_block_stop", "index": index}))
+    events.append(
+        (
+            "message_delta",
+            {
+                "type": "message_delta",
+                "delta": {"stop_reason": message["stop_reason"], "stop_sequence": None},
+                "usage": {"output_tokens": usage["output_tokens"]},
+            },
+        )
+    )
+    events.append(("message_stop", {"type": "message_stop"}))
+    return events
+
+
 def error_body(kind: str, status: int, message: str | None) -> dict[str, Any]:
     if kind == "anthropic":
         error_type, default = ANTHROPIC_ERRORS.get(status, ("api_error", "Error."))
@@ -276,6 +412,7 @@ def error_body(kind: str, status: int, message: str | None) -> dict[str, Any]:
 
 
 def models_body(kind: str) -> dict[str, Any]:
+    model: dict[str, Any]
     if kind == "anthropic":
         model = {
             "id": "fake-model",
@@ -319,16 +456,24 @@ class _Handler(BaseHTTPRequestHandler):
             self.fake._record(self._recorded("other", body))
             self._send_json(404, error_body("openai", 404, f"No route POST {path}"))
             return
-        spec = self.fake._record(self._recorded(kind, body))
-        if not isinstance(body, dict):
-            self._send_json(400, error_body(kind, 400, "The body is not a JSON object."))
-            return
-        self._answer(kind, body, spec)
+        self.fake._entered(1)
+        try:
+            spec = self.fake._record(self._recorded(kind, body))
+            if not isinstance(body, dict):
+                self._send_json(400, error_body(kind, 400, "The body is not a JSON object."))
+                return
+            self._answer(kind, body, spec)
+        finally:
+            self.fake._entered(-1)
 
     def _answer(self, kind: str, body: dict[str, Any], spec: dict[str, Any] | None) -> None:
         """What a scripted reply says: a delay, an error status, or a completion."""
         if spec is None:
-            spec = {"content": _last_user_text(body.get("messages") or [])}
+            spec = {
+                "content": _last_user_text(body.get("messages") or []),
+                "delay": self.fake.delay,
+            }
+        self.fake.gate.wait()
         delay = float(spec.get("delay") or 0)
         if delay and self.fake._stopping.wait(delay):
             return  # the server is stopping: the client gave up long ago
@@ -338,7 +483,33 @@ class _Handler(BaseHTTPRequestHandler):
             self._send_json(status, error_body(kind, status, spec.get("message")), headers)
             return
         make = openai_completion if kind == "openai" else anthropic_message
+        if body.get("stream"):
+            chunks = openai_chunks if kind == "openai" else anthropic_events
+            self._send_stream(chunks(body, make(body, spec)), spec)
+            return
         self._send_json(200, make(body, spec))
+
+    def _send_stream(self, events: list[tuple[str | None, Any]], spec: dict[str, Any]) -> None:
+        """`events` as Server-Sent Events, each flushed on its own, `chunk_delay` apart."""
+        pause = float(spec.get("chunk_delay", self.fake.chunk_delay) or 0)
+        self.fake.chunk_times = []
+        try:
+            self.send_response(200)
+            self.send_header("Content-Type", "text/event-stream")
+            self.send_header("Cache-Control", "no-cache")
+            self.send_header("Connection", "close")
+            self.end_headers()
+            for index, (name, data) in enumerate(events):
+                if index and pause and self.fake._stopping.wait(pause):
+                    return
+                text = data if isinstance(data, str) else json.dumps(data)
+                frame = (f"event: {name}\n" if name else "") + f"data: {text}\n\n"
+                self.wfile.write(frame.encode())
+                self.wfile.flush()
+                self.fake.chunk_times.append(time.time())
+        except (BrokenPipeError, ConnectionResetError):
+            pass
+        self.close_connection = True
 
     def _path(self) -> str:
         return self.path.split("?", 1)[0]

@@ -4,35 +4,28 @@ tool_execute` validates the arguments and calls `execute`; nothing else should."
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
 from typing import Any
 
 from projects.secrets import SecretBag
 
 from ..models import Tool
+from .builtin import BuiltinError, run_builtin
+from .http import execute_http
+from .mcp import execute_mcp
+from .result import ToolResult
 
-
-@dataclass
-class ToolResult:
-    output: Any
-    ok: bool
-    latency_ms: float
-    http_status: int | None = None
-    error: str | None = None
-    retryable: bool = False
+__all__ = ["ToolResult", "execute"]
 
 
 def execute(
     *,
-    tool: Tool,
+    tool: Tool | Any,
     arguments: dict[str, Any],
     secrets: SecretBag,
     idempotency_key: str | None = None,
     timeout: float | None = None,
 ) -> ToolResult:
     if tool.kind == Tool.Kind.HTTP:
-        from .http import execute_http
-
         return execute_http(
             config=tool.config,
             arguments=arguments,
@@ -40,14 +33,14 @@ def execute(
             idempotency_key=idempotency_key,
             timeout=timeout,
         )
+    if tool.kind == "mcp":  # an McpTool (tools.mcp_services), not a Tool row
+        return execute_mcp(tool=tool, arguments=arguments, secrets=secrets, timeout=timeout)
     if tool.kind == Tool.Kind.BUILTIN:
         return _execute_builtin(tool=tool, arguments=arguments, secrets=secrets)
     return ToolResult(output=None, ok=False, latency_ms=0.0, error=f"Unknown kind {tool.kind!r}.")
 
 
 def _execute_builtin(*, tool: Tool, arguments: dict[str, Any], secrets: SecretBag) -> ToolResult:
-    from .builtin import BuiltinError, run_builtin
-
     started = time.perf_counter()
     try:
         output = run_builtin(tool.config, arguments)

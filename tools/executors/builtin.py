@@ -14,6 +14,8 @@ from datetime import UTC, datetime
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+from sparkops import templating
+
 
 class BuiltinError(Exception):
     """The call failed in a way the caller should see (bad expression, missing path...)."""
@@ -213,8 +215,6 @@ def json_path(arguments: dict[str, Any], config: dict[str, Any]) -> dict[str, An
 def template(arguments: dict[str, Any], config: dict[str, Any]) -> dict[str, Any]:
     """Render `config.template` over `{"args": arguments}` when the tool fixes one, else the
     `template` argument over the `values` argument."""
-    from workflows import templating
-
     if "template" in config:
         source, context = config["template"], {"args": arguments}
     else:

@@ -13,11 +13,12 @@ from typing import Any
 from django.conf import settings
 
 from projects.secrets import SecretBag
-from sparkops import egress, logcontext
+from sparkops import egress, logcontext, templating
+from sparkops.db import release_connection
 from sparkops.errors import SparkOpsError
 
 from ..schema import static_origin
-from . import ToolResult
+from .result import ToolResult
 
 DEFAULT_RETRY_BACKOFF_SECONDS = 0.5
 MAX_RETRY_DELAY_SECONDS = 5.0
@@ -30,8 +31,6 @@ class _RenderError(Exception):
 
 
 def _render(value: Any, context: dict[str, Any], where: str) -> Any:
-    from workflows import templating
-
     try:
         return templating.render_value(value, context)
     except SparkOpsError as exc:  # template errors, a missing secret
@@ -185,6 +184,8 @@ def execute_http(
     retries = int(config.get("retries") or 0)
     backoff = float(config.get("retry_backoff_seconds", DEFAULT_RETRY_BACKOFF_SECONDS))
 
+    # The request is rendered (secrets read): no connection held for the wait (sparkops.db).
+    release_connection()
     attempt = 0
     while True:
         attempt += 1

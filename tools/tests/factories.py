@@ -1,3 +1,5 @@
+from typing import Any
+
 import factory
 
 from projects.tests.factories import ProjectFactory
@@ -40,3 +42,10 @@ def _staff():
 
 def http_config(url: str, **extra) -> dict:
     return {"method": "GET", "url": url, **extra}
+
+
+def builtin_tool(project: Any, actor: Any, name: str, function: str) -> Any:
+    """A built-in tool (`function` names one of tools.builtins), through the real service."""
+    return services.tool_create(
+        actor=actor, project=project, name=name, kind="builtin", config={"function": function}
+    )

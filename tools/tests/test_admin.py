@@ -94,7 +94,7 @@ def test_invalid_add_shows_field_errors(operator, cast):
     assert response.status_code == 200
     errors = response.context["adminform"].form.errors
     assert set(errors) == {"name", "config", "parameters"}
-    assert errors["config"][0].startswith("url: Template syntax error")
+    assert errors["config"][0].startswith("config.url: Template syntax error")
     assert not Tool.objects.exists()
 
 
@@ -120,7 +120,7 @@ def test_invalid_change_is_refused(operator, cast):
         form(tool, config=json.dumps({"function": "calculator", "extra": 1})),
     )
     assert response.status_code == 200
-    assert response.context["adminform"].form.errors["config"] == ["extra: Unknown field."]
+    assert response.context["adminform"].form.errors["config"] == ["config.extra: Unknown field."]
     tool.refresh_from_db()
     assert tool.version == 1
 

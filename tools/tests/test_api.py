@@ -410,3 +410,16 @@ def test_version_list_query_count_is_constant(cast, django_assert_num_queries):
         services.tool_update(tool=tool, actor=cast.owner, description=f"v{i}")
     with django_assert_num_queries(5):
         assert client.get(url).json()["count"] == 11
+
+
+def test_diff_shows_each_changed_field_before_and_after(cast):
+    tool = ToolFactory(project=cast.project, description="one")
+    client = cast.client("developer")
+    client.patch(detail(tool), {"description": "two"}, format="json")
+    body = cast.client("viewer").get(detail(tool, "diff/")).json()
+    assert (body["from_version"], body["to_version"]) == (1, 2)
+    assert body["changed_fields"] == ["description"]
+    assert body["changes"] == {"description": {"from": "one", "to": "two"}}
+    unknown = cast.client("viewer").get(detail(tool, "diff/"), {"from": 5})
+    assert unknown.status_code == 400
+    assert unknown.json()["errors"] == {"from": ["No version 5; the latest is 2."]}

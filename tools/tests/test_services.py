@@ -5,6 +5,7 @@ from typing import Any
 import pytest
 
 from accounts.tests.factories import UserFactory
+from policies.models import AuditEvent
 from projects.secrets import SecretBag
 from sparkops.errors import Conflict, Forbidden, InvalidInput
 from tools import services
@@ -57,6 +58,14 @@ def test_a_no_op_update_writes_no_version(cast):
     assert tool.version == 1
     assert tool.versions.count() == 1
     assert Tool.objects.get(pk=tool.pk).updated_at == updated_at
+
+
+def test_only_an_update_that_changes_something_is_audited(cast):
+    tool = create(cast, description="Same.")
+    services.tool_update(tool=tool, actor=cast.developer, description="Same.")
+    assert not AuditEvent.objects.filter(action="tool.update").exists()
+    services.tool_update(tool=tool, actor=cast.developer, description="Other.")
+    assert AuditEvent.objects.get(action="tool.update").changes == {"description": "Other."}
 
 
 def test_rollback_is_a_new_version_equal_to_the_old_one(cast):

@@ -6,6 +6,7 @@ import factory
 
 from accounts.tests.factories import UserFactory
 from projects.tests.factories import ProjectFactory
+from workflows import services as workflow_services
 from workflows.models import Workflow
 
 
@@ -38,7 +39,27 @@ class WorkflowFactory(factory.django.DjangoModelFactory):
 
     @classmethod
     def _create(cls, model_class: type[Workflow], *args: Any, **kwargs: Any) -> Workflow:
-        from workflows import services
-
         actor = kwargs.pop("created_by")
-        return services.workflow_create(actor=actor, **kwargs)
+        return workflow_services.workflow_create(actor=actor, **kwargs)
+
+
+# Workflows for engine and governance tests, built through the real service.
+def make_workflow(project: Any, actor: Any, nodes: list[dict[str, Any]], **fields: Any) -> Any:
+    definition = {"nodes": nodes}
+    for key in ("input_schema", "output"):
+        if key in fields:
+            definition[key] = fields.pop(key)
+    fields.setdefault("name", "wf")
+    return workflow_services.workflow_create(
+        actor=actor, project=project, definition=definition, **fields
+    )
+
+
+def transform(id: str, output: Any, *depends_on: str, **extra: Any) -> dict[str, Any]:
+    return {
+        "id": id,
+        "type": "transform",
+        "output": output,
+        "depends_on": list(depends_on),
+        **extra,
+    }

@@ -30,6 +30,10 @@ ROUTES = {
     "schedule-detail": ObjectRoute(lambda cast: {"pk": _schedule(cast).pk}),
     "schedule-preview": ObjectRoute(lambda cast: {"pk": _schedule(cast).pk}),
     "schedule-fires": ObjectRoute(lambda cast: {"pk": _schedule(cast).pk}),
+    # Routed from runs/urls.py (they start runs), on the schedules' prefix.
+    "schedule-pause": ObjectRoute(lambda cast: {"pk": _schedule(cast).pk}),
+    "schedule-resume": ObjectRoute(lambda cast: {"pk": _schedule(cast).pk}),
+    "schedule-backfill": ObjectRoute(lambda cast: {"pk": _schedule(cast).pk}),
     "webhook-trigger-detail": ObjectRoute(lambda cast: {"pk": _webhook_trigger(cast).pk}),
     "webhook-trigger-rotate": ObjectRoute(lambda cast: {"pk": _webhook_trigger(cast).pk}),
     "event-trigger-detail": ObjectRoute(lambda cast: {"pk": _event_trigger(cast).pk}),

@@ -362,7 +362,9 @@ def test_schema_publishes_the_definition_schema(client):
         option["properties"]["type"]["enum"][0]
         for option in definition["properties"]["nodes"]["items"]["oneOf"]
     ]
-    assert node_types == ["agent", "tool", "approval", "transform"]
+    assert node_types == [
+        *("agent", "tool", "approval", "transform", "switch", "map", "workflow", "loop")
+    ]
 
 
 # --- query counts ----------------------------------------------------------------------------

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import copy
+import json
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -129,7 +131,16 @@ def test_every_node_type_and_optional_field_is_accepted() -> None:
 
 def test_the_schema_is_a_valid_draft_2020_12_schema() -> None:
     Draft202012Validator.check_schema(DEFINITION_SCHEMA)
-    assert NODE_TYPES == ("agent", "tool", "approval", "transform")
+    assert NODE_TYPES == (
+        "agent",
+        "tool",
+        "approval",
+        "transform",
+        "switch",
+        "map",
+        "workflow",
+        "loop",
+    )
 
 
 # --- one test per rule --------------------------------------------------------------------
@@ -222,7 +233,8 @@ def test_unknown_node_type() -> None:
     definition = {"nodes": [transform("a"), {"id": "b", "type": "webhook", "url": "x"}]}
     assert errors_of(definition) == {
         "definition.nodes[1].type": [
-            "Unknown node type 'webhook'; expected one of: agent, tool, approval, transform."
+            "Unknown node type 'webhook'; expected one of: agent, tool, approval, transform, "
+            "switch, map, workflow, loop."
         ]
     }
 
@@ -553,3 +565,320 @@ def test_input_schema_patterns_re2_cannot_run_are_refused() -> None:
     }
     errors = errors_of(definition)
     assert list(errors) == ["definition.input_schema.properties.topic.pattern"], errors
+
+
+# --- switch -------------------------------------------------------------------------------
+
+ROUTED: dict[str, Any] = {
+    "nodes": [
+        {"id": "classify", "type": "agent", "agent": "researcher", "prompt": "Classify"},
+        {
+            "id": "route",
+            "type": "switch",
+            "depends_on": ["classify"],
+            "value": "{{ steps.classify.output.category }}",
+            "cases": [
+                {"equals": "bug", "to": "fix"},
+                {"when": "{{ steps.classify.output.urgent }}", "to": "escalate"},
+            ],
+            "default": "answer",
+        },
+        transform("fix", "fix", depends_on=["route"]),
+        transform("escalate", "page", depends_on=["route"]),
+        transform("answer", "reply", depends_on=["route"]),
+        transform("done", "{{ steps.fix.status }}", depends_on=["fix", "escalate", "answer"]),
+    ]
+}
+
+
+def routed() -> dict[str, Any]:
+    return copy.deepcopy(ROUTED)
+
+
+def test_a_switch_with_equals_when_and_default_is_valid() -> None:
+    validate(routed())
+    edges = {(e["source"], e["target"]): e["conditional"] for e in graph(ROUTED)["edges"]}
+    assert edges[("route", "fix")] and edges[("route", "answer")]
+    assert not edges[("classify", "route")] and not edges[("fix", "done")]
+
+
+def test_switch_branches_must_exist_and_depend_on_the_switch() -> None:
+    definition = routed()
+    definition["nodes"][1]["cases"][0]["to"] = "nowhere"
+    definition["nodes"][1]["cases"][1]["to"] = "route"
+    definition["nodes"][1]["default"] = "classify"
+    assert errors_of(definition) == {
+        "definition.nodes[1].cases[0].to": ["Switch 'route' branches to unknown node 'nowhere'."],
+        "definition.nodes[1].cases[1].to": ["Switch 'route' cannot branch to itself."],
+        "definition.nodes[1].default": [
+            "Node 'classify' must list 'route' in its depends_on to be a branch of switch 'route'."
+        ],
+    }
+
+
+def test_switch_cases_need_one_test_and_equals_needs_a_value() -> None:
+    definition = routed()
+    switch = definition["nodes"][1]
+    del switch["value"]
+    switch["cases"].append({"to": "fix"})
+    switch["cases"].append({"when": "{{ true }}", "equals": 1, "to": "fix"})
+    assert errors_of(definition) == {
+        "definition.nodes[1].cases[0].equals": [
+            "Switch 'route' has no `value` for `equals` to compare with."
+        ],
+        "definition.nodes[1].cases[2]": [
+            "Switch 'route': a case needs exactly one of `when` or `equals`."
+        ],
+        "definition.nodes[1].cases[3]": [
+            "Switch 'route': a case needs exactly one of `when` or `equals`."
+        ],
+    }
+
+
+def test_switch_expressions_are_checked_like_when() -> None:
+    definition = routed()
+    switch = definition["nodes"][1]
+    switch["value"] = "{{ steps.fix.output }}"  # downstream of the switch
+    switch["cases"][1]["when"] = "{{ steps.classify.output.urgent ==  }}"
+    switch["cases"].append({"when": "{{ steps.ghost.output }}", "to": "fix"})
+    errors = errors_of(definition)
+    assert errors["definition.nodes[1].value"] == [
+        "Step 'fix' is not upstream of 'route'; add it to depends_on (directly or through "
+        "another node)."
+    ]
+    assert "definition.nodes[1].cases[1].when" in errors
+    assert errors["definition.nodes[1].cases[2].when"] == ["Unknown step 'ghost'."]
+
+
+def test_switch_schema_fields() -> None:
+    definition = routed()
+    switch = definition["nodes"][1]
+    switch["cases"] = []
+    switch["default"] = 3
+    switch["otherwise"] = "x"
+    assert errors_of(definition) == {
+        "definition.nodes[1].cases": ["Must contain at least 1 item(s)."],
+        "definition.nodes[1].default": ["Must be of type string."],
+        "definition.nodes[1].otherwise": ["Unknown field."],
+    }
+    del switch["cases"]
+    assert "definition.nodes[1].cases" in errors_of(definition)
+
+
+def readme_example(name: str) -> dict[str, Any]:
+    text = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    block = text.split(f"<!-- example: {name} -->\n```json\n", 1)[1].split("```", 1)[0]
+    return json.loads(block)
+
+
+def test_the_readme_switch_example_is_valid() -> None:
+    example_definition = readme_example("switch")
+    validate_definition(
+        example_definition, agent_exists=lambda slug: True, tool_exists=lambda name: True
+    )
+    assert [n["type"] for n in example_definition["nodes"]][1] == "switch"
+
+
+# --- map ----------------------------------------------------------------------------------
+
+
+def mapped(**fields: Any) -> dict[str, Any]:
+    return {
+        "nodes": [
+            transform("docs", ["a", "b"]),
+            {
+                "id": "m",
+                "type": "map",
+                "depends_on": ["docs"],
+                "items": "{{ steps.docs.output }}",
+                "node": {
+                    "type": "agent",
+                    "agent": "writer",
+                    "prompt": "Summarise {{ item }} ({{ item_index }}) for {{ input.who }}",
+                },
+                "max_concurrency": 5,
+                "on_item_failure": "collect",
+                "retry": {"max_attempts": 2},
+                **fields,
+            },
+            transform("all", "{{ steps.m.output }}", depends_on=["m"]),
+        ]
+    }
+
+
+def test_a_map_is_valid_and_its_item_node_reads_item() -> None:
+    validate(mapped())
+    validate(mapped(items=[1, 2, 3], node={"type": "tool", "tool": "http-get", "args": {}}))
+
+
+def test_the_map_item_node_is_checked_like_a_node() -> None:
+    assert errors_of(mapped(node={"type": "agent", "agent": "ghost", "id": "x"})) == {
+        "definition.nodes[1].node.prompt": ["This field is required."],
+        "definition.nodes[1].node.id": ["Unknown field."],
+        "definition.nodes[1].node.agent": ["Unknown agent 'ghost'."],
+    }
+    assert errors_of(mapped(node={"type": "approval"})) == {
+        "definition.nodes[1].node.type": [
+            "Unknown node type 'approval'; expected one of: agent, tool, transform."
+        ]
+    }
+
+
+def test_map_templates() -> None:
+    errors = errors_of(
+        mapped(
+            items="{{ steps.all.output }}",
+            node={"type": "transform", "output": "{{ itme }} {{ steps.ghost }}"},
+        )
+    )
+    assert errors["definition.nodes[1].items"] == [
+        "Step 'all' is not upstream of 'm'; add it to depends_on (directly or through "
+        "another node)."
+    ]
+    assert errors["definition.nodes[1].node.output"] == [
+        "Unknown template variable 'itme'; use one of: input, item, item_index, run, secrets, "
+        "steps.",
+        "Unknown step 'ghost'.",
+    ]
+    # `item` is only for the item node
+    definition = mapped()
+    definition["nodes"][2]["output"] = "{{ item }}"
+    assert "definition.nodes[2].output" in errors_of(definition)
+
+
+def test_map_fields() -> None:
+    assert errors_of(mapped(items=3, max_concurrency=0, on_item_failure="ignore")) == {
+        "definition.nodes[1].items": ["Must be of type string or array."],
+        "definition.nodes[1].max_concurrency": ["Must be at least 1."],
+        "definition.nodes[1].on_item_failure": ["Must be one of: 'fail_fast', 'collect'."],
+    }
+
+
+def test_a_literal_list_over_the_item_limit_is_refused(settings: Any) -> None:
+    settings.SPARKOPS_MAP_MAX_ITEMS = 2
+    assert errors_of(mapped(items=[1, 2, 3])) == {
+        "definition.nodes[1].items": [
+            "Map 'm' has 3 items; at most 2 are allowed (SPARKOPS_MAP_MAX_ITEMS)."
+        ]
+    }
+    validate(mapped(items=[1, 2]))
+
+
+def test_the_readme_map_example_is_valid() -> None:
+    example_definition = readme_example("map")
+    validate_definition(
+        example_definition, agent_exists=lambda slug: True, tool_exists=lambda name: True
+    )
+    assert example_definition["nodes"][0]["type"] == "map"
+
+
+# --- workflow -----------------------------------------------------------------------------
+
+
+def nested(**fields: Any) -> dict[str, Any]:
+    return {
+        "nodes": [
+            transform("a", 1),
+            {
+                "id": "sub",
+                "type": "workflow",
+                "workflow": "research",
+                "depends_on": ["a"],
+                "input": {"topic": "{{ input.topic }}", "seed": "{{ steps.a.output }}"},
+                "output": "{{ child.output.summary }}",
+                **fields,
+            },
+        ]
+    }
+
+
+def test_a_workflow_node_is_valid_and_checks_its_workflow() -> None:
+    validate(nested())
+    known = {"research"}.__contains__
+    definition = nested(workflow="elsewhere")
+    validate_definition(definition, agent_exists=bool, tool_exists=bool)  # no checker: no check
+    with pytest.raises(InvalidInput) as exc_info:
+        validate_definition(definition, agent_exists=bool, tool_exists=bool, workflow_exists=known)
+    assert exc_info.value.errors == {
+        "definition.nodes[1].workflow": [
+            "Node 'sub' runs unknown workflow 'elsewhere' (not in this project)."
+        ]
+    }
+
+
+def test_workflow_node_templates() -> None:
+    errors = errors_of(
+        nested(input={"x": "{{ child.output }}"}, output="{{ steps.ghost }} {{ child.id }}")
+    )
+    assert errors["definition.nodes[1].input.x"] == [
+        "Unknown template variable 'child'; use one of: input, run, secrets, steps."
+    ]
+    assert errors["definition.nodes[1].output"] == ["Unknown step 'ghost'."]
+    assert errors_of(nested(workflow="", extra=1)) == {
+        "definition.nodes[1].workflow": ["'' should be non-empty"],
+        "definition.nodes[1].extra": ["Unknown field."],
+    }
+
+
+# --- loop ---------------------------------------------------------------------------------
+
+
+def looped(**fields: Any) -> dict[str, Any]:
+    return {
+        "nodes": [
+            transform("draft", "text"),
+            {
+                "id": "refine",
+                "type": "loop",
+                "depends_on": ["draft"],
+                "node": {
+                    "type": "agent",
+                    "agent": "writer",
+                    "prompt": "Improve {{ previous or steps.draft.output }} ({{ iteration }})",
+                },
+                "until": "{{ output.score > 0.8 or iteration >= 3 }}",
+                "max_iterations": 5,
+                **fields,
+            },
+        ]
+    }
+
+
+def test_a_loop_is_valid() -> None:
+    validate(looped())
+    validate(looped(node={"type": "workflow", "workflow": "w", "output": "{{ child.output }}"}))
+
+
+def test_loop_body_until_and_limits_are_checked() -> None:
+    errors = errors_of(
+        looped(
+            node={"type": "agent", "agent": "ghost", "prompt": "{{ output }}"},
+            until="{{ previous }}",
+            max_iterations=51,
+        )
+    )
+    assert errors == {
+        "definition.nodes[1].max_iterations": ["Must be at most 50."],
+        "definition.nodes[1].node.agent": ["Unknown agent 'ghost'."],
+        "definition.nodes[1].node.prompt": [
+            "Unknown template variable 'output'; use one of: input, iteration, previous, run, "
+            "secrets, steps."
+        ],
+        "definition.nodes[1].until": [
+            "Unknown template variable 'previous'; use one of: input, iteration, output, run, "
+            "secrets, steps."
+        ],
+    }
+    assert errors_of(looped(node={"type": "approval"}))["definition.nodes[1].node.type"] == [
+        "Unknown node type 'approval'; expected one of: agent, tool, transform, workflow."
+    ]
+    definition = looped()
+    del definition["nodes"][1]["until"]
+    assert errors_of(definition) == {"definition.nodes[1].until": ["This field is required."]}
+
+
+@pytest.mark.parametrize("name", ["workflow", "loop"])
+def test_the_readme_examples_are_valid(name: str) -> None:
+    validate_definition(
+        readme_example(name), agent_exists=lambda slug: True, tool_exists=lambda name: True
+    )

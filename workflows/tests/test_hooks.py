@@ -62,7 +62,12 @@ def test_unsigned_hook_starts_a_run(cast, workflow):
     data = response.json()
     run = Run.objects.get(pk=data["run"])
     assert (run.trigger, run.input, run.created_by) == ("webhook", {"name": "Ada"}, None)
-    assert data == {"run": str(run.pk), "status": "pending", "replayed": False}
+    assert data == {
+        "run": str(run.pk),
+        "status": "pending",
+        "replayed": False,
+        "url": f"http://testserver/api/v1/runs/{run.pk}",
+    }
     trigger.refresh_from_db()
     assert trigger.last_delivery_at is not None
 

@@ -10,6 +10,7 @@ import pytest
 from django_celery_beat.models import PeriodicTask
 
 from conftest import client_for
+from runs.triggers import schedules as schedule_firing
 from workflows import cron, schedules
 from workflows.models import Schedule
 from workflows.tests.factories import WorkflowFactory
@@ -247,8 +248,8 @@ def test_fires_list(cast, workflow):
         actor=cast.owner, workflow=workflow, name="x", cron="0 * * * *", input={"name": "a"}
     )
     t0 = datetime(2025, 1, 1, 10, 0, 5, tzinfo=UTC)
-    schedules.schedule_fire(schedule_id=schedule.pk, now=t0)
-    schedules.schedule_fire(schedule_id=schedule.pk, now=t0 + timedelta(hours=1))
+    schedule_firing.schedule_fire(schedule_id=schedule.pk, now=t0)
+    schedule_firing.schedule_fire(schedule_id=schedule.pk, now=t0 + timedelta(hours=1))
     response = cast.client("viewer").get(f"{URL}{schedule.pk}/fires/")
     assert response.status_code == 200
     results = response.json()["results"]
@@ -288,12 +289,12 @@ def test_fires_list_query_count_is_constant(cast, workflow, django_assert_num_qu
         overlap="allow",
     )
     t0 = datetime(2025, 1, 1, 0, 0, 1, tzinfo=UTC)
-    schedules.schedule_fire(schedule_id=schedule.pk, now=t0)
+    schedule_firing.schedule_fire(schedule_id=schedule.pk, now=t0)
     url = f"{URL}{schedule.pk}/fires/"
     # auth user, schedule with its project (membership subquery), role check, count, page
     with django_assert_num_queries(5):
         assert client.get(url).json()["count"] == 1
     for hour in range(1, 11):
-        schedules.schedule_fire(schedule_id=schedule.pk, now=t0 + timedelta(hours=hour))
+        schedule_firing.schedule_fire(schedule_id=schedule.pk, now=t0 + timedelta(hours=hour))
     with django_assert_num_queries(5):
         assert client.get(url).json()["count"] == 11

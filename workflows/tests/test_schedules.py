@@ -16,6 +16,7 @@ from projects import services as project_services
 from runs import services as run_services
 from runs.models import Run
 from runs.tests.factories import make_workflow, transform
+from runs.triggers import schedules as schedule_firing
 from sparkops.errors import InvalidInput
 from workflows import schedules, services
 from workflows.models import Schedule, ScheduleFire
@@ -196,7 +197,7 @@ def test_end_must_follow_start(cast, workflow):
 
 
 def fire(schedule, at):
-    return schedules.schedule_fire(schedule_id=schedule.pk, now=at)
+    return schedule_firing.schedule_fire(schedule_id=schedule.pk, now=at)
 
 
 def runs_of(schedule):
@@ -346,7 +347,7 @@ def test_input_that_no_longer_fits_fails_the_fire_with_the_reason(cast):
 def test_fire_now_starts_a_manual_run(cast, workflow):
     schedule = make_schedule(workflow, cast.developer, overlap="skip")
     fire(schedule, T0)
-    now = schedules.schedule_fire_now(schedule=schedule, actor=cast.owner)
+    now = schedule_firing.schedule_fire_now(schedule=schedule, actor=cast.owner)
     assert now.manual and now.status == "started"
     assert now.run.trigger == "manual" and now.run.created_by == cast.owner
     assert ScheduleFire.objects.filter(schedule=schedule).count() == 2
@@ -356,11 +357,11 @@ def test_a_fire_for_a_deleted_schedule_is_a_no_op(cast, workflow):
     schedule = make_schedule(workflow, cast.developer)
     pk = schedule.pk
     schedules.schedule_delete(schedule=schedule, actor=cast.owner)
-    assert schedules.schedule_fire(schedule_id=pk, now=T0) is None
+    assert schedule_firing.schedule_fire(schedule_id=pk, now=T0) is None
 
 
 def test_the_task_is_what_beat_calls(cast, workflow):
-    from workflows.tasks import schedule_fire
+    from runs.triggers.tasks import schedule_fire
 
     # yearly: both calls below surely fall in the same slot (a catch-up, then a repeat)
     schedule = make_schedule(workflow, cast.developer, cron="0 0 1 1 *")

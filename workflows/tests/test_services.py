@@ -5,6 +5,7 @@ from typing import Any
 import pytest
 
 from agents.models import Agent
+from policies.models import AuditEvent
 from sparkops.errors import Conflict, InvalidInput, NotFound
 from tools.models import Tool
 from workflows import services
@@ -162,6 +163,33 @@ def test_validate_returns_the_graph(cast):
 
 
 # --- update and versions ---------------------------------------------------------------------
+
+
+def test_an_update_through_a_stale_instance_snapshots_the_committed_row(cast):
+    # The service reloads the locked row: a version never pins a definition that another
+    # save has replaced since the caller read the workflow.
+    workflow = create(cast)
+    stale = Workflow.objects.get(pk=workflow.pk)
+    services.workflow_update(
+        workflow=workflow, actor=cast.admin, definition=transform_definition("hello")
+    )
+    updated = services.workflow_update(workflow=stale, actor=cast.admin, timeout_seconds=60)
+    assert updated is stale
+    assert (stale.version, stale.timeout_seconds) == (3, 60)
+    assert stale.definition == transform_definition("hello")
+    assert stale.current_version.snapshot["definition"] == transform_definition("hello")
+    stale.refresh_from_db()
+    assert (stale.version, stale.definition) == (3, transform_definition("hello"))
+
+
+def test_an_update_that_sets_the_same_values_is_still_saved_and_audited(cast):
+    workflow = create(cast)
+    before = Workflow.objects.get(pk=workflow.pk).updated_at
+    services.workflow_update(workflow=workflow, actor=cast.admin, name=workflow.name)
+    event = AuditEvent.objects.filter(action="workflow.update").get()
+    assert event.changes == {"name": "Daily digest"}
+    assert Workflow.objects.get(pk=workflow.pk).updated_at > before
+    assert workflow.versions.count() == 1
 
 
 def test_versions_are_written_on_change_only(cast):

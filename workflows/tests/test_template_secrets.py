@@ -8,8 +8,8 @@ from typing import Any
 
 import pytest
 
-from projects.secret_values import TemplateSecrets
-from workflows.templating import TemplateSecurityError, evaluate_condition, render_value
+from sparkops.secret_values import TemplateSecrets
+from sparkops.templating import TemplateSecurityError, evaluate_condition, render_value
 
 VALUE = 'Pa ss"wörd/+42'
 

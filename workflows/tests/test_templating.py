@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from sparkops.errors import InvalidInput
-from workflows.templating import (
+from sparkops.templating import (
     MAX_TOTAL_SIZE,
     TemplateError,
     TemplateSecurityError,

@@ -13,6 +13,8 @@ from django_celery_beat.models import PeriodicTask
 
 from accounts.tests.factories import UserFactory
 from runs.models import Run
+from runs.triggers import schedules as schedule_firing
+from sparkops.audit import AuditEvent
 from workflows import event_triggers, schedules, webhooks
 from workflows.models import EventTrigger, Schedule, ScheduleFire, WebhookTrigger
 from workflows.tests.factories import WorkflowFactory
@@ -47,7 +49,7 @@ def messages_of(response) -> list[str]:
 
 
 def test_pages_load(cast, operator, workflow, schedule):
-    schedules.schedule_fire(schedule_id=schedule.pk, now=datetime(2025, 1, 1, 10, tzinfo=UTC))
+    schedule_firing.schedule_fire(schedule_id=schedule.pk, now=datetime(2025, 1, 1, 10, tzinfo=UTC))
     trigger, _, _ = webhooks.webhook_trigger_create(actor=cast.owner, workflow=workflow, name="h")
     event = event_triggers.event_trigger_create(
         actor=cast.owner, source_workflow=workflow, target_workflow=workflow, name="e"
@@ -113,8 +115,15 @@ def test_schedule_actions(operator, schedule):
     ids = {"_selected_action": [schedule.pk]}
     operator.post(url, {"action": "disable_schedules", **ids})
     assert PeriodicTask.objects.get(pk=schedule.periodic_task_id).enabled is False
+    schedule.refresh_from_db()
+    assert schedule.paused_at is not None
     operator.post(url, {"action": "enable_schedules", **ids})
     assert PeriodicTask.objects.get(pk=schedule.periodic_task_id).enabled is True
+    paused_resumed = AuditEvent.objects.filter(action__in=["schedule.pause", "schedule.resume"])
+    assert [e.action for e in paused_resumed.order_by("created_at")] == [
+        "schedule.pause",
+        "schedule.resume",
+    ]
     response = operator.post(url, {"action": "fire_now", **ids}, follow=True)
     run = Run.objects.get()
     assert run.trigger == "manual"
@@ -176,3 +185,27 @@ def test_event_trigger_add_validates(cast, operator, workflow):
     assert operator.post(f"{ADMIN}/eventtrigger/add/", data).status_code == 302
     trigger = EventTrigger.objects.get()
     assert trigger.project_id == workflow.project_id and trigger.statuses == ["succeeded"]
+
+
+def test_bulk_delete_of_triggers_goes_through_the_services(cast, operator, workflow, schedule):
+    """The changelist's "delete selected" deletes each trigger through its service, so each
+    delete is audited as a single one is."""
+    hook, _, _ = webhooks.webhook_trigger_create(actor=cast.owner, workflow=workflow, name="h")
+    event = event_triggers.event_trigger_create(
+        actor=cast.owner, source_workflow=workflow, target_workflow=workflow, name="e"
+    )
+    for kind, obj in [("schedule", schedule), ("webhooktrigger", hook), ("eventtrigger", event)]:
+        response = operator.post(
+            f"{ADMIN}/{kind}/",
+            {"action": "delete_selected", "_selected_action": [obj.pk], "post": "yes"},
+        )
+        assert response.status_code == 302, kind
+    assert not Schedule.objects.exists()
+    assert not WebhookTrigger.objects.exists()
+    assert not EventTrigger.objects.exists()
+    deletes = AuditEvent.objects.filter(action__endswith=".delete")
+    assert sorted(deletes.values_list("action", flat=True)) == [
+        "event_trigger.delete",
+        "schedule.delete",
+        "webhook_trigger.delete",
+    ]

@@ -7,13 +7,13 @@ from typing import Any
 
 from django.core.management.base import BaseCommand
 
+from sparkops import metrics
+
 
 class Command(BaseCommand):
     help = "Empty PROMETHEUS_MULTIPROC_DIR (only while no web or worker process is running)."
 
     def handle(self, *args: Any, **options: Any) -> None:
-        from sparkops import metrics
-
         path = metrics.reset_multiprocess_dir()
         if path:
             self.stdout.write(f"Emptied {path}")

@@ -1,0 +1,229 @@
+"""Connections lost during HTTP waits: extra HTTP calls after `pg_terminate_backend` kills.
+
+    DATABASE_URL=postgres://postgres@127.0.0.1:5432/x REDIS_URL=redis://127.0.0.1:6379/3 \\
+        .venv/bin/python bench/reconnect.py       # uses database x_reconnect
+
+Issue #14's fault case. Starts the workers `make run` starts (the orchestration queue on a
+threads pool; `python -m sparkops.worker`, gevent on PostgreSQL + Redis, for the steps queue),
+the steps worker's connections named by `application_name` so that only they are terminated,
+and an HTTP endpoint on 127.0.0.1 that counts calls and answers after --delay s. Each round
+creates --runs runs of a 5-step chain of HTTP tool steps (5 x --runs calls expected) and waits
+for all to finish, running the sweeper every 0.5 s as beat would (heartbeat timeout 10 s), so a
+step whose result was thrown away shows up as a second call. Round `baseline`: no kills.
+Round `kills`: --kills times, spread over the round, every connection of the steps worker is
+terminated while calls wait. Prints JSON: runs by status, calls seen, extra calls, duration,
+backends terminated, and the worker's reconnect log lines. Nothing is asserted. Target (issue
+#14): six kills during 100 HTTP steps, 0 extra HTTP calls.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(BASE_DIR))
+
+APPLICATION_NAME = "sparkops-bench-steps"
+NODES = ("a", "b", "c", "d", "e")
+
+
+def configure_environment(workdir: Path) -> str:
+    """A database of the benchmark's own (`<name>_reconnect`); returns its URL."""
+    os.environ.setdefault("SECRET_KEY", "bench-" + "x" * 50)
+    os.environ["SPARKOPS_VAR_DIR"] = str(workdir / "var")
+    os.environ["SPARKOPS_OUTBOUND_ALLOW"] = "127.0.0.1"
+    os.environ.setdefault("LOG_LEVEL", "WARNING")
+    # The sweeper finds a silent step within 10 s (production: 30 s). Not 3 s: a kill that
+    # also ends connections the pool is opening stalls psycopg_pool's growth for 1 s, then
+    # 2 s (up to reconnect_timeout, 5 s), the heartbeat waiting for a connection meanwhile.
+    os.environ["SPARKOPS_HEARTBEAT_SECONDS"] = "0.5"
+    os.environ["SPARKOPS_HEARTBEAT_TIMEOUT"] = "10"
+    os.environ["SPARKOPS_QUEUED_GRACE"] = "2"
+    url = os.environ.get("DATABASE_URL", "")
+    if not url.startswith("postgres") or not os.environ.get("REDIS_URL"):
+        raise SystemExit("bench/reconnect.py measures PostgreSQL + Redis: set both URLs")
+    parts = urlsplit(url)
+    name = parts.path.lstrip("/") + "_reconnect"
+    import psycopg
+
+    admin = urlunsplit(parts._replace(path="/postgres")).replace("postgres://", "postgresql://", 1)
+    with psycopg.connect(admin, autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        conn.execute(f'CREATE DATABASE "{name}"')
+    os.environ["DATABASE_URL"] = urlunsplit(parts._replace(path=f"/{name}", query=""))
+    return os.environ["DATABASE_URL"]
+
+
+def start(workdir: Path, name: str, argv: list[str], env: dict[str, str]) -> subprocess.Popen:
+    log = (workdir / f"{name}.log").open("wb")
+    return subprocess.Popen(
+        argv, cwd=BASE_DIR, env={**os.environ, **env}, stdout=log, stderr=subprocess.STDOUT
+    )
+
+
+def start_workers(workdir: Path, database_url: str) -> dict[str, subprocess.Popen]:
+    bin_dir = Path(sys.executable).parent
+    common = ["--without-gossip", "--without-mingle", "-l", "WARNING"]
+    celery = [str(bin_dir / "celery"), "-A", "sparkops", "worker", "-Q", "orchestration"]
+    orchestration = start(
+        workdir,
+        "worker",
+        [*celery, "-P", "threads", "-c", "8", "-n", "orchestration@%h", *common],
+        {"DB_POOL_MAX_SIZE": "10"},
+    )
+    steps = start(
+        workdir,
+        "steps",
+        [sys.executable, "-m", "sparkops.worker", "-n", "steps@%h", *common],
+        {"DATABASE_URL": f"{database_url}?application_name={APPLICATION_NAME}"},
+    )
+    return {"worker": orchestration, "steps": steps}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--runs", type=int, default=20, help="runs a round (5 HTTP steps each)")
+    parser.add_argument("--kills", type=int, default=6)
+    parser.add_argument("--delay", type=float, default=0.4, help="the endpoint's answer time (s)")
+    parser.add_argument("--timeout", type=float, default=120.0)
+    args = parser.parse_args()
+
+    workdir = Path(tempfile.mkdtemp(prefix="sparkops-reconnect-"))
+    database_url = configure_environment(workdir)
+    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "sparkops.settings")
+    import django
+
+    django.setup()
+    from django.core.management import call_command
+    from django.db import connection
+
+    call_command("migrate", verbosity=0)
+
+    from accounts.models import User
+    from projects.services import project_create
+    from runs import services as runs
+    from runs.models import Run, RunEvent
+    from sparkops.testing.engine import purge_queues
+    from sparkops.testing.processes import CountingServer
+    from tools.services import tool_create
+    from workflows.services import workflow_create
+
+    endpoint = CountingServer(delay=args.delay).__enter__()
+    user = User.objects.create_user(email="bench@example.com", password="x" * 20)
+    project = project_create(actor=user, name="Bench")
+    tool_create(
+        actor=user,
+        project=project,
+        name="record",
+        kind="http",
+        parameters={"type": "object", "properties": {"step": {"type": "string"}}},
+        config={"method": "POST", "url": f"{endpoint.url}/record", "body": "{{ args }}"},
+    )
+    nodes = [
+        {
+            "id": node,
+            "type": "tool",
+            "tool": "record",
+            "depends_on": [NODES[i - 1]] if i else [],
+            "args": {"step": node},
+            "retry": {"max_attempts": 3, "backoff_seconds": 0.1},
+        }
+        for i, node in enumerate(NODES)
+    ]
+    workflow = workflow_create(
+        actor=user, project=project, name="chain", definition={"nodes": nodes}
+    )
+
+    def terminate() -> int:
+        with connection.cursor() as cursor:
+            cursor.execute(
+                "SELECT count(*) FILTER (WHERE pg_terminate_backend(pid)) FROM pg_stat_activity "
+                "WHERE application_name = %s AND datname = current_database()",
+                [APPLICATION_NAME],
+            )
+            return int(cursor.fetchone()[0])
+
+    def reconnects() -> int:
+        text = (workdir / "steps.log").read_text(errors="replace")
+        return text.count("connection lost")
+
+    def round_(kills: int) -> dict[str, Any]:
+        before_calls = len(endpoint.requests)
+        before_reconnects = reconnects()
+        expected = args.runs * len(NODES)
+        started = time.monotonic()
+        ids = [
+            runs.run_create(workflow=workflow, input={}, actor=user).pk for _ in range(args.runs)
+        ]
+        terminated = []
+        spacing = expected // (kills + 1) if kills else 0
+        deadline = started + args.timeout
+        next_sweep = 0.0
+        while True:
+            calls = len(endpoint.requests) - before_calls
+            if len(terminated) < kills and calls >= spacing * (len(terminated) + 1):
+                terminated.append(terminate())
+            if time.monotonic() >= next_sweep:
+                runs.sweep()
+                next_sweep = time.monotonic() + 0.5
+            done = Run.objects.filter(pk__in=ids, status__in=Run.FINISHED_STATUSES).count()
+            if done == len(ids) or time.monotonic() > deadline:
+                break
+            time.sleep(0.05)
+        duration = time.monotonic() - started
+        calls = len(endpoint.requests) - before_calls
+        statuses = collections.Counter(
+            Run.objects.filter(pk__in=ids).values_list("status", flat=True)
+        )
+        recovered = collections.Counter(
+            RunEvent.objects.filter(run_id__in=ids, payload__recovered=True).values_list(
+                "payload__reason", flat=True
+            )
+        )
+        connection.close()
+        return {
+            "runs": dict(statuses),
+            "http_steps": expected,
+            "http_calls": calls,
+            "extra_http_calls": calls - expected,
+            "duration_s": round(duration, 2),
+            "kills": len(terminated),
+            "backends_terminated": sum(terminated),
+            "worker_reconnect_log_lines": reconnects() - before_reconnects,
+            "steps_recovered_by_the_sweeper": dict(recovered),
+        }
+
+    purge_queues()
+    workers = start_workers(workdir, database_url)
+    try:
+        warm = runs.run_create(workflow=workflow, input={}, actor=user)
+        deadline = time.monotonic() + 120
+        while not Run.objects.filter(pk=warm.pk, status__in=Run.FINISHED_STATUSES).exists():
+            if time.monotonic() > deadline:
+                raise TimeoutError("the warm-up run did not finish")
+            time.sleep(0.05)
+        result = {"baseline": round_(0), "kills": round_(args.kills)}
+    finally:
+        for proc in workers.values():
+            proc.terminate()
+        for proc in workers.values():
+            try:
+                proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+        endpoint.__exit__(None, None, None)
+    print(json.dumps({"delay_s": args.delay, **result, "logs": str(workdir)}, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,168 @@
+"""Files a project keeps: the bytes in the `files` storage (Django's storage API, see
+STORAGES["files"]), a `File` row for each. Upload views, run steps (agents reading a file, HTTP
+tools sending or saving one) and the retention job all go through these functions.
+
+A run refers to a file by `{"file": "<id>"}`; `file_ref(file)` is what a step's output carries."""
+
+from __future__ import annotations
+
+import hashlib
+import posixpath
+import unicodedata
+import uuid
+from typing import IO, Any
+
+import filetype
+from django.conf import settings
+from django.core.files.base import ContentFile
+from django.core.files.base import File as DjangoFile
+from django.core.files.storage import Storage, storages
+from django.db import transaction
+
+from sparkops.errors import InvalidInput
+
+from .models import File, Project
+
+CHUNK = 64 * 1024
+# Text types told by their bytes (valid UTF-8 with no NUL) and their name's extension.
+TEXT_TYPES = {
+    ".txt": "text/plain",
+    ".md": "text/markdown",
+    ".csv": "text/csv",
+    ".json": "application/json",
+    ".html": "text/html",
+    ".xml": "application/xml",
+    ".yaml": "application/yaml",
+    ".yml": "application/yaml",
+}
+
+
+def storage() -> Storage:
+    return storages["files"]
+
+
+def clean_name(name: str) -> str:
+    """The file's display name: its last path component, no control characters, at most 255
+    characters. Never used as a storage path (that is the file's id). Raises InvalidInput for a
+    name that is empty once cleaned."""
+    name = unicodedata.normalize("NFC", str(name or ""))
+    name = posixpath.basename(name.replace("\\", "/"))
+    name = "".join(ch for ch in name if unicodedata.category(ch)[0] != "C").strip()
+    if name in {"", ".", ".."}:
+        raise InvalidInput("The file needs a name.", errors={"name": ["The file needs a name."]})
+    stem, dot, ext = name.rpartition(".")
+    if len(name) > 255:
+        name = (stem[: 254 - len(ext)] + dot + ext) if dot and len(ext) < 20 else name[:255]
+    return name
+
+
+def sniff(head: bytes, name: str) -> str:
+    """The content type told by the first bytes (magic numbers), then, for text, by the name's
+    extension; `application/octet-stream` when neither tells."""
+    kind = filetype.guess(head)
+    if kind is not None:
+        return str(kind.mime)
+    if head and b"\x00" not in head:
+        try:
+            head.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            if exc.start < len(head) - 4:  # not just a character cut at the end of the head
+                return "application/octet-stream"
+        ext = posixpath.splitext(name.lower())[1]
+        return TEXT_TYPES.get(ext, "text/plain")
+    return "application/octet-stream"
+
+
+def file_save(
+    *,
+    project: Project,
+    name: str,
+    content: bytes | IO[bytes],
+    uploaded_by: Any = None,
+    source: str = File.Source.UPLOAD,
+    run_id: Any = None,
+    node_id: str = "",
+    expires_at: Any = None,
+) -> File:
+    """Store `content` (bytes or a binary file object, read in chunks) as a new file of
+    `project`. Raises InvalidInput when it is empty or larger than SPARKOPS_FILE_MAX_BYTES."""
+    name = clean_name(name)
+    stream: IO[bytes] = ContentFile(content) if isinstance(content, bytes) else content
+    limit = int(settings.SPARKOPS_FILE_MAX_BYTES)
+    digest, size = hashlib.sha256(), 0
+    head = b""
+    with _rewound(stream):
+        while chunk := stream.read(CHUNK):
+            size += len(chunk)
+            if size > limit:
+                detail = f"The file is larger than the limit of {limit} bytes."
+                raise InvalidInput(detail, errors={"file": [detail]})
+            if len(head) < 8192:
+                head += chunk[: 8192 - len(head)]
+            digest.update(chunk)
+    if size == 0:
+        raise InvalidInput("The file is empty.", errors={"file": ["The file is empty."]})
+    file_id = uuid.uuid4()
+    path = f"files/{project.pk}/{file_id}"
+    stored = storage().save(path, DjangoFile(stream))
+    try:
+        with transaction.atomic():
+            return File.objects.create(
+                id=file_id,
+                project=project,
+                name=name,
+                content_type=sniff(head, name),
+                size=size,
+                checksum=digest.hexdigest(),
+                path=stored,
+                source=source,
+                run_id=run_id,
+                node_id=node_id,
+                uploaded_by=uploaded_by,
+                expires_at=expires_at,
+            )
+    except BaseException:
+        storage().delete(stored)
+        raise
+
+
+class _rewound:
+    """Read a stream to the end, then rewind it for the next reader."""
+
+    def __init__(self, stream: IO[bytes]) -> None:
+        self.stream = stream
+
+    def __enter__(self) -> IO[bytes]:
+        self.stream.seek(0)
+        return self.stream
+
+    def __exit__(self, *exc: object) -> None:
+        self.stream.seek(0)
+
+
+def file_open(file: File) -> IO[bytes]:
+    """The file's bytes, as a binary file object to read (and close)."""
+    return storage().open(file.path, "rb")
+
+
+def file_read(file: File, *, limit: int | None = None) -> bytes:
+    """At most `limit` bytes of the file (all when None)."""
+    with file_open(file) as handle:
+        return handle.read() if limit is None else handle.read(limit)
+
+
+def file_delete(file: File) -> None:
+    """Delete the row now and the bytes once the transaction commits."""
+    path = file.path
+    file.delete()
+    transaction.on_commit(lambda: storage().delete(path))
+
+
+def file_ref(file: File) -> dict[str, Any]:
+    """What a run's input or output holds for a file."""
+    return {
+        "file": str(file.pk),
+        "name": file.name,
+        "content_type": file.content_type,
+        "size": file.size,
+    }
