@@ -23,6 +23,8 @@ from typing import Any
 from django.conf import settings
 from django.db import connection
 
+from sparkops.celery import app
+
 from .engine import wait_until
 
 
@@ -93,8 +95,6 @@ def _redis_transport_options() -> dict[str, Any]:
 def broker(url: str) -> Iterator[None]:
     """Point this process's Celery producer at `url` for the duration (the session's in-process
     worker keeps listening on the default broker, so it never sees these messages)."""
-    from sparkops.celery import app
-
     saved = (app.conf.broker_url, app.conf.broker_transport_options)
 
     def switch(to_url: str, options: dict[str, Any]) -> None:
@@ -123,7 +123,9 @@ def database_url() -> str:
 
 
 class WorkerProcess:
-    """`celery worker` in its own process against the test database and a given broker."""
+    """`celery worker` in its own process against the test database and a given broker: a
+    threads pool on `queues`, or (`steps=True`) the steps worker as `make run` starts it,
+    `python -m sparkops.worker`, which picks its own pool and sizes (sparkops/worker.py)."""
 
     def __init__(
         self,
@@ -132,11 +134,15 @@ class WorkerProcess:
         concurrency: int = 16,
         extra_env: dict[str, str] | None = None,
         loglevel: str = "WARNING",
+        queues: str = "orchestration,steps",
+        steps: bool = False,
     ):
         self.broker_url = broker_url
         self.concurrency = concurrency
         self.extra_env = extra_env or {}
         self.loglevel = loglevel
+        self.queues = queues
+        self.steps = steps
         self.proc: subprocess.Popen[bytes] | None = None
         self.log = Path(tempfile.mkstemp(prefix="sparkops-worker-", suffix=".log")[1])
 
@@ -162,20 +168,15 @@ class WorkerProcess:
         return env
 
     def start(self) -> None:
-        celery = str(Path(sys.executable).parent / "celery")
+        if self.steps:
+            command = [sys.executable, "-m", "sparkops.worker"]
+        else:
+            command = [str(Path(sys.executable).parent / "celery"), "-A", "sparkops", "worker"]
+            command += ["-Q", self.queues, "-P", "threads", "-c", str(self.concurrency)]
         with self.log.open("ab") as log:
             self.proc = subprocess.Popen(
                 [
-                    celery,
-                    "-A",
-                    "sparkops",
-                    "worker",
-                    "-Q",
-                    "orchestration,steps",
-                    "-P",
-                    "threads",
-                    "-c",
-                    str(self.concurrency),
+                    *command,
                     "--without-gossip",
                     "--without-mingle",
                     "--without-heartbeat",
@@ -225,7 +226,12 @@ class CountingServer:
 
             def do_POST(self) -> None:
                 length = int(self.headers.get("Content-Length") or 0)
-                body = json.loads(self.rfile.read(length) or b"null")
+                raw = self.rfile.read(length)
+                if len(raw) < length:
+                    # The client died between its headers and its body (a worker killed with
+                    # SIGKILL mid-send): as for any server, a half request is not a request.
+                    return
+                body = json.loads(raw or b"null")
                 with outer.lock:
                     outer.requests.append(
                         {
