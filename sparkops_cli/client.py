@@ -171,6 +171,10 @@ class Client:
                     failures = 0
                     if item["event"] == "end":
                         return
+                    if item["seq"] is None:
+                        # `llm.delta`: a piece of a model's answer as it streams, live only (no
+                        # id, never replayed); the recorded `llm.call` event holds the answer.
+                        continue
                     after = item["seq"]
                     yield item["data"]
             except httpx.HTTPError as exc:

@@ -425,3 +425,57 @@ def test_the_cli_is_a_console_script_that_loads_no_server_code():
     )
     loaded = {name.split(".")[0] for name in json.loads(probe.stdout.replace("'", '"'))}
     assert not loaded & {"django", "rest_framework", "celery", "sparkops", "runs"}
+
+
+# --- live model output in the stream -------------------------------------------------------------
+
+
+def test_follow_passes_over_live_model_output_and_resumes_by_the_last_stored_event():
+    """A streaming agent step sends `llm.delta` frames between the stored events: no `id`, not
+    replayed. `follow` once crashed on them (KeyError 'type') and would have resumed after
+    `None`. A real HTTP server plays the stream: first connection ends after a delta without
+    `end`, the second must ask for Last-Event-ID 2, the id of the last stored event."""
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    from sparkops_cli.client import Client
+
+    run = "7d1f7a8e-0000-4000-8000-000000000001"
+
+    def frame(seq: int, kind: str, **payload: Any) -> str:
+        event = {"seq": seq, "type": kind, "node_id": "answer", "payload": payload}
+        return f"id: {seq}\nevent: {kind}\ndata: {json.dumps(event)}\n\n"
+
+    delta = 'event: llm.delta\ndata: {"node_id": "answer", "index": 0, "text": "Hel"}\n\n'
+    streams = [
+        "retry: 10\n\n" + frame(1, "run.status", status="running") + frame(2, "step.status")
+        + delta,
+        delta + frame(3, "run.status", status="succeeded") + "event: end\ndata: {}\n\n",
+    ]  # fmt: skip
+    asked: list[str | None] = []
+
+    class Handler(BaseHTTPRequestHandler):
+        def log_message(self, *args: Any) -> None:
+            pass
+
+        def do_GET(self) -> None:
+            assert self.path == f"/api/v1/runs/{run}/stream"
+            asked.append(self.headers.get("Last-Event-ID"))
+            body = streams[len(asked) - 1].encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "text/event-stream")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+    http = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=http.serve_forever, daemon=True).start()
+    client = Client(url=f"http://127.0.0.1:{http.server_address[1]}", api_key="k")
+    try:
+        events = list(client.events(run))
+    finally:
+        client.close()
+        http.shutdown()
+        http.server_close()
+    assert [event["seq"] for event in events] == [1, 2, 3]
+    assert all(event["type"] != "llm.delta" for event in events)
+    assert asked == ["0", "2"]
