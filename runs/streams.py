@@ -51,13 +51,16 @@ class _Process:
 
 
 _process = _Process()
+DEFAULT_PER_PROCESS = 16
 
 
 def set_server_threads(threads: int) -> None:
     """Called by gunicorn's `post_worker_init` with the worker's thread count."""
     _process.threads = threads
     limit = process_limit()
-    if limit < int(settings.SPARKOPS_STREAMS_PER_PROCESS):
+    if settings.SPARKOPS_STREAMS_PER_PROCESS is not None and limit < _configured():
+        # Only an operator's own setting is worth a warning: the default (make run: 16
+        # threads, 12 streams) is lowered quietly.
         logger.warning(
             "event streams limited to %d per process (SPARKOPS_STREAMS_PER_PROCESS=%d) so that "
             "%d of the %d server threads stay free for other requests",
@@ -68,8 +71,13 @@ def set_server_threads(threads: int) -> None:
         )
 
 
+def _configured() -> int:
+    value = settings.SPARKOPS_STREAMS_PER_PROCESS
+    return DEFAULT_PER_PROCESS if value is None else int(value)
+
+
 def process_limit() -> int:
-    configured = int(settings.SPARKOPS_STREAMS_PER_PROCESS)
+    configured = _configured()
     threads = _process.threads
     if threads is None:  # runserver, tests: a thread per request, no pool to starve
         return configured

@@ -488,7 +488,8 @@ SPARKOPS_MAX_CHAIN_DEPTH = env.int("SPARKOPS_MAX_CHAIN_DEPTH", default=10)
 # threads minus a quarter of them); a keep-alive comment this often finds gone clients; a
 # stream ends after SPARKOPS_STREAM_MAX_SECONDS and the client reconnects with Last-Event-ID.
 SPARKOPS_STREAMS_PER_USER = env.int("SPARKOPS_STREAMS_PER_USER", default=4)
-SPARKOPS_STREAMS_PER_PROCESS = env.int("SPARKOPS_STREAMS_PER_PROCESS", default=16)
+# Unset: 16, lowered without a warning to what the threads allow (16 threads: 12).
+SPARKOPS_STREAMS_PER_PROCESS = env.int("SPARKOPS_STREAMS_PER_PROCESS", default=None)
 SPARKOPS_STREAM_KEEPALIVE_SECONDS = env.float("SPARKOPS_STREAM_KEEPALIVE_SECONDS", default=5.0)
 SPARKOPS_STREAM_MAX_SECONDS = env.float("SPARKOPS_STREAM_MAX_SECONDS", default=300.0)
 SPARKOPS_STREAM_POLL_SECONDS = env.float("SPARKOPS_STREAM_POLL_SECONDS", default=0.25)

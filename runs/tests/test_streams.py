@@ -209,3 +209,17 @@ def test_a_stream_closed_inside_another_transaction_leaves_it_working(
         workflow.name = "renamed"
         workflow.save(update_fields=["name"])
     assert Run.objects.get(pk=run.pk).workflow.name == "renamed"
+
+
+def test_the_default_cap_is_lowered_quietly(
+    settings: Any, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """`make run`'s gunicorn has 16 threads: the default 16 streams become 12 with no warning
+    on every start (only an operator's own setting lowered is worth one)."""
+    settings.SPARKOPS_STREAMS_PER_PROCESS = None
+    monkeypatch.setattr(streams._process, "threads", None)
+    assert streams.process_limit() == 16
+    with caplog.at_level(logging.INFO, logger="runs.streams"):
+        streams.set_server_threads(16)
+    assert streams.process_limit() == 12
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
