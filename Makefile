@@ -84,6 +84,10 @@ migrate: $(VENV)/.run-installed .env
 seed: migrate
 	$(PY) manage.py seed_demo
 
+# An operator account for the admin (asks for email, name and password).
+superuser: migrate
+	$(PY) manage.py createsuperuser
+
 web: $(VENV)/.run-installed .env
 	$(PY) manage.py runserver 0.0.0.0:8000
 

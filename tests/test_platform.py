@@ -162,3 +162,19 @@ def test_createsuperuser_non_interactive(monkeypatch):
     )
     user = User.objects.get(email="root@example.com")
     assert user.is_superuser and user.check_password("s3cret-pass-phrase")
+
+
+def test_make_superuser_is_the_readme_s_way_to_an_admin_account():
+    """README: "`make superuser` asks for an email and a password" (createsuperuser itself is
+    tested above); `make -n` shows the recipe without running it."""
+    import subprocess
+    from pathlib import Path
+
+    from django.conf import settings
+
+    assert "`make superuser`" in (Path(settings.BASE_DIR) / "README.md").read_text()
+    dry = subprocess.run(
+        ["make", "-n", "superuser"], cwd=settings.BASE_DIR, capture_output=True, text=True
+    )
+    assert dry.returncode == 0, dry.stderr
+    assert "manage.py createsuperuser" in dry.stdout.splitlines()[-1]
