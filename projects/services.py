@@ -18,7 +18,7 @@ from accounts.models import User
 from sparkops.audit import audit_record
 from sparkops.errors import Conflict, Forbidden, InvalidInput, NotFound
 
-from . import crypto
+from . import crypto, files
 from .models import Invitation, Membership, Project, Role, Secret, role_at_least
 from .signals import project_status_changed
 
@@ -29,6 +29,7 @@ PROJECT_CONTENT_MODELS = {
     "tools": "tools.Tool",
     "workflows": "workflows.Workflow",
     "runs": "runs.Run",
+    "files": "projects.File",
 }
 
 
@@ -140,6 +141,7 @@ def project_delete(*, project: Project, actor: User, cascade: bool = False) -> N
         obj=project,
         changes={"cascade": cascade},
     )
+    files.project_files_delete_on_commit(project)
     project.delete()
 
 
