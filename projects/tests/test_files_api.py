@@ -105,6 +105,7 @@ def test_upload_download_signed_url_and_delete_over_http(
         assert download.headers["content-type"] == "image/png"
         assert download.headers["content-length"] == str(len(PNG))
         assert download.headers["x-content-type-options"] == "nosniff"
+        assert download.headers["content-security-policy"] == "default-src 'none'; sandbox"
         assert download.headers["content-disposition"] == (
             "attachment; filename=\"photo.png\"; filename*=UTF-8''photo.png"
         )
