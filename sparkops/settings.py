@@ -247,6 +247,9 @@ STORAGES = {
                 # Presigned URLs (GET /files/{id}/url/) live as long as local signed ones.
                 "querystring_auth": True,
                 "querystring_expire": SPARKOPS_FILE_URL_SECONDS,
+                # SigV4 (X-Amz-Expires): what AWS and S3-compatible stores expect; boto3 may
+                # otherwise presign with the deprecated SigV2.
+                "signature_version": "s3v4",
                 "default_acl": None,
                 # Paths are `files/<project>/<uuid>`: never taken, so no existence check.
                 "file_overwrite": True,

@@ -5,6 +5,10 @@ no credentials, delete; bad uploads answer 400s that name the field."""
 from __future__ import annotations
 
 import hashlib
+import json
+import os
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -115,6 +119,7 @@ def test_upload_download_signed_url_and_delete_over_http(
         link = signed.json()
         if store.kind == "s3":
             assert link["url"].startswith(store.s3.endpoint_url)  # type: ignore[union-attr]
+            assert "X-Amz-Expires=300" in link["url"]  # SPARKOPS_FILE_URL_SECONDS
         else:
             assert link["url"].startswith(f"{api}/files/signed/")
         fetched = http.get(link["url"])  # no credentials
@@ -301,3 +306,49 @@ def test_signed_links_refuse_tampering_and_expiry(cast: Cast, local: Store, sett
     # A deleted file's link is dead.
     files.file_delete(file)
     assert anonymous.get(path).status_code == 404
+
+
+def _files_storage_under(env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    code = (
+        "import json, django; django.setup(); from django.conf import settings; "
+        "print(json.dumps(settings.STORAGES['files']))"
+    )
+    return subprocess.run(
+        [sys.executable, "-c", code],
+        env={**os.environ, "DJANGO_SETTINGS_MODULE": "sparkops.settings", "SECRET_KEY": "x", **env},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+def test_the_s3_backend_is_configured_from_the_environment() -> None:
+    done = _files_storage_under(
+        {
+            "SPARKOPS_FILES_BACKEND": "s3",
+            "AWS_STORAGE_BUCKET_NAME": "team-files",
+            "AWS_S3_ENDPOINT_URL": "http://minio.internal:9000",
+            "AWS_S3_REGION_NAME": "eu-west-1",
+            "AWS_S3_ACCESS_KEY_ID": "key-id",
+            "AWS_S3_SECRET_ACCESS_KEY": "key-secret",
+            "SPARKOPS_FILE_URL_SECONDS": "120",
+        }
+    )
+    assert done.returncode == 0, done.stderr
+    config = json.loads(done.stdout.strip().splitlines()[-1])
+    assert config["BACKEND"] == "storages.backends.s3.S3Storage"
+    assert config["OPTIONS"] == {
+        "bucket_name": "team-files",
+        "endpoint_url": "http://minio.internal:9000",
+        "region_name": "eu-west-1",
+        "access_key": "key-id",
+        "secret_key": "key-secret",
+        "querystring_auth": True,
+        "querystring_expire": 120,
+        "signature_version": "s3v4",
+        "default_acl": None,
+        "file_overwrite": True,
+    }
+    refused = _files_storage_under({"SPARKOPS_FILES_BACKEND": "ftp"})
+    assert refused.returncode != 0
+    assert "SPARKOPS_FILES_BACKEND must be `local` or `s3`" in refused.stderr

@@ -49,6 +49,7 @@ class S3Server:
                 "secret_key": SECRET_KEY,
                 "querystring_auth": True,
                 "querystring_expire": expire,
+                "signature_version": "s3v4",
                 "default_acl": None,
                 "file_overwrite": True,
             },
