@@ -158,10 +158,16 @@ def file_read(file: File, *, limit: int | None = None) -> bytes:
 
 
 def file_delete(file: File) -> None:
-    """Delete the row now and the bytes once the transaction commits."""
-    path = file.path
+    """Delete the row now and the bytes once the transaction commits (`bytes_follow_rows`)."""
     file.delete()
-    transaction.on_commit(lambda: storage().delete(path))
+
+
+def bytes_follow_rows(sender: Any, instance: File, using: str, **kwargs: Any) -> None:
+    """post_delete of File, connected in ProjectsConfig.ready: however a row goes (this
+    module, a project's delete through the API or the console, a cascade, a queryset delete),
+    its bytes are deleted once that commits, and kept if it rolls back."""
+    path = instance.path
+    transaction.on_commit(lambda: storage().delete(path), using=using)
 
 
 def file_ref(file: File) -> dict[str, Any]:
@@ -249,30 +255,14 @@ def files_purge_expired(*, batch: int | None = None, now: datetime | None = None
                 File.objects.filter(expires_at__lte=now)
                 .order_by("expires_at")
                 .select_for_update(skip_locked=True)
-                .values_list("pk", "path")[:batch]
+                .values_list("pk", flat=True)[:batch]
             )
             if not rows:
                 return deleted
-            File.objects.filter(pk__in=[pk for pk, _ in rows]).delete()
-            paths = [path for _, path in rows]
-            transaction.on_commit(lambda paths=paths: _delete_paths(paths))  # type: ignore[misc]
+            File.objects.filter(pk__in=rows).delete()  # the bytes once this batch commits
         deleted += len(rows)
         if len(rows) < batch:
             return deleted
-
-
-def project_files_delete_on_commit(project: Project) -> None:
-    """Called inside a project's deletion: the rows go with the project (CASCADE), the bytes
-    once that commits."""
-    paths = list(File.objects.filter(project=project).values_list("path", flat=True))
-    if paths:
-        transaction.on_commit(lambda: _delete_paths(paths))
-
-
-def _delete_paths(paths: list[str]) -> None:
-    store = storage()
-    for path in paths:
-        store.delete(path)
 
 
 # --- signed download URLs ----------------------------------------------------------------------

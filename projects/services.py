@@ -18,7 +18,7 @@ from accounts.models import User
 from sparkops.audit import audit_record
 from sparkops.errors import Conflict, Forbidden, InvalidInput, NotFound
 
-from . import crypto, files
+from . import crypto
 from .models import Invitation, Membership, Project, Role, Secret, role_at_least
 from .signals import project_status_changed
 
@@ -141,8 +141,7 @@ def project_delete(*, project: Project, actor: User, cascade: bool = False) -> N
         obj=project,
         changes={"cascade": cascade},
     )
-    files.project_files_delete_on_commit(project)
-    project.delete()
+    project.delete()  # its files' rows cascade; their bytes go on commit (files.py)
 
 
 def _owner_count(project: Project) -> int:

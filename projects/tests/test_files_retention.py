@@ -112,3 +112,18 @@ def test_a_project_delete_that_rolls_back_keeps_the_bytes(cast: Cast, folder: An
         raise Stop
     assert File.objects.filter(pk=file.pk).exists()
     assert on_disk(folder) == {file.path}
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_project_deleted_in_the_console_takes_its_files_bytes(cast: Cast, folder: Any) -> None:
+    from django.test import Client
+
+    from accounts.tests.factories import UserFactory
+
+    file = files.file_save(project=cast.project, name="a.txt", content=b"x")
+    operator = Client()
+    operator.force_login(UserFactory(is_staff=True, is_superuser=True))
+    response = operator.post(f"/admin/projects/project/{cast.project.pk}/delete/", {"post": "yes"})
+    assert response.status_code == 302
+    assert not File.objects.filter(pk=file.pk).exists()
+    assert on_disk(folder) == set()
