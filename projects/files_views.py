@@ -5,7 +5,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import django_filters
 from django.http import FileResponse
 from django.urls import reverse
 from drf_spectacular.types import OpenApiTypes
@@ -21,6 +20,7 @@ from sparkops.parsers import FormParser, MultiPartParser
 from . import files
 from .api import ProjectScopedGenericViewSet
 from .files_serializers import FileSerializer, FileUploadSerializer, FileUrlSerializer
+from .filters import FileFilter
 from .models import File
 
 # Any media type: the file's own, as sniffed from its bytes.
@@ -33,23 +33,6 @@ BINARY = {
     )
 }
 LINK_REFUSED = OpenApiResponse(description="The link has expired (JSON error `link_expired`).")
-
-
-class FileFilter(django_filters.FilterSet):
-    name = django_filters.CharFilter(lookup_expr="icontains")
-    content_type = django_filters.CharFilter(
-        method="filter_content_type", help_text="An exact type, or `image/*`."
-    )
-    run = django_filters.UUIDFilter(field_name="run_id")
-
-    class Meta:
-        model = File
-        fields = ["project", "name", "content_type", "source", "run"]
-
-    def filter_content_type(self, queryset: Any, name: str, value: str) -> Any:
-        if value.endswith("/*"):
-            return queryset.filter(content_type__startswith=value[:-1])
-        return queryset.filter(content_type=value)
 
 
 @extend_schema(tags=["files"])
@@ -96,7 +79,6 @@ class FileViewSet(
             name=data.get("name") or upload.name,
             expires_at=data.get("expires_at"),
         )
-        file.uploaded_by = request.user
         serializer = self.get_serializer(file)
         return Response(serializer.data, status=status.HTTP_201_CREATED)
 
