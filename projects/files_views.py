@@ -5,7 +5,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from django.http import FileResponse
+from django.conf import settings
+from django.core.files.uploadhandler import FileUploadHandler
+from django.http import FileResponse, HttpRequest
 from django.urls import reverse
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiResponse, extend_schema, extend_schema_view
@@ -15,6 +17,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from sparkops.errors import InvalidInput
 from sparkops.parsers import FormParser, MultiPartParser
 
 from . import files
@@ -33,6 +36,34 @@ BINARY = {
     )
 }
 LINK_REFUSED = OpenApiResponse(description="The link has expired (JSON error `link_expired`).")
+
+
+# Room in a request body for the multipart framing and the small fields beside the file.
+FORM_SLACK = 64 * 1024
+
+
+class UploadLimit(FileUploadHandler):
+    """First of an upload's handlers: refuses a body that announces more than the file limit
+    allows before a byte is read, and stops reading a file part the moment it passes
+    SPARKOPS_FILE_MAX_BYTES, so an oversized upload is never spooled to disk whole."""
+
+    def _refuse(self) -> None:
+        limit = int(settings.SPARKOPS_FILE_MAX_BYTES)
+        detail = f"The file is larger than the limit of {limit} bytes."
+        raise InvalidInput(detail, errors={"file": [detail]})
+
+    def handle_raw_input(self, *args: Any, **kwargs: Any) -> None:
+        content_length = kwargs.get("content_length", args[2] if len(args) > 2 else None)
+        if content_length and content_length > int(settings.SPARKOPS_FILE_MAX_BYTES) + FORM_SLACK:
+            self._refuse()
+
+    def receive_data_chunk(self, raw_data: bytes, start: int) -> bytes:
+        if start + len(raw_data) > int(settings.SPARKOPS_FILE_MAX_BYTES):
+            self._refuse()
+        return raw_data
+
+    def file_complete(self, file_size: int) -> None:
+        return None  # the next handler (memory or temporary file) makes the file
 
 
 @extend_schema(tags=["files"])
@@ -57,6 +88,12 @@ class FileViewSet(
     ordering = ["-created_at", "-id"]
     parser_classes = [MultiPartParser, FormParser]
     lookup_value_regex = "[0-9a-fA-F-]{36}"
+
+    def initialize_request(self, request: HttpRequest, *args: Any, **kwargs: Any) -> Request:
+        # Before anything reads the body (a session's CSRF check does): the size guard first.
+        if request.method == "POST":
+            request.upload_handlers.insert(0, UploadLimit(request))
+        return super().initialize_request(request, *args, **kwargs)
 
     @extend_schema(
         summary="Upload a file (multipart/form-data).",

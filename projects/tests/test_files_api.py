@@ -22,6 +22,7 @@ from rest_framework_simplejwt.tokens import AccessToken
 from conftest import Cast
 from projects import files
 from projects.models import File
+from sparkops.errors import InvalidInput
 from sparkops.testing.s3 import S3Server, s3_server
 
 PNG = bytes.fromhex("89504e470d0a1a0a0000000d49484452") + b"\0" * 64
@@ -358,3 +359,44 @@ def test_the_s3_backend_is_configured_from_the_environment() -> None:
     refused = _files_storage_under({"SPARKOPS_FILES_BACKEND": "ftp"})
     assert refused.returncode != 0
     assert "SPARKOPS_FILES_BACKEND must be `local` or `s3`" in refused.stderr
+
+
+def test_an_oversized_upload_is_refused_before_its_body_is_read(
+    cast: Cast, local: Store, settings: Any
+) -> None:
+    """A body announcing more than the limit allows is refused unread (the test's body is small:
+    without the guard the parser goes on to read what was announced); a file part is cut off as
+    soon as it passes the limit."""
+    from django.test.client import BOUNDARY, MULTIPART_CONTENT, encode_multipart
+
+    from projects.files_views import UploadLimit
+
+    settings.SPARKOPS_FILE_MAX_BYTES = 1000
+    client = cast.client("developer")
+    body = encode_multipart(
+        BOUNDARY, {"project": str(cast.project.pk), "file": _named(b"small", "s.txt")}
+    )
+    fine = client.generic("POST", "/api/v1/files/", body, content_type=MULTIPART_CONTENT)
+    assert fine.status_code == 201, fine.content
+    announced = client.generic(
+        "POST",
+        "/api/v1/files/",
+        body,
+        content_type=MULTIPART_CONTENT,
+        CONTENT_LENGTH=str(1000 + 64 * 1024 + 1),
+    )
+    assert announced.status_code == 400, announced.content
+    assert announced.json()["errors"]["file"] == [
+        "The file is larger than the limit of 1000 bytes."
+    ]
+    assert File.objects.count() == 1
+    guard = UploadLimit()
+    assert guard.receive_data_chunk(b"x" * 600, 0) == b"x" * 600
+    with pytest.raises(InvalidInput):
+        guard.receive_data_chunk(b"x" * 600, 600)
+
+
+def _named(content: bytes, name: str) -> Any:
+    from django.core.files.uploadedfile import SimpleUploadedFile
+
+    return SimpleUploadedFile(name, content)
