@@ -31,6 +31,18 @@ def _fast_and_isolated(settings: Any) -> None:
     _snapshot.cache_clear()
 
 
+@pytest.fixture(autouse=True)
+def _files_in_tmp(settings: Any, tmp_path_factory: Any) -> None:
+    """Files that tests store (uploads, runs' outputs) go to a temporary folder, not .var/."""
+    settings.STORAGES = {
+        **settings.STORAGES,
+        "files": {
+            "BACKEND": "django.core.files.storage.FileSystemStorage",
+            "OPTIONS": {"location": str(tmp_path_factory.getbasetemp() / "files")},
+        },
+    }
+
+
 @pytest.fixture
 def metrics_token(settings: Any) -> str:
     """/metrics is closed without a token (or an allow-listed address): tests that scrape it

@@ -132,5 +132,5 @@ class SecretAdmin(ProjectScopedAdmin, admin.ModelAdmin):
             Secret.objects.filter(pk=obj.pk).update(description=obj.description)
 
 
-# Outbound webhook endpoints and deliveries.
-from . import webhook_admin  # noqa: E402, F401
+# Outbound webhook endpoints and deliveries; files (read-only rows, download, delete).
+from . import files_admin, webhook_admin  # noqa: E402, F401

@@ -10,16 +10,22 @@ import hashlib
 import posixpath
 import unicodedata
 import uuid
+from datetime import datetime, timedelta
 from typing import IO, Any
+from urllib.parse import quote
 
 import filetype
 from django.conf import settings
 from django.core.files.base import ContentFile
 from django.core.files.base import File as DjangoFile
 from django.core.files.storage import Storage, storages
+from django.core.signing import BadSignature, SignatureExpired, TimestampSigner
 from django.db import transaction
+from django.http import FileResponse
+from django.utils import timezone
 
-from sparkops.errors import InvalidInput
+from sparkops.audit import audit_record
+from sparkops.errors import Forbidden, InvalidInput, NotFound
 
 from .models import File, Project
 
@@ -152,10 +158,16 @@ def file_read(file: File, *, limit: int | None = None) -> bytes:
 
 
 def file_delete(file: File) -> None:
-    """Delete the row now and the bytes once the transaction commits."""
-    path = file.path
+    """Delete the row now and the bytes once the transaction commits (`bytes_follow_rows`)."""
     file.delete()
-    transaction.on_commit(lambda: storage().delete(path))
+
+
+def bytes_follow_rows(sender: Any, instance: File, using: str, **kwargs: Any) -> None:
+    """post_delete of File, connected in ProjectsConfig.ready: however a row goes (this
+    module, a project's delete through the API or the console, a cascade, a queryset delete),
+    its bytes are deleted once that commits, and kept if it rolls back."""
+    path = instance.path
+    transaction.on_commit(lambda: storage().delete(path), using=using)
 
 
 def file_ref(file: File) -> dict[str, Any]:
@@ -166,3 +178,163 @@ def file_ref(file: File) -> dict[str, Any]:
         "content_type": file.content_type,
         "size": file.size,
     }
+
+
+# --- uploads, downloads, retention (the Files API, the admin and the beat job) ----------------
+
+
+def type_allowed(content_type: str) -> bool:
+    """Whether SPARKOPS_FILE_ALLOWED_TYPES admits `content_type` (exact types or `type/*`)."""
+    major = content_type.split("/", 1)[0]
+    for pattern in settings.SPARKOPS_FILE_ALLOWED_TYPES:
+        pattern = pattern.strip().lower()
+        if pattern in {"*", "*/*", content_type} or pattern == f"{major}/*":
+            return True
+    return False
+
+
+def file_upload(
+    *,
+    project: Project,
+    actor: Any,
+    content: IO[bytes],
+    name: str,
+    expires_at: datetime | None = None,
+) -> File:
+    """An uploaded file: its type sniffed from the bytes must be one SPARKOPS_FILE_ALLOWED_TYPES
+    admits (the client's Content-Type is never asked). Raises InvalidInput naming the field."""
+    name = clean_name(name)
+    with _rewound(content):
+        head = content.read(8192)
+    content_type = sniff(head, name)
+    if head and not type_allowed(content_type):
+        detail = f"Files of type {content_type} are not allowed."
+        raise InvalidInput(detail, errors={"file": [detail]})
+    with transaction.atomic():
+        file = file_save(
+            project=project,
+            name=name,
+            content=content,
+            uploaded_by=actor,
+            source=File.Source.UPLOAD,
+            expires_at=expires_at,
+        )
+        # The bytes are stored before the row: if the rest of the transaction fails, drop them.
+        path = file.path
+        try:
+            audit_record(
+                actor=actor,
+                project=project,
+                action="file.upload",
+                obj=file,
+                changes={"name": file.name, "content_type": file.content_type, "size": file.size},
+            )
+        except BaseException:
+            storage().delete(path)
+            raise
+    return file
+
+
+@transaction.atomic
+def file_remove(*, file: File, actor: Any) -> None:
+    """Delete a file on a member's request (the row now, the bytes on commit), audited."""
+    audit_record(actor=actor, project=file.project_id, action="file.delete", obj=file)
+    file_delete(file)
+
+
+def files_purge_expired(*, batch: int | None = None, now: datetime | None = None) -> int:
+    """The retention job: delete files past their `expires_at`, rows and bytes, a batch per
+    transaction (the bytes of each batch go once it commits). Returns how many were deleted."""
+    batch = batch or int(settings.SPARKOPS_FILE_RETENTION_BATCH)
+    now = now or timezone.now()
+    deleted = 0
+    while True:
+        with transaction.atomic():
+            # SKIP LOCKED: two beats (or a slow run and the next) share the work, never wait.
+            rows = list(
+                File.objects.filter(expires_at__lte=now)
+                .order_by("expires_at")
+                .select_for_update(skip_locked=True)
+                .values_list("pk", flat=True)[:batch]
+            )
+            if not rows:
+                return deleted
+            File.objects.filter(pk__in=rows).delete()  # the bytes once this batch commits
+        deleted += len(rows)
+        if len(rows) < batch:
+            return deleted
+
+
+# --- signed download URLs ----------------------------------------------------------------------
+
+_SIGNER_SALT = "sparkops.files.download"
+
+
+def url_seconds() -> int:
+    return int(settings.SPARKOPS_FILE_URL_SECONDS)
+
+
+def download_token(file: File) -> str:
+    """A token for the local signed route: the file id, signed with a timestamp."""
+    return TimestampSigner(salt=_SIGNER_SALT).sign(str(file.pk))
+
+
+def file_for_token(token: str) -> File:
+    """The file a signed token names. A token that was not signed here is 404 (nothing said of
+    what exists), an expired one a 403 saying so, a deleted file's a 404."""
+    try:
+        file_id = TimestampSigner(salt=_SIGNER_SALT).unsign(token, max_age=url_seconds())
+    except SignatureExpired as exc:
+        raise Forbidden("The download link has expired.", error_type="link_expired") from exc
+    except BadSignature as exc:
+        raise NotFound("Not found.") from exc
+    try:
+        return File.objects.get(pk=uuid.UUID(file_id))
+    except (ValueError, File.DoesNotExist) as exc:
+        raise NotFound("Not found.") from exc
+
+
+def url_expires_at() -> datetime:
+    return timezone.now() + timedelta(seconds=url_seconds())
+
+
+def presigned_url(file: File) -> str | None:
+    """The storage's own short-lived URL (S3: a presigned GET that also sets the download's
+    Content-Type and Content-Disposition), or None for storages without one (local)."""
+    store = storage()
+    if not getattr(store, "querystring_auth", False):
+        return None
+    return str(
+        store.url(  # type: ignore[call-arg]
+            file.path,
+            parameters={
+                "ResponseContentType": file.content_type,
+                "ResponseContentDisposition": content_disposition(file.name),
+            },
+            expire=url_seconds(),
+        )
+    )
+
+
+def content_disposition(name: str) -> str:
+    """`attachment` with an ASCII fallback `filename` and the exact name as RFC 5987/6266
+    `filename*` (percent-encoded UTF-8), so no name can break out of the header."""
+    fallback = unicodedata.normalize("NFKD", name).encode("ascii", "ignore").decode("ascii")
+    fallback = (
+        "".join(ch if ch.isprintable() and ch not in '"\\;%' else "_" for ch in fallback).strip()
+        or "download"
+    )
+    return f"attachment; filename=\"{fallback}\"; filename*=UTF-8''{quote(name, safe='')}"
+
+
+def download_response(file: File) -> FileResponse:
+    """The file's bytes, streamed, with headers that make a browser save it, never render it
+    (the API's download, its signed URL and the console's link)."""
+    response = FileResponse(file_open(file), content_type=file.content_type)
+    response["Content-Disposition"] = content_disposition(file.name)
+    response["Content-Length"] = str(file.size)
+    response["X-Content-Type-Options"] = "nosniff"
+    response["Cache-Control"] = "private, no-store"
+    # Even opened in a tab, an HTML or SVG file runs no script under this origin.
+    response["Content-Security-Policy"] = "default-src 'none'; sandbox"
+    return response

@@ -29,6 +29,7 @@ PROJECT_CONTENT_MODELS = {
     "tools": "tools.Tool",
     "workflows": "workflows.Workflow",
     "runs": "runs.Run",
+    "files": "projects.File",
 }
 
 
@@ -140,7 +141,7 @@ def project_delete(*, project: Project, actor: User, cascade: bool = False) -> N
         obj=project,
         changes={"cascade": cascade},
     )
-    project.delete()
+    project.delete()  # its files' rows cascade; their bytes go on commit (files.py)
 
 
 def _owner_count(project: Project) -> int:

@@ -1,6 +1,7 @@
+from django.urls import re_path
 from rest_framework.routers import SimpleRouter
 
-from . import views, webhook_views
+from . import files_views, views, webhook_views
 
 router = SimpleRouter()
 router.trailing_slash = "/?"  # both `/projects` and `/projects/` (the seed routes had none)
@@ -18,4 +19,13 @@ router.register("secrets", views.SecretViewSet, basename="secret")
 router.register(
     "webhook-endpoints", webhook_views.WebhookEndpointViewSet, basename="webhook-endpoint"
 )
-urlpatterns = router.urls
+router.register("files", files_views.FileViewSet, basename="file")
+urlpatterns = [
+    *router.urls,
+    # The signed download of GET /files/{id}/url/ (local storage): the token is the credential.
+    re_path(
+        r"^files/signed/(?P<token>[A-Za-z0-9_:-]{1,200})/?$",
+        files_views.SignedFileView.as_view(),
+        name="file-signed-content",
+    ),
+]

@@ -199,6 +199,28 @@ USE_TZ = True
 
 # The largest file an upload or a run's step may store, in bytes.
 SPARKOPS_FILE_MAX_BYTES = env.int("SPARKOPS_FILE_MAX_BYTES", default=25 * 1024 * 1024)
+# Content types an upload may have (as sniffed from its bytes): exact types or `type/*`.
+SPARKOPS_FILE_ALLOWED_TYPES = env.list(
+    "SPARKOPS_FILE_ALLOWED_TYPES",
+    default=[
+        "image/*",
+        "text/*",
+        "application/pdf",
+        "application/json",
+        "application/xml",
+        "application/yaml",
+    ],
+)
+# How long a signed download URL (GET /api/v1/files/{id}/url/) stays valid, in seconds.
+SPARKOPS_FILE_URL_SECONDS = env.int("SPARKOPS_FILE_URL_SECONDS", default=300)
+# Where files' bytes live: `local` (the filesystem under SPARKOPS_VAR_DIR/files) or `s3` (any
+# S3-compatible object store through django-storages; the AWS_* settings below).
+SPARKOPS_FILES_BACKEND = env.str("SPARKOPS_FILES_BACKEND", default="local")
+if SPARKOPS_FILES_BACKEND not in {"local", "s3"}:
+    raise ImproperlyConfigured("SPARKOPS_FILES_BACKEND must be `local` or `s3`.")
+# How often the retention job (beat) deletes expired files, and how many rows a batch takes.
+SPARKOPS_FILE_RETENTION_SECONDS = env.float("SPARKOPS_FILE_RETENTION_SECONDS", default=3600.0)
+SPARKOPS_FILE_RETENTION_BATCH = env.int("SPARKOPS_FILE_RETENTION_BATCH", default=500)
 
 STATIC_URL = "static/"
 STATIC_ROOT = BASE_DIR / "staticfiles"
@@ -208,10 +230,32 @@ STATICFILES_DIRS = [BASE_DIR / "static"]
 STORAGES = {
     "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
     # Files projects keep (projects.files): the local filesystem under SPARKOPS_VAR_DIR.
-    "files": {
-        "BACKEND": "django.core.files.storage.FileSystemStorage",
-        "OPTIONS": {"location": str(VAR_DIR / "files")},
-    },
+    "files": (
+        {
+            "BACKEND": "django.core.files.storage.FileSystemStorage",
+            "OPTIONS": {"location": str(VAR_DIR / "files")},
+        }
+        if SPARKOPS_FILES_BACKEND == "local"
+        else {
+            "BACKEND": "storages.backends.s3.S3Storage",
+            "OPTIONS": {
+                "bucket_name": env.str("AWS_STORAGE_BUCKET_NAME", default="sparkops-files"),
+                "endpoint_url": env.str("AWS_S3_ENDPOINT_URL", default="") or None,
+                "region_name": env.str("AWS_S3_REGION_NAME", default="") or None,
+                "access_key": env.str("AWS_S3_ACCESS_KEY_ID", default="") or None,
+                "secret_key": env.str("AWS_S3_SECRET_ACCESS_KEY", default="") or None,
+                # Presigned URLs (GET /files/{id}/url/) live as long as local signed ones.
+                "querystring_auth": True,
+                "querystring_expire": SPARKOPS_FILE_URL_SECONDS,
+                # SigV4 (X-Amz-Expires): what AWS and S3-compatible stores expect; boto3 may
+                # otherwise presign with the deprecated SigV2.
+                "signature_version": "s3v4",
+                "default_acl": None,
+                # Paths are `files/<project>/<uuid>`: never taken, so no existence check.
+                "file_overwrite": True,
+            },
+        }
+    ),
     "staticfiles": {
         "BACKEND": (
             "django.contrib.staticfiles.storage.StaticFilesStorage"
@@ -385,6 +429,7 @@ CELERY_TASK_ROUTES = {
     "runs.step_execute": {"queue": "steps"},
     "projects.webhook_deliver": {"queue": "steps"},
     "projects.webhook_outbox": {"queue": "orchestration"},
+    "projects.files_purge_expired": {"queue": "orchestration"},
     "workflows.schedule_fire": {"queue": "orchestration"},
     "bench.noop": {"queue": "steps"},
 }
@@ -624,6 +669,11 @@ SPARKOPS_WEBHOOK_SECRET_ROTATION_HOURS = env.float(
 # they were written (their task was lost).
 SPARKOPS_WEBHOOK_OUTBOX_SECONDS = env.float("SPARKOPS_WEBHOOK_OUTBOX_SECONDS", default=15.0)
 SPARKOPS_WEBHOOK_OUTBOX_GRACE = env.float("SPARKOPS_WEBHOOK_OUTBOX_GRACE", default=30.0)
+CELERY_BEAT_SCHEDULE["files-retention"] = {
+    "task": "projects.files_purge_expired",
+    "schedule": SPARKOPS_FILE_RETENTION_SECONDS,
+    "options": {"queue": "orchestration", "expires": SPARKOPS_FILE_RETENTION_SECONDS},
+}
 CELERY_BEAT_SCHEDULE["webhooks-outbox"] = {
     "task": "projects.webhook_outbox",
     "schedule": SPARKOPS_WEBHOOK_OUTBOX_SECONDS,

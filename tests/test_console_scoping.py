@@ -12,6 +12,7 @@ from django.test import Client
 
 from accounts.tests.factories import UserFactory
 from agents.tests.factories import AgentFactory
+from projects import files
 from projects import services as project_services
 from projects.admin_scoping import ProjectScopedAdmin
 from projects.models import Project, Role
@@ -42,6 +43,7 @@ def client_of(user: Any) -> Client:
 def populate(project: Any, owner: Any, tag: str) -> Any:
     """One of everything in `project`."""
     project_services.secret_set(project=project, actor=owner, name=f"KEY_{tag}", value="v")
+    files.file_save(project=project, name=f"file-{tag}.txt", content=b"x", uploaded_by=owner)
     AgentFactory(project=project, slug=f"agent-{tag}", created_by=owner)
     ToolFactory(project=project, name=f"tool_{tag}", created_by=owner)
     workflow = make_workflow(project, owner, [transform("a", 1)], name=f"wf-{tag}")
@@ -54,7 +56,7 @@ def populate(project: Any, owner: Any, tag: str) -> Any:
 
 def _populated() -> set[Any]:
     from agents.models import Agent, AgentVersion
-    from projects.models import Membership, Secret
+    from projects.models import File, Membership, Secret
     from runs.models import Run, RunEvent, RunStep
     from tools.models import Tool, ToolVersion
     from workflows.models import Workflow, WorkflowVersion
@@ -63,6 +65,7 @@ def _populated() -> set[Any]:
         Project,
         Membership,
         Secret,
+        File,
         Agent,
         AgentVersion,
         Tool,

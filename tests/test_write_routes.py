@@ -33,6 +33,7 @@ class Call:
     build: Callable[[Cast], tuple[dict[str, Any], Body]]
     status: int = 200
     who: str = "owner"  # a cast member, or "anonymous"
+    format: str = "json"  # or "multipart" (uploads)
 
 
 def _none(cast: Cast) -> tuple[dict[str, Any], Body]:
@@ -146,6 +147,18 @@ def _secret(cast: Cast) -> Any:
     )
 
 
+def _upload_body(cast: Cast) -> Body:
+    from django.core.files.uploadedfile import SimpleUploadedFile
+
+    return {"project": str(cast.project.pk), "file": SimpleUploadedFile("n.txt", b"notes")}
+
+
+def _file(cast: Cast) -> Any:
+    from projects import files
+
+    return files.file_save(project=cast.project, name="f.txt", content=b"x")
+
+
 def _endpoint(cast: Cast) -> Any:
     from projects import webhooks
 
@@ -221,6 +234,8 @@ PROJECTS = {
     ("webhook-endpoint-ping", "post"): Call("projects", _pk(_endpoint), 202),
     ("webhook-endpoint-rotate-secret", "post"): Call("projects", _pk(_endpoint)),
     ("webhook-endpoint-redeliver", "post"): Call("projects", _delivery, 202),
+    ("file-list", "post"): Call("projects", _with(_upload_body), 201, format="multipart"),
+    ("file-detail", "delete"): Call("projects", _pk(_file), 204),
 }
 
 
@@ -615,7 +630,7 @@ def test_every_write_route_succeeds_in_a_real_transaction(cast: Cast, settings: 
             continue
         kwargs, body = call.build(cast)
         client = client_for() if call.who == "anonymous" else cast.client(call.who)
-        response = getattr(client, method)(reverse(name, kwargs=kwargs), body, format="json")
+        response = getattr(client, method)(reverse(name, kwargs=kwargs), body, format=call.format)
         if response.status_code != call.status:
             failures.append((name, method, response.status_code, response.content[:300]))
     assert not failures, failures
@@ -645,7 +660,7 @@ def test_every_write_leaves_an_audit_entry(cast: Cast, settings: Any):
         kwargs, body = call.build(cast)
         before = AuditEvent.objects.order_by("-id").values_list("id", flat=True).first() or 0
         client = client_for() if call.who == "anonymous" else cast.client(call.who)
-        response = getattr(client, method)(reverse(name, kwargs=kwargs), body, format="json")
+        response = getattr(client, method)(reverse(name, kwargs=kwargs), body, format=call.format)
         assert response.status_code == call.status, (name, method, response.content[:300])
         written = AuditEvent.objects.filter(id__gt=before).exists()
         if written == ((name, method) in NOT_AUDITED):

@@ -49,3 +49,21 @@ ROUTES.update(
         "webhook-endpoint-redeliver": ObjectRoute(_delivery, **_ADMINS_ONLY),
     }
 )
+
+
+def _file(cast):
+    from projects import files
+
+    return {"pk": files.file_save(project=cast.project, name="m.txt", content=b"x").pk}
+
+
+# Viewers read and download files; developers and up upload and delete them.
+ROUTES.update(
+    {
+        "file-detail": ObjectRoute(_file),
+        "file-content": ObjectRoute(_file),
+        "file-url": ObjectRoute(_file),
+        # The token is the credential: a token not signed here is 404 for everyone.
+        "file-signed-content": ObjectRoute(lambda c: {"token": "not-signed"}, viewer_read=404),
+    }
+)
