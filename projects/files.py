@@ -166,3 +166,23 @@ def file_ref(file: File) -> dict[str, Any]:
         "content_type": file.content_type,
         "size": file.size,
     }
+
+
+def file_resolve(
+    *, project: Project, value: Any, where: str, detail: str = "Invalid file reference."
+) -> File:
+    """The file `{"file": "<id>"}` names in `project`, or InvalidInput keyed by `where` (the
+    field: `input.doc`). A file of another project is not found, like one that never was."""
+    file_id = value.get("file") if isinstance(value, dict) else None
+    if not isinstance(file_id, str):
+        problem = 'Must be a file reference: {"file": "<id>"}.'
+        raise InvalidInput(detail, errors={where: [problem]})
+    try:
+        key = uuid.UUID(file_id)
+    except ValueError:
+        key = None
+    found = File.objects.filter(pk=key, project=project).first() if key else None
+    if found is None:
+        problem = f"No file {file_id!r} in this project."
+        raise InvalidInput(detail, errors={where: [problem]})
+    return found
