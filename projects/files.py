@@ -7,6 +7,7 @@ A run refers to a file by `{"file": "<id>"}`; `file_ref(file)` is what a step's 
 from __future__ import annotations
 
 import hashlib
+import io
 import posixpath
 import unicodedata
 import uuid
@@ -18,6 +19,8 @@ from django.core.files.base import ContentFile
 from django.core.files.base import File as DjangoFile
 from django.core.files.storage import Storage, storages
 from django.db import transaction
+from pypdf import PdfReader
+from pypdf.errors import PyPdfError
 
 from sparkops.errors import InvalidInput
 
@@ -149,6 +152,52 @@ def file_read(file: File, *, limit: int | None = None) -> bytes:
     """At most `limit` bytes of the file (all when None)."""
     with file_open(file) as handle:
         return handle.read() if limit is None else handle.read(limit)
+
+
+IMAGE_TYPES = frozenset({"image/png", "image/jpeg", "image/gif", "image/webp"})
+TEXT_APPLICATION_TYPES = frozenset(
+    {"application/json", "application/xml", "application/yaml", "application/x-yaml"}
+)
+PDF_TYPE = "application/pdf"
+
+
+def is_text(content_type: str) -> bool:
+    return content_type.startswith("text/") or content_type in TEXT_APPLICATION_TYPES
+
+
+def file_text(file: File, *, max_chars: int, max_pages: int) -> str:
+    """The text of a text file (UTF-8, undecodable bytes replaced) or a PDF (pypdf's
+    extraction of its first `max_pages` pages), at most `max_chars` characters; what was cut is
+    said at the end. Raises InvalidInput for another type or a PDF pypdf cannot read."""
+    cut = ""
+    if is_text(file.content_type):
+        raw = file_read(file, limit=max_chars * 4 + 4)  # a character is at most 4 UTF-8 bytes
+        text = raw.decode("utf-8", errors="replace")
+        if len(raw) < file.size:
+            text = text[:max_chars]
+            cut = f"[truncated: the file has {file.size} bytes]"
+    elif file.content_type == PDF_TYPE:
+        text, cut = _pdf_text(file, max_pages)
+    else:
+        detail = f"File '{file.name}' ({file.content_type}) has no text to read."
+        raise InvalidInput(detail, errors={"file": [detail]})
+    if len(text) > max_chars:
+        text = text[:max_chars]
+        cut = cut or f"[truncated at {max_chars} characters]"
+    return f"{text}\n{cut}" if cut else text
+
+
+def _pdf_text(file: File, max_pages: int) -> tuple[str, str]:
+    try:
+        reader = PdfReader(io.BytesIO(file_read(file)))
+        pages = reader.pages
+        total = len(pages)
+        texts = [pages[index].extract_text() or "" for index in range(min(total, max_pages))]
+    except (PyPdfError, ValueError, KeyError, TypeError) as exc:
+        detail = f"File '{file.name}' is not a PDF that can be read: {exc}"
+        raise InvalidInput(detail, errors={"file": [detail]}) from None
+    cut = f"[truncated: the first {max_pages} of {total} pages]" if total > max_pages else ""
+    return "\n\n".join(texts), cut
 
 
 def file_delete(file: File) -> None:

@@ -30,6 +30,7 @@ CHILD_ROOTS = frozenset({"child"})
 BODY_ROOTS = frozenset({"previous", "iteration"})
 UNTIL_ROOTS = frozenset({"output", "iteration"})
 SWITCH_MAX_CASES = 100
+AGENT_MAX_FILES = 20
 NODE_ID_PATTERN = r"^[A-Za-z_][A-Za-z0-9_-]{0,63}$"
 
 _NODE_COMMON: dict[str, Any] = {
@@ -68,6 +69,16 @@ _NODE_FIELDS: dict[str, tuple[dict[str, Any], list[str]]] = {
         {
             "agent": {"type": "string", "minLength": 1, "description": "The agent's slug."},
             "prompt": {"type": "string", "description": "Template of the user prompt."},
+            "files": {
+                "type": "array",
+                "maxItems": AGENT_MAX_FILES,
+                "items": {"type": "string", "minLength": 1},
+                "description": (
+                    "Files the model reads with the prompt: templates that each give a file "
+                    "(`{{ input.photo }}`, `{{ steps.report.output.file }}`) or a list of files. "
+                    "Images go to the model as images, text files and PDFs as their text."
+                ),
+            },
         },
         ["agent", "prompt"],
     ),
@@ -300,7 +311,7 @@ _definition_validator = Draft202012Validator(DEFINITION_SCHEMA)
 
 # Which fields of a node are templates. `when` is a condition (a single expression).
 _TEMPLATE_FIELDS = {
-    "agent": ("prompt",),
+    "agent": ("prompt", "files"),
     "tool": ("args",),
     "approval": ("message",),
     "transform": ("output",),

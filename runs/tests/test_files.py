@@ -1,17 +1,27 @@
 """Files in runs (issue #18): an input property can be a file (`"format": "file"`), checked at
-run creation and expanded to the file's metadata that templates read."""
+run creation and expanded to the file's metadata that templates read; an agent node's `files`
+reach the model through the real SDKs in each one's native format (images as images, text
+files and PDFs as text, within the caps), with policies applied."""
 
 from __future__ import annotations
 
+import base64
+import io
+import json
 from typing import Any
 
 import pytest
+from django.db import transaction
 
+from agents import services as agent_services
+from policies.tests.factories import make_policy
 from projects import files
+from projects import services as project_services
 from runs import services
 from runs.models import Run
-from runs.tests.conftest import drive
+from runs.tests.conftest import drive, events_of
 from runs.tests.factories import make_workflow, transform
+from sparkops.testing.engine import wait_for_run
 
 URL = "/api/v1/runs/"
 PNG = bytes.fromhex("89504e470d0a1a0a0000000d49484452") + b"\0" * 32
@@ -135,3 +145,255 @@ def test_a_file_of_another_project_is_not_found(cast: Any) -> None:
         "input.pages[0]": [f"No file {str(theirs.pk)!r} in this project."]
     }
     assert not Run.objects.exists()
+
+
+# --- agents read files (real worker, real SDKs, the fake provider server) -------------------
+
+KEY = "sk-fake-files-never-recorded"
+MODELS = {"openai": "gpt-test-1", "anthropic": "claude-test-1"}
+EMAIL = "jane.doe@example.com"
+
+
+def pdf(*pages: str) -> bytes:
+    """A small PDF whose pages show `pages` in Helvetica (pypdf extracts them back)."""
+    count = len(pages)
+    kids = " ".join(f"{4 + 2 * i} 0 R" for i in range(count))
+    objects = [
+        "<< /Type /Catalog /Pages 2 0 R >>",
+        f"<< /Type /Pages /Kids [{kids}] /Count {count} >>",
+        "<< /Type /Font /Subtype /Type1 /BaseFont /Helvetica >>",
+    ]
+    for i, text in enumerate(pages):
+        stream = f"BT /F1 12 Tf 72 720 Td ({text}) Tj ET"
+        objects.append(
+            "<< /Type /Page /Parent 2 0 R /MediaBox [0 0 612 792] "
+            f"/Resources << /Font << /F1 3 0 R >> >> /Contents {5 + 2 * i} 0 R >>"
+        )
+        objects.append(f"<< /Length {len(stream)} >>\nstream\n{stream}\nendstream")
+    out = io.BytesIO()
+    out.write(b"%PDF-1.4\n")
+    offsets = []
+    for number, body in enumerate(objects, 1):
+        offsets.append(out.tell())
+        out.write(f"{number} 0 obj\n{body}\nendobj\n".encode())
+    xref = out.tell()
+    out.write(f"xref\n0 {len(objects) + 1}\n0000000000 65535 f \n".encode())
+    for offset in offsets:
+        out.write(f"{offset:010d} 00000 n \n".encode())
+    out.write(
+        f"trailer\n<< /Size {len(objects) + 1} /Root 1 0 R >>\nstartxref\n{xref}\n%%EOF\n".encode()
+    )
+    return out.getvalue()
+
+
+def make_agent(cast: Any, fake_llm: Any, provider: str) -> Any:
+    project_services.secret_create(
+        project=cast.project, actor=cast.owner, name="llm_key", value=KEY
+    )
+    base_url = fake_llm.openai_base_url if provider == "openai" else fake_llm.anthropic_base_url
+    return agent_services.agent_create(
+        actor=cast.owner,
+        project=cast.project,
+        name="Reader",
+        slug="reader",
+        provider=provider,
+        model=MODELS[provider],
+        base_url=base_url,
+        credentials_secret="llm_key",
+        system_prompt="You read files.",
+    )
+
+
+def reading_workflow(cast: Any, files_field: list[str] | None = None) -> Any:
+    return make_workflow(
+        cast.project,
+        cast.owner,
+        [
+            {
+                "id": "read",
+                "type": "agent",
+                "agent": "reader",
+                "prompt": "Describe {{ input.image.name }} and summarise the rest.",
+                "files": files_field or ["{{ input.image }}", "{{ input.docs }}"],
+            }
+        ],
+        input_schema={
+            "type": "object",
+            "properties": {"image": FILE, "docs": {"type": "array", "items": FILE}},
+        },
+        output={"answer": "{{ steps.read.output.text }}"},
+        name="reader",
+    )
+
+
+def file_input(image: Any, *docs: Any) -> dict[str, Any]:
+    return {"image": {"file": str(image.pk)}, "docs": [{"file": str(d.pk)} for d in docs]}
+
+
+def user_message(kind: str, request: Any) -> dict[str, Any]:
+    return next(m for m in request.body["messages"] if m["role"] == "user")
+
+
+@pytest.mark.usefixtures("engine")
+@pytest.mark.parametrize("kind", ["openai", "anthropic"])
+def test_an_agent_is_sent_images_and_text_in_its_sdks_native_format(
+    cast: Any, fake_llm: Any, kind: str
+) -> None:
+    image = files.file_save(project=cast.project, name="cat.png", content=PNG)
+    notes = files.file_save(project=cast.project, name="notes.md", content=b"# Notes\nOtters.")
+    report = files.file_save(
+        project=cast.project, name="q3.pdf", content=pdf("Revenue grew", "Costs fell")
+    )
+    make_agent(cast, fake_llm, kind)
+    fake_llm.enqueue(kind, {"content": "A cat; otters.", "input_tokens": 900, "output_tokens": 7})
+    run = wait_for_run(
+        services.run_create(
+            workflow=reading_workflow(cast),
+            input=file_input(image, notes, report),
+            actor=cast.owner,
+        ).pk
+    )
+    assert run.status == "succeeded", run.error
+    assert run.output == {"answer": "A cat; otters."}
+    (request,) = fake_llm.requests_for(kind)
+    content = user_message(kind, request)["content"]
+    prompt = "Describe cat.png and summarise the rest."
+    data = base64.b64encode(PNG).decode()
+    notes_text = 'File "notes.md" (text/markdown):\n# Notes\nOtters.'
+    pdf_text = 'File "q3.pdf" (application/pdf):\nRevenue grew\n\nCosts fell'
+    if kind == "openai":
+        assert content == [
+            {"type": "text", "text": prompt},
+            {"type": "image_url", "image_url": {"url": f"data:image/png;base64,{data}"}},
+            {"type": "text", "text": notes_text},
+            {"type": "text", "text": pdf_text},
+        ]
+    else:
+        assert content == [
+            {"type": "text", "text": prompt},
+            {
+                "type": "image",
+                "source": {"type": "base64", "media_type": "image/png", "data": data},
+            },
+            {"type": "text", "text": notes_text},
+            {"type": "text", "text": pdf_text},
+        ]
+    step = run.steps.get()
+    assert step.input["files"] == [files.file_ref(f) for f in (image, notes, report)]
+    # tokens and cost come from the provider's usage, images included, as for any call
+    (call,) = events_of(run, "llm.call")
+    assert (call.payload["input_tokens"], call.payload["output_tokens"]) == (900, 7)
+    assert (step.input_tokens, step.output_tokens) == (900, 7)
+    assert data not in json.dumps([step.input, step.output, step.state], default=str)
+
+
+@pytest.mark.usefixtures("engine")
+def test_text_and_pdf_pages_are_cut_at_the_caps(cast: Any, fake_llm: Any, settings: Any) -> None:
+    settings.SPARKOPS_AGENT_FILE_MAX_CHARS = 10
+    settings.SPARKOPS_AGENT_FILE_MAX_PAGES = 2
+    image = files.file_save(project=cast.project, name="cat.png", content=PNG)
+    long = files.file_save(project=cast.project, name="long.txt", content=b"abcdefghij" * 50)
+    report = files.file_save(project=cast.project, name="r.pdf", content=pdf("One", "Two", "3"))
+    make_agent(cast, fake_llm, "openai")
+    run = wait_for_run(
+        services.run_create(
+            workflow=reading_workflow(cast), input=file_input(image, long, report), actor=cast.owner
+        ).pk
+    )
+    assert run.status == "succeeded", run.error
+    texts = [p["text"] for p in user_message("openai", fake_llm.requests[0])["content"][2:]]
+    assert texts == [
+        'File "long.txt" (text/plain):\nabcdefghij\n[truncated: the file has 500 bytes]',
+        'File "r.pdf" (application/pdf):\nOne\n\nTwo\n[truncated: the first 2 of 3 pages]',
+    ]
+
+
+@pytest.mark.usefixtures("engine")
+def test_a_file_the_model_cannot_read_fails_the_step_clearly(cast: Any, fake_llm: Any) -> None:
+    image = files.file_save(project=cast.project, name="cat.png", content=PNG)
+    blob = files.file_save(project=cast.project, name="data.bin", content=b"\x00\x01\xff" * 9)
+    make_agent(cast, fake_llm, "anthropic")
+    run = wait_for_run(
+        services.run_create(
+            workflow=reading_workflow(cast), input=file_input(image, blob), actor=cast.owner
+        ).pk
+    )
+    assert run.status == "failed"
+    error = run.steps.get().error
+    assert error["type"] == "unreadable_file", error
+    assert "data.bin" in error["message"] and "application/octet-stream" in error["message"]
+    assert fake_llm.requests_for("anthropic") == []
+
+
+@pytest.mark.usefixtures("engine")
+def test_a_deleted_file_fails_the_step(cast: Any, fake_llm: Any) -> None:
+    image = files.file_save(project=cast.project, name="cat.png", content=PNG)
+    make_agent(cast, fake_llm, "openai")
+    workflow = reading_workflow(cast, ["{{ input.image }}", "{{ input.docs }}"])
+    with transaction.atomic():  # deleted after the run checked it, before its first task
+        run = services.run_create(workflow=workflow, input=file_input(image), actor=cast.owner)
+        files.file_delete(image)
+    run = wait_for_run(run.pk)
+    assert run.status == "failed"
+    assert run.steps.get().error["type"] == "file_not_found"
+    assert fake_llm.requests == []
+
+
+@pytest.mark.usefixtures("engine")
+def test_content_rules_and_token_limits_apply_to_a_files_text(cast: Any, fake_llm: Any) -> None:
+    image = files.file_save(project=cast.project, name="cat.png", content=PNG)
+    notes = files.file_save(project=cast.project, name="n.txt", content=f"mail {EMAIL}".encode())
+    make_agent(cast, fake_llm, "openai")
+    make_policy(cast.project, cast.owner, "pii", {"apply_to": ["prompt"]})
+    run = wait_for_run(
+        services.run_create(
+            workflow=reading_workflow(cast), input=file_input(image, notes), actor=cast.owner
+        ).pk
+    )
+    assert run.status == "succeeded", run.error
+    sent = json.dumps(fake_llm.requests_for("openai")[0].body)
+    assert EMAIL not in sent and "mail [REDACTED_EMAIL]" in sent
+
+    big = files.file_save(project=cast.project, name="big.txt", content=b"word " * 2000)
+    policy = make_policy(
+        cast.project,
+        cast.owner,
+        "max_tokens_per_call",
+        {"max_tokens": 256, "max_input_tokens": 500},
+        name="short prompts",
+    )
+    run = wait_for_run(
+        services.run_create(
+            workflow=reading_workflow(cast), input=file_input(image, big), actor=cast.owner
+        ).pk
+    )
+    assert run.status == "failed"
+    error = run.steps.get().error
+    assert error["type"] == "policy_denied" and error["policy"]["id"] == policy.pk
+    assert "input tokens" in error["message"]
+    assert len(fake_llm.requests_for("openai")) == 1  # the refused call was never made
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize(
+    ("files_field", "where"),
+    [
+        ("{{ input.image }}", "definition.nodes[0].files"),
+        ([7], "definition.nodes[0].files[0]"),
+        (["{{ steps.nowhere.output }}"], "definition.nodes[0].files[0]"),
+        (["x"] * 21, "definition.nodes[0].files"),
+    ],
+)
+def test_an_agents_files_are_checked_when_the_workflow_is_saved(
+    cast: Any, fake_llm: Any, settings: Any, files_field: Any, where: str
+) -> None:
+    settings.SPARKOPS_OUTBOUND_ALLOW = ["127.0.0.1"]
+    make_agent(cast, fake_llm, "openai")
+    node = {"id": "read", "type": "agent", "agent": "reader", "prompt": "Hi", "files": files_field}
+    response = cast.client("developer").post(
+        "/api/v1/workflows/",
+        {"project": str(cast.project.pk), "name": "bad", "definition": {"nodes": [node]}},
+        format="json",
+    )
+    assert response.status_code == 400, response.json()
+    assert where in response.json()["errors"], response.json()
