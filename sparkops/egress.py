@@ -761,6 +761,8 @@ def request(
     params: Any = None,
     json: Any = None,
     content: bytes | str | None = None,
+    data: Mapping[str, str] | None = None,
+    files: list[tuple[str, tuple[str, bytes, str]]] | None = None,
     timeout: float | None = None,
     max_bytes: int | None = None,
     follow_redirects: bool = True,
@@ -771,7 +773,9 @@ def request(
     is bounded by SPARKOPS_OUTBOUND_CONNECT_TIMEOUT (or `timeout` if smaller), and the whole
     exchange, redirects and body included, by connect + read timeout. Raises EgressDenied
     for a refused target (any hop) and EgressError for timeouts, connection failures, too
-    many redirects, or a body over `max_bytes` (default SPARKOPS_OUTBOUND_MAX_BYTES)."""
+    many redirects, or a body over `max_bytes` (default SPARKOPS_OUTBOUND_MAX_BYTES).
+    `files` (with `data`, form fields) sends a multipart/form-data body: (part name, (file name,
+    bytes, content type)) each."""
     read_timeout = float(
         timeout if timeout is not None else settings.SPARKOPS_OUTBOUND_READ_TIMEOUT
     )
@@ -793,7 +797,10 @@ def request(
                 params=params,
                 json=json,
                 content=content,
+                data=data,
+                files=files,
             )
+            req.read()  # a multipart body is a stream: read it so a redirect can send it again
         hops = 0
         while True:
             with _mapped_errors(req.url):

@@ -8,6 +8,8 @@ from __future__ import annotations
 import base64
 import io
 import json
+from email import policy
+from email.parser import BytesParser
 from typing import Any
 
 import pytest
@@ -17,11 +19,14 @@ from agents import services as agent_services
 from policies.tests.factories import make_policy
 from projects import files
 from projects import services as project_services
+from projects.models import File
 from runs import services
 from runs.models import Run
-from runs.tests.conftest import drive, events_of
+from runs.tests.conftest import Raw, drive, events_of
 from runs.tests.factories import make_workflow, transform
+from sparkops.errors import InvalidInput
 from sparkops.testing.engine import wait_for_run
+from tools import services as tool_services
 
 URL = "/api/v1/runs/"
 PNG = bytes.fromhex("89504e470d0a1a0a0000000d49484452") + b"\0" * 32
@@ -397,3 +402,155 @@ def test_an_agents_files_are_checked_when_the_workflow_is_saved(
     )
     assert response.status_code == 400, response.json()
     assert where in response.json()["errors"], response.json()
+
+
+# --- HTTP tools send and save files ---------------------------------------------------------
+
+
+def file_tool(cast: Any, name: str, url: str, **config: Any) -> Any:
+    return tool_services.tool_create(
+        actor=cast.owner,
+        project=cast.project,
+        name=name,
+        kind="http",
+        parameters={"type": "object", "properties": {"file": {"type": "object"}}},
+        config={"method": "POST", "url": url, **config},
+    )
+
+
+def tool_run(cast: Any, tool: str, args: dict[str, Any], doc: Any = None) -> Run:
+    workflow = make_workflow(
+        cast.project,
+        cast.owner,
+        [{"id": "send", "type": "tool", "tool": tool, "args": args}],
+        input_schema={"type": "object", "properties": {"doc": FILE}},
+        output={"sent": "{{ steps.send.output }}"},
+        name=f"send-{tool}",
+    )
+    input = {"doc": {"file": str(doc.pk)}} if doc is not None else {}
+    return wait_for_run(services.run_create(workflow=workflow, input=input, actor=cast.owner).pk)
+
+
+@pytest.mark.usefixtures("engine")
+def test_an_http_tool_sends_a_file_as_the_body(cast: Any, tool_server: Any) -> None:
+    doc = files.file_save(project=cast.project, name="cat.png", content=PNG)
+    url = tool_server.url + "/upload"
+    file_tool(cast, "put_file", url, body_file="{{ args.file }}")
+    run = tool_run(cast, "put_file", {"file": "{{ input.doc }}"}, doc)
+    assert run.status == "succeeded", run.error
+    (hit,) = tool_server.calls("/upload")
+    assert hit.raw == PNG
+    assert hit.headers["content-type"] == "image/png"
+
+
+@pytest.mark.usefixtures("engine")
+def test_an_http_tool_sends_a_file_as_a_multipart_part(cast: Any, tool_server: Any) -> None:
+    doc = files.file_save(project=cast.project, name="notes.md", content=b"# Notes\nOtters.")
+    file_tool(
+        cast,
+        "form_post",
+        tool_server.url + "/form",
+        multipart={"document": "{{ args.file }}", "title": "Notes of {{ args.file.name }}"},
+    )
+    run = tool_run(cast, "form_post", {"file": "{{ input.doc }}"}, doc)
+    assert run.status == "succeeded", run.error
+    (hit,) = tool_server.calls("/form")
+    assert hit.headers["content-type"].startswith("multipart/form-data; boundary=")
+    head = f"Content-Type: {hit.headers['content-type']}\r\n\r\n".encode()
+    message = BytesParser(policy=policy.default).parsebytes(head + hit.raw)
+    parts = {
+        part.get_param("name", header="content-disposition"): part for part in message.iter_parts()
+    }
+    assert parts["document"].get_filename() == "notes.md"
+    assert parts["document"].get_content_type() == "text/markdown"
+    assert parts["document"].get_payload(decode=True) == b"# Notes\nOtters."
+    assert parts["title"].get_payload(decode=True) == b"Notes of notes.md"
+
+
+@pytest.mark.usefixtures("engine")
+def test_an_http_tool_saves_its_response_as_a_file_without_secrets(
+    cast: Any, tool_server: Any
+) -> None:
+    token = "tok-4f1e0c9a-very-secret"
+    project_services.secret_create(
+        project=cast.project, actor=cast.owner, name="api_token", value=token
+    )
+    body = f"report for bearer {token}\n".encode() + PNG
+    tool_server.route(
+        "/report",
+        lambda hit: (
+            200,
+            Raw(
+                body,
+                {
+                    "Content-Type": "application/octet-stream",
+                    "Content-Disposition": 'attachment; filename="report.bin"',
+                },
+            ),
+        ),
+    )
+    file_tool(
+        cast,
+        "get_report",
+        tool_server.url + "/report",
+        body={"q": "all"},
+        auth={"type": "bearer", "secret": "api_token"},
+        save_response_as_file=True,
+    )
+    run = tool_run(cast, "get_report", {})
+    assert run.status == "succeeded", run.error
+    output = run.steps.get().output
+    assert output is not None
+    saved = File.objects.get(pk=output["file"])
+    assert output == files.file_ref(saved)
+    assert run.output == {"sent": output}
+    assert (saved.name, saved.source, saved.run_id, saved.node_id) == (
+        "report.bin",
+        "run",
+        run.pk,
+        "send",
+    )
+    assert files.file_read(saved) == b"report for bearer ***\n" + PNG
+    assert tool_server.calls("/report")[0].headers["authorization"] == f"Bearer {token}"
+
+
+@pytest.mark.usefixtures("engine")
+def test_a_response_larger_than_the_file_limit_fails_clearly(
+    cast: Any, tool_server: Any, settings: Any
+) -> None:
+    settings.SPARKOPS_FILE_MAX_BYTES = 100
+    tool_server.route("/big", lambda hit: (200, Raw(b"x" * 1000)))
+    file_tool(
+        cast,
+        "get_big",
+        tool_server.url + "/big",
+        save_response_as_file=True,
+        response_file_name="big-{{ args.file.name }}.txt",
+    )
+    run = tool_run(cast, "get_big", {"file": {"name": "one"}})
+    assert run.status == "failed"
+    error = run.steps.get().error
+    assert error is not None and error["type"] == "tool_error"
+    assert "larger than the file limit of 100 bytes" in error["message"], error
+    assert not File.objects.exists()
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize(
+    ("config", "field", "message"),
+    [
+        ({"body": "{{ args }}", "body_file": "{{ args.file }}"}, "config.body_file", "one body"),
+        ({"method": "GET", "body_file": "{{ args.file }}"}, "config.body_file", "no body"),
+        ({"multipart": {"f": "{{ nope.file }}"}}, "config.multipart.f", "Unknown name"),
+        ({"multipart": {}}, "config.multipart", ""),
+        ({"response_file_name": "x.txt"}, "config.response_file_name", "Only a tool"),
+        ({"save_response_as_file": "yes"}, "config.save_response_as_file", ""),
+    ],
+)
+def test_file_settings_of_an_http_tool_are_checked_on_save(
+    cast: Any, config: dict[str, Any], field: str, message: str
+) -> None:
+    with pytest.raises(InvalidInput) as raised:
+        file_tool(cast, "bad", "https://example.com/x", **config)
+    errors = raised.value.errors or {}
+    assert message in " ".join(errors[field]), errors

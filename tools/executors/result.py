@@ -15,3 +15,15 @@ class ToolResult:
     http_status: int | None = None
     error: str | None = None
     retryable: bool = False
+
+
+@dataclass
+class FileScope:
+    """Where an HTTP tool's files come from and go: the project (a row or its id) whose files
+    `body_file` and `multipart` may send, and what a saved response records (the run and node
+    that wrote it, or the person who invoked the tool)."""
+
+    project: Any
+    run_id: Any = None
+    node_id: str = ""
+    actor: Any = None
