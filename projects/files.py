@@ -11,6 +11,7 @@ import io
 import posixpath
 import unicodedata
 import uuid
+from collections.abc import Callable
 from typing import IO, Any
 
 import filetype
@@ -19,6 +20,7 @@ from django.core.files.base import ContentFile
 from django.core.files.base import File as DjangoFile
 from django.core.files.storage import Storage, storages
 from django.db import transaction
+from django.urls import NoReverseMatch, reverse
 from pypdf import PdfReader
 from pypdf.errors import PyPdfError
 
@@ -235,3 +237,50 @@ def file_resolve(
         problem = f"No file {file_id!r} in this project."
         raise InvalidInput(detail, errors={where: [problem]})
     return found
+
+
+REF_KEYS = frozenset({"file", "name", "content_type", "size"})
+
+
+def is_file_ref(value: Any) -> bool:
+    """Whether `value` has the shape of file_ref(...): what a run's input or output holds."""
+    if not isinstance(value, dict) or not value.keys() >= REF_KEYS:
+        return False
+    try:
+        uuid.UUID(str(value["file"]))
+    except ValueError:
+        return False
+    return True
+
+
+def file_refs(value: Any) -> list[dict[str, Any]]:
+    """Every file reference in a JSON value, in order (nested dicts and lists)."""
+    found: list[dict[str, Any]] = []
+    if is_file_ref(value):
+        found.append(value)
+    elif isinstance(value, dict):
+        for item in value.values():
+            found += file_refs(item)
+    elif isinstance(value, list):
+        for item in value:
+            found += file_refs(item)
+    return found
+
+
+def file_content_path(file_id: Any) -> str:
+    """The path that streams a file's bytes (the files API's `file-content` route)."""
+    try:
+        return reverse("file-content", kwargs={"pk": str(file_id)})
+    except NoReverseMatch:  # the route is not mounted: its documented path
+        return f"/api/v1/files/{file_id}/content/"
+
+
+def with_file_urls(value: Any, absolute: Callable[[str], str]) -> Any:
+    """`value` with a `url` (`absolute(file_content_path(id))`) added to each file reference."""
+    if is_file_ref(value):
+        return {**value, "url": absolute(file_content_path(value["file"]))}
+    if isinstance(value, dict):
+        return {key: with_file_urls(item, absolute) for key, item in value.items()}
+    if isinstance(value, list):
+        return [with_file_urls(item, absolute) for item in value]
+    return value

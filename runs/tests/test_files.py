@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 from django.db import transaction
 
+from accounts.tests.factories import UserFactory
 from agents import services as agent_services
 from policies.tests.factories import make_policy
 from projects import files
@@ -554,3 +555,58 @@ def test_file_settings_of_an_http_tool_are_checked_on_save(
         file_tool(cast, "bad", "https://example.com/x", **config)
     errors = raised.value.errors or {}
     assert message in " ".join(errors[field]), errors
+
+
+# --- outputs that are files show as links ---------------------------------------------------
+
+
+def passing_workflow(cast: Any) -> Any:
+    return make_workflow(
+        cast.project,
+        cast.owner,
+        [transform("pick", {"chosen": "{{ input.doc }}", "note": "kept"})],
+        input_schema={"type": "object", "properties": {"doc": FILE}},
+        output="{{ steps.pick.output.chosen }}",
+        name="passing",
+    )
+
+
+@pytest.mark.django_db
+def test_file_references_in_the_api_carry_a_download_url(cast: Any) -> None:
+    doc = files.file_save(project=cast.project, name="notes.txt", content=b"hello")
+    run = drive(
+        services.run_create(
+            workflow=passing_workflow(cast), input={"doc": {"file": str(doc.pk)}}, actor=cast.owner
+        )
+    )
+    assert run.status == "succeeded", run.error
+    url = f"http://testserver/api/v1/files/{doc.pk}/content/"
+    linked = {**files.file_ref(doc), "url": url}
+    client = cast.client("viewer")
+    detail = client.get(f"{URL}{run.pk}/").json()
+    assert detail["input"] == {"doc": linked}
+    assert detail["output"] == linked
+    (listed,) = client.get(URL).json()["results"]
+    assert listed["output"] == linked
+    (step,) = client.get(f"{URL}{run.pk}/steps/").json()
+    assert step["output"] == {"chosen": linked, "note": "kept"}
+    # stored as it was: the URL is the API's, not the run's
+    assert Run.objects.get(pk=run.pk).output == files.file_ref(doc)
+
+
+@pytest.mark.django_db
+def test_the_console_run_page_links_the_files(cast: Any, client: Any) -> None:
+    doc = files.file_save(project=cast.project, name="notes.txt", content=b"hello")
+    run = drive(
+        services.run_create(
+            workflow=passing_workflow(cast), input={"doc": {"file": str(doc.pk)}}, actor=cast.owner
+        )
+    )
+    client.force_login(UserFactory(is_staff=True, is_superuser=True))
+    link = f'<a href="/api/v1/files/{doc.pk}/content/" download>notes.txt</a>'
+    html = client.get(f"/admin/runs/run/{run.pk}/change/").content.decode()
+    assert html.count(link) == 1, html  # input, step output and run output: one file
+    assert "text/plain, 5 bytes" in html
+    step = run.steps.get()
+    html = client.get(f"/admin/runs/runstep/{step.pk}/change/").content.decode()
+    assert link in html
