@@ -89,7 +89,10 @@ def test_a_file_input_is_expanded_to_its_metadata_that_templates_read(cast: Any)
         format="json",
     )
     assert response.status_code == 201, response.json()
-    assert response.json()["input"]["doc"] == files.file_ref(doc)
+    assert response.json()["input"]["doc"] == {
+        **files.file_ref(doc),
+        "url": f"http://testserver/api/v1/files/{doc.pk}/content/",
+    }
     run = drive(Run.objects.get(pk=response.json()["id"]))
     assert run.status == "succeeded", run.error
     assert run.input == {"doc": files.file_ref(doc), "pages": [files.file_ref(page)]}
