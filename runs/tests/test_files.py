@@ -17,6 +17,7 @@ from django.db import transaction
 
 from accounts.tests.factories import UserFactory
 from agents import services as agent_services
+from agents.attachments import attachment_for
 from policies.tests.factories import make_policy
 from projects import files
 from projects import services as project_services
@@ -613,3 +614,119 @@ def test_the_console_run_page_links_the_files(cast: Any, client: Any) -> None:
     step = run.steps.get()
     html = client.get(f"/admin/runs/runstep/{step.pk}/change/").content.decode()
     assert link in html
+
+
+# --- what the README promises besides -------------------------------------------------------
+
+
+@pytest.mark.usefixtures("engine")
+def test_a_paused_agent_loop_keeps_no_image_and_sends_it_again_on_resume(
+    cast: Any, fake_llm: Any, tool_server: Any
+) -> None:
+    image = files.file_save(project=cast.project, name="cat.png", content=PNG)
+    url = tool_server.route("/send", lambda hit: (200, {"ok": True}))
+    send = tool_services.tool_create(
+        actor=cast.owner,
+        project=cast.project,
+        name="send",
+        kind="http",
+        parameters={"type": "object", "properties": {}},
+        config={"method": "POST", "url": url, "body": "{{ args }}"},
+    )
+    agent = make_agent(cast, fake_llm, "anthropic")
+    agent_services.agent_update(agent=agent, actor=cast.owner, tools=[send.pk])
+    make_policy(cast.project, cast.owner, "tool_requires_approval", {"tools": ["send"]})
+    call = {"id": "call_s", "name": "send", "arguments": {}}
+    fake_llm.enqueue("anthropic", {"tool_calls": [call]})
+    fake_llm.enqueue("anthropic", {"content": "Sent."})
+    run = services.run_create(
+        workflow=reading_workflow(cast), input=file_input(image), actor=cast.owner
+    )
+    run = wait_for_run(run.pk, ("waiting_approval",))
+    step = run.steps.get()
+    data = base64.b64encode(PNG).decode()
+    assert step.state and data not in json.dumps(step.state)
+    response = cast.client("developer").post(
+        f"{URL}{run.pk}/steps/read/approve", {"comment": ""}, format="json"
+    )
+    assert response.status_code == 200, response.json()
+    run = wait_for_run(run.pk)
+    assert run.status == "succeeded", run.error
+    first, second = fake_llm.requests_for("anthropic")
+    assert user_message("anthropic", first) == user_message("anthropic", second)
+    assert user_message("anthropic", second)["content"][1]["source"]["data"] == data
+
+
+@pytest.mark.usefixtures("engine")
+def test_null_files_are_skipped_and_a_value_that_is_no_file_fails_the_step(
+    cast: Any, fake_llm: Any
+) -> None:
+    image = files.file_save(project=cast.project, name="cat.png", content=PNG)
+    make_agent(cast, fake_llm, "openai")
+    workflow = reading_workflow(cast, ["{{ input.image }}", "{{ none }}"])
+    run = wait_for_run(
+        services.run_create(workflow=workflow, input=file_input(image), actor=cast.owner).pk
+    )
+    assert run.status == "succeeded", run.error
+    assert len(user_message("openai", fake_llm.requests[0])["content"]) == 2  # text and image
+
+    workflow = reading_workflow(cast, ["{{ input.image.name }}"])
+    run = wait_for_run(
+        services.run_create(workflow=workflow, input=file_input(image), actor=cast.owner).pk
+    )
+    assert run.status == "failed"
+    error = run.steps.get().error
+    assert error["type"] == "invalid_file" and '"cat.png"' in error["message"], error
+
+
+@pytest.mark.django_db
+def test_images_over_the_cap_and_broken_pdfs_are_refused_with_the_reason(
+    cast: Any, settings: Any
+) -> None:
+    settings.SPARKOPS_AGENT_IMAGE_MAX_BYTES = 10
+    image = files.file_save(project=cast.project, name="cat.png", content=PNG)
+    with pytest.raises(InvalidInput, match=r"Image 'cat\.png' has 48 bytes; .* at most 10 bytes"):
+        attachment_for(image)
+    broken = files.file_save(project=cast.project, name="x.pdf", content=b"%PDF-1.4\n" + PNG)
+    assert broken.content_type == "application/pdf"
+    with pytest.raises(InvalidInput, match=r"File 'x\.pdf' is not a PDF that can be read"):
+        attachment_for(broken)
+
+
+@pytest.mark.usefixtures("engine")
+def test_an_http_tool_file_from_another_project_fails_naming_the_field(
+    cast: Any, tool_server: Any
+) -> None:
+    theirs = files.file_save(project=cast.other_project, name="t.txt", content=b"theirs")
+    file_tool(cast, "put_file", tool_server.url + "/upload", body_file="{{ args.file }}")
+    run = tool_run(cast, "put_file", {"file": {"file": str(theirs.pk)}})
+    assert run.status == "failed"
+    error = run.steps.get().error
+    assert error is not None
+    assert error["message"] == f"config.body_file: No file {str(theirs.pk)!r} in this project."
+    assert tool_server.calls("/upload") == []
+
+
+@pytest.mark.usefixtures("engine")
+def test_headers_set_the_sent_files_type_and_an_unnamed_response_is_response(
+    cast: Any, tool_server: Any
+) -> None:
+    doc = files.file_save(project=cast.project, name="cat.png", content=PNG)
+    file_tool(
+        cast,
+        "put_file",
+        tool_server.url + "/upload",
+        body_file="{{ args.file }}",
+        headers={"content-type": "application/x-custom"},
+        save_response_as_file=True,
+    )
+    run = tool_run(cast, "put_file", {"file": "{{ input.doc }}"}, doc)
+    assert run.status == "succeeded", run.error
+    (hit,) = tool_server.calls("/upload")
+    assert hit.headers["content-type"] == "application/x-custom" and hit.raw == PNG
+    output = run.steps.get().output
+    assert output is not None
+    saved = File.objects.get(pk=output["file"])
+    # the type is sniffed from the bytes, never the server's word: JSON without an extension
+    assert (saved.name, saved.content_type) == ("response", "text/plain")
+    assert json.loads(files.file_read(saved))["path"] == "/upload"
