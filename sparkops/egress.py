@@ -761,8 +761,7 @@ def request(
     params: Any = None,
     json: Any = None,
     content: bytes | str | None = None,
-    data: Mapping[str, str] | None = None,
-    files: list[tuple[str, tuple[str, bytes, str]]] | None = None,
+    files: list[tuple[str, tuple[str | None, bytes, str | None]]] | None = None,
     timeout: float | None = None,
     max_bytes: int | None = None,
     follow_redirects: bool = True,
@@ -774,8 +773,8 @@ def request(
     exchange, redirects and body included, by connect + read timeout. Raises EgressDenied
     for a refused target (any hop) and EgressError for timeouts, connection failures, too
     many redirects, or a body over `max_bytes` (default SPARKOPS_OUTBOUND_MAX_BYTES).
-    `files` (with `data`, form fields) sends a multipart/form-data body: (part name, (file name,
-    bytes, content type)) each."""
+    `files` sends a multipart/form-data body: (part name, (file name, bytes, content type)) each;
+    a part with no file name (and type None) is a plain form field."""
     read_timeout = float(
         timeout if timeout is not None else settings.SPARKOPS_OUTBOUND_READ_TIMEOUT
     )
@@ -797,7 +796,6 @@ def request(
                 params=params,
                 json=json,
                 content=content,
-                data=data,
                 files=files,
             )
             req.read()  # a multipart body is a stream: read it so a redirect can send it again

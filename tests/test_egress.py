@@ -743,10 +743,8 @@ def test_303_turns_post_into_get_and_307_keeps_post(settings: Any, server: Local
 
 def test_a_multipart_body_is_sent_again_after_a_307(settings: Any, server: LocalServer) -> None:
     settings.SPARKOPS_OUTBOUND_ALLOW = ["127.0.0.1"]
-    parts = [("doc", ("a.txt", b"file bytes", "text/plain"))]
-    echoed = request(
-        "POST", _redirect(server, "/echo", 307), data={"title": "T"}, files=parts
-    ).json()
+    parts = [("title", (None, b"T", None)), ("doc", ("a.txt", b"file bytes", "text/plain"))]
+    echoed = request("POST", _redirect(server, "/echo", 307), files=parts).json()
     assert echoed["method"] == "POST"
     assert echoed["headers"]["content-type"].startswith("multipart/form-data; boundary=")
     body = echoed["body"]

@@ -473,6 +473,16 @@ def test_an_http_tool_sends_a_file_as_a_multipart_part(cast: Any, tool_server: A
 
 
 @pytest.mark.usefixtures("engine")
+def test_a_multipart_body_of_fields_only_is_still_multipart(cast: Any, tool_server: Any) -> None:
+    file_tool(cast, "form_post", tool_server.url + "/form", multipart={"n": "{{ args.file.n }}"})
+    run = tool_run(cast, "form_post", {"file": {"n": 7}})
+    assert run.status == "succeeded", run.error
+    (hit,) = tool_server.calls("/form")
+    assert hit.headers["content-type"].startswith("multipart/form-data; boundary=")
+    assert b'Content-Disposition: form-data; name="n"\r\n\r\n7\r\n' in hit.raw
+
+
+@pytest.mark.usefixtures("engine")
 def test_an_http_tool_saves_its_response_as_a_file_without_secrets(
     cast: Any, tool_server: Any
 ) -> None:

@@ -85,8 +85,7 @@ class _Request:
         self.sensitive: list[str] = []
         self.scope = files
         self.content: bytes | None = None
-        self.data: dict[str, str] = {}
-        self.parts: list[tuple[str, tuple[str, bytes, str]]] = []
+        self.parts: list[tuple[str, tuple[str | None, bytes, str | None]]] = []
         self.method = config["method"].upper()
         url = _render(config["url"], context, "config.url")
         if not isinstance(url, str):
@@ -120,8 +119,8 @@ class _Request:
             if isinstance(value, dict) and "file" in value:
                 file = self._file(value, f"multipart.{name}")
                 self.parts.append((name, (file.name, file_read(file), file.content_type)))
-            else:
-                self.data[name] = _text(value)
+            else:  # a form field: a part without a file name
+                self.parts.append((name, (None, _text(value).encode(), None)))
         self.response_name = ""
         if config.get("save_response_as_file") and files is None:
             raise _RenderError("This tool saves its response as a file, which needs a project.")
@@ -290,7 +289,6 @@ def execute_http(
                 params=request.params or None,
                 json=request.body,
                 content=request.content,
-                data=request.data or None,
                 files=request.parts or None,
                 timeout=this_try,
                 max_bytes=max_bytes,
