@@ -97,7 +97,9 @@ class RecordColumns:
         """Files in the input and the output; a run's page adds those of its steps."""
         values = [obj.input, obj.output]
         if isinstance(obj, Run):
-            values += [v for row in obj.steps.values_list("input", "output") for v in row]
+            # a map's items are in the map step's output: not read one by one
+            steps = obj.steps.filter(item_index__isnull=True).values_list("input", "output")
+            values += [value for row in steps for value in row]
         return file_links(*values)
 
     @admin.display(description="error")
