@@ -45,7 +45,14 @@ def call_tool(
             secrets=checkpoint.secrets,
             idempotency_key=idempotency_key,
             timeout=max(min(checkpoint.remaining(), 300.0), 0.1),
-            files=FileScope(project=step.run.project_id, run_id=step.run_id, node_id=step.node_id),
+            files=FileScope(
+                project=step.run.project_id,
+                run_id=step.run_id,
+                node_id=step.node_id,
+                scan_text=lambda text: policy_hooks.on_tool_result(
+                    step=step, tool=tool, output=text
+                ),
+            ),
         )
     except SparkOpsError as exc:
         checkpoint.event(

@@ -740,3 +740,45 @@ def test_headers_set_the_sent_files_type_and_an_unnamed_response_is_response(
     # the type is sniffed from the bytes, never the server's word: JSON without an extension
     assert (saved.name, saved.content_type) == ("response", "text/plain")
     assert json.loads(files.file_read(saved))["path"] == "/upload"
+
+
+@pytest.mark.usefixtures("engine")
+def test_content_rules_of_tool_outputs_apply_to_a_saved_text_file(
+    cast: Any, tool_server: Any
+) -> None:
+    tool_server.route("/contacts", lambda hit: (200, Raw(f"name,mail\nJane,{EMAIL}\n".encode())))
+    make_policy(cast.project, cast.owner, "pii", {"apply_to": ["tool_output"]})
+    file_tool(
+        cast,
+        "export",
+        tool_server.url + "/contacts",
+        save_response_as_file=True,
+        response_file_name="contacts.csv",
+    )
+    run = tool_run(cast, "export", {})
+    assert run.status == "succeeded", run.error
+    output = run.steps.get().output
+    assert output is not None
+    saved = File.objects.get(pk=output["file"])
+    assert files.file_read(saved) == b"name,mail\nJane,[REDACTED_EMAIL]\n"
+    assert saved.size == len(b"name,mail\nJane,[REDACTED_EMAIL]\n")
+
+
+@pytest.mark.usefixtures("engine")
+def test_a_saved_text_file_a_content_rule_denies_fails_the_step(
+    cast: Any, tool_server: Any
+) -> None:
+    tool_server.route("/plans", lambda hit: (200, Raw(b"PROJECT X launches in May\n")))
+    policy = make_policy(
+        cast.project,
+        cast.owner,
+        "blocked_patterns",
+        {"patterns": ["project x"], "apply_to": ["tool_output"]},
+    )
+    file_tool(cast, "plans", tool_server.url + "/plans", save_response_as_file=True)
+    run = tool_run(cast, "plans", {})
+    assert run.status == "failed"
+    error = run.steps.get().error
+    assert error is not None and error["type"] == "policy_denied", error
+    assert error["policy"]["id"] == policy.pk
+    assert not File.objects.exists()

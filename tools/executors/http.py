@@ -184,16 +184,25 @@ def _saved(
     response: egress.EgressResponse, request: _Request, secrets: SecretBag
 ) -> dict[str, Any]:
     """Store the response body as a file of the scope's project (secrets redacted from its
-    bytes) and return its reference; InvalidInput when there is nothing to store."""
+    bytes, a text file through the scope's content rules) and return its reference;
+    InvalidInput when there is nothing to store."""
     scope = request.scope
     assert scope is not None  # checked before the request was sent
     match = _FILENAME.search(response.headers.get("content-disposition", ""))
     name = request.response_name or (match.group(1) if match else "") or "response"
     name = secrets.redact(name, request.sensitive)
+    content = secrets.redact_bytes(response.content, request.sensitive)
+    if scope.scan_text is not None:
+        try:
+            text = content.decode("utf-8")
+        except UnicodeDecodeError:  # binary: no text for content rules to read
+            pass
+        else:
+            content = scope.scan_text(text).encode()
     saved = file_save(
         project=scope.project if isinstance(scope.project, Project) else _project(scope.project),
         name=name,
-        content=secrets.redact_bytes(response.content, request.sensitive),
+        content=content,
         source=File.Source.RUN if scope.run_id else File.Source.UPLOAD,
         run_id=scope.run_id,
         node_id=scope.node_id,
