@@ -782,3 +782,29 @@ def test_a_saved_text_file_a_content_rule_denies_fails_the_step(
     assert error is not None and error["type"] == "policy_denied", error
     assert error["policy"]["id"] == policy.pk
     assert not File.objects.exists()
+
+
+@pytest.mark.usefixtures("engine")
+def test_an_agent_cannot_read_another_projects_file_by_its_id(cast: Any, fake_llm: Any) -> None:
+    theirs = files.file_save(project=cast.other_project, name="t.png", content=PNG)
+    make_agent(cast, fake_llm, "openai")
+    workflow = make_workflow(
+        cast.project,
+        cast.owner,
+        [
+            {
+                "id": "read",
+                "type": "agent",
+                "agent": "reader",
+                "prompt": "Look",
+                "files": [f"{{{{ {{'file': '{theirs.pk}'}} }}}}"],
+            }
+        ],
+        name="peek",
+    )
+    run = wait_for_run(services.run_create(workflow=workflow, input={}, actor=cast.owner).pk)
+    assert run.status == "failed"
+    error = run.steps.get().error
+    assert error is not None and error["type"] == "file_not_found", error
+    assert error["message"] == f"No file {str(theirs.pk)!r} in this project."
+    assert fake_llm.requests == []
