@@ -385,6 +385,22 @@ def test_an_invoke_saves_the_response_as_a_file_of_the_project(
     assert files.file_read(saved) == b"a,b\n1,2\n"
 
 
+def test_the_invoke_api_answers_a_saved_file_with_its_download_url(
+    server: ToolServer, project: Any, cast: Any, local_files: Any
+):
+    server.script("/export", Reply(body=b"a,b\n", headers={"Content-Type": "text/csv"}))
+    config = {"method": "POST", "url": server.url + "/export", "save_response_as_file": True}
+    tool = http_tool(project, config)
+    response = cast.client("developer").post(
+        f"/api/v1/tools/{tool.pk}/invoke/", {"arguments": {}}, format="json"
+    )
+    assert response.status_code == 200, response.json()
+    output = response.json()["output"]
+    saved = File.objects.get(pk=output["file"])
+    url = f"http://testserver/api/v1/files/{saved.pk}/content/"
+    assert output == {**files.file_ref(saved), "url": url}
+
+
 def test_without_a_project_a_file_tool_fails_clearly(server: ToolServer, project: Any):
     for config, message in (
         ({"body_file": "{{ args.f }}"}, "config.body_file: this tool sends a file"),
