@@ -52,6 +52,8 @@ def _input_files(workflow: Workflow, input_schema: Any, input: dict[str, Any]) -
     checked again (the file may have been deleted since)."""
 
     def resolve(value: Any, where: str) -> Any:
+        if value is None:  # the schema allowed null: no file
+            return None
         found = file_resolve(
             project=workflow.project, value=value, where=where, detail="Invalid run input."
         )

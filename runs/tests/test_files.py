@@ -101,6 +101,25 @@ def test_a_file_input_is_expanded_to_its_metadata_that_templates_read(cast: Any)
 
 
 @pytest.mark.django_db
+def test_an_optional_file_may_be_null_or_left_out(cast: Any) -> None:
+    workflow = make_workflow(
+        cast.project,
+        cast.owner,
+        [transform("t", {"doc": "{{ input.doc | default(none) }}"})],
+        input_schema={
+            "type": "object",
+            "properties": {"doc": {"type": ["object", "null"], "format": "file"}},
+        },
+        name="optional",
+    )
+    for input in ({"doc": None}, {}):
+        run = drive(services.run_create(workflow=workflow, input=input, actor=cast.owner))
+        assert run.status == "succeeded", run.error
+        assert run.input == input
+        assert run.steps.get().output == {"doc": None}
+
+
+@pytest.mark.django_db
 def test_a_retried_run_checks_its_files_again(cast: Any) -> None:
     doc = files.file_save(project=cast.project, name="notes.txt", content=b"hello")
     run = services.run_create(
@@ -673,9 +692,10 @@ def test_null_files_are_skipped_and_a_value_that_is_no_file_fails_the_step(
 ) -> None:
     image = files.file_save(project=cast.project, name="cat.png", content=PNG)
     make_agent(cast, fake_llm, "openai")
-    workflow = reading_workflow(cast, ["{{ input.image }}", "{{ none }}"])
+    workflow = reading_workflow(cast, ["{{ input.image }}", "{{ input.docs | default(none) }}"])
+    only_image = {"image": {"file": str(image.pk)}}  # docs left out
     run = wait_for_run(
-        services.run_create(workflow=workflow, input=file_input(image), actor=cast.owner).pk
+        services.run_create(workflow=workflow, input=only_image, actor=cast.owner).pk
     )
     assert run.status == "succeeded", run.error
     assert len(user_message("openai", fake_llm.requests[0])["content"]) == 2  # text and image
