@@ -9,7 +9,7 @@ import base64
 
 from django.conf import settings
 
-from projects.files import IMAGE_TYPES, file_read, file_text
+from projects.files import IMAGE_TYPES, PDF_TYPE, file_read, file_text, is_text
 from projects.models import File
 from sparkops.errors import InvalidInput
 
@@ -29,6 +29,12 @@ def attachment_for(file: File) -> Attachment:
             raise InvalidInput(detail, errors={"file": [detail]})
         data = base64.b64encode(file_read(file)).decode("ascii")
         return Attachment(name=file.name, media_type=file.content_type, kind="image", data=data)
+    if not (is_text(file.content_type) or file.content_type == PDF_TYPE):
+        detail = (
+            f"File '{file.name}' ({file.content_type}) cannot be sent to a model: it reads PNG, "
+            "JPEG, GIF and WebP images, text files and PDFs."
+        )
+        raise InvalidInput(detail, errors={"file": [detail]})
     text = file_text(
         file,
         max_chars=int(settings.SPARKOPS_AGENT_FILE_MAX_CHARS),

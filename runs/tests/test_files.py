@@ -350,7 +350,10 @@ def test_a_file_the_model_cannot_read_fails_the_step_clearly(cast: Any, fake_llm
     assert run.status == "failed"
     error = run.steps.get().error
     assert error["type"] == "unreadable_file", error
-    assert "data.bin" in error["message"] and "application/octet-stream" in error["message"]
+    assert error["message"] == (
+        "File 'data.bin' (application/octet-stream) cannot be sent to a model: it reads PNG, "
+        "JPEG, GIF and WebP images, text files and PDFs."
+    )
     assert fake_llm.requests_for("anthropic") == []
 
 
