@@ -7,9 +7,11 @@ A run refers to a file by `{"file": "<id>"}`; `file_ref(file)` is what a step's 
 from __future__ import annotations
 
 import hashlib
+import io
 import posixpath
 import unicodedata
 import uuid
+from collections.abc import Callable
 from datetime import datetime, timedelta
 from typing import IO, Any
 from urllib.parse import quote
@@ -22,7 +24,10 @@ from django.core.files.storage import Storage, storages
 from django.core.signing import BadSignature, SignatureExpired, TimestampSigner
 from django.db import transaction
 from django.http import FileResponse
+from django.urls import reverse
 from django.utils import timezone
+from pypdf import PdfReader
+from pypdf.errors import PyPdfError
 
 from sparkops.audit import audit_record
 from sparkops.errors import Forbidden, InvalidInput, NotFound
@@ -155,6 +160,52 @@ def file_read(file: File, *, limit: int | None = None) -> bytes:
     """At most `limit` bytes of the file (all when None)."""
     with file_open(file) as handle:
         return handle.read() if limit is None else handle.read(limit)
+
+
+IMAGE_TYPES = frozenset({"image/png", "image/jpeg", "image/gif", "image/webp"})
+TEXT_APPLICATION_TYPES = frozenset(
+    {"application/json", "application/xml", "application/yaml", "application/x-yaml"}
+)
+PDF_TYPE = "application/pdf"
+
+
+def is_text(content_type: str) -> bool:
+    return content_type.startswith("text/") or content_type in TEXT_APPLICATION_TYPES
+
+
+def file_text(file: File, *, max_chars: int, max_pages: int) -> str:
+    """The text of a text file (UTF-8, undecodable bytes replaced) or a PDF (pypdf's
+    extraction of its first `max_pages` pages), at most `max_chars` characters; what was cut is
+    said at the end. Raises InvalidInput for another type or a PDF pypdf cannot read."""
+    cut = ""
+    if is_text(file.content_type):
+        raw = file_read(file, limit=max_chars * 4 + 4)  # a character is at most 4 UTF-8 bytes
+        text = raw.decode("utf-8", errors="replace")
+        if len(raw) < file.size:
+            text = text[:max_chars]
+            cut = f"[truncated: the file has {file.size} bytes]"
+    elif file.content_type == PDF_TYPE:
+        text, cut = _pdf_text(file, max_pages)
+    else:
+        detail = f"File '{file.name}' ({file.content_type}) has no text to read."
+        raise InvalidInput(detail, errors={"file": [detail]})
+    if len(text) > max_chars:
+        text = text[:max_chars]
+        cut = cut or f"[truncated at {max_chars} characters]"
+    return f"{text}\n{cut}" if cut else text
+
+
+def _pdf_text(file: File, max_pages: int) -> tuple[str, str]:
+    try:
+        reader = PdfReader(io.BytesIO(file_read(file)))
+        pages = reader.pages
+        total = len(pages)
+        texts = [pages[index].extract_text() or "" for index in range(min(total, max_pages))]
+    except (PyPdfError, ValueError, KeyError, TypeError) as exc:
+        detail = f"File '{file.name}' is not a PDF that can be read: {exc}"
+        raise InvalidInput(detail, errors={"file": [detail]}) from None
+    cut = f"[truncated: the first {max_pages} of {total} pages]" if total > max_pages else ""
+    return "\n\n".join(texts), cut
 
 
 def file_delete(file: File) -> None:
@@ -338,3 +389,68 @@ def download_response(file: File) -> FileResponse:
     # Even opened in a tab, an HTML or SVG file runs no script under this origin.
     response["Content-Security-Policy"] = "default-src 'none'; sandbox"
     return response
+
+
+def file_resolve(
+    *, project: Project, value: Any, where: str, detail: str = "Invalid file reference."
+) -> File:
+    """The file `{"file": "<id>"}` names in `project`, or InvalidInput keyed by `where` (the
+    field: `input.doc`). A file of another project is not found, like one that never was."""
+    file_id = value.get("file") if isinstance(value, dict) else None
+    if not isinstance(file_id, str):
+        problem = 'Must be a file reference: {"file": "<id>"}.'
+        raise InvalidInput(detail, errors={where: [problem]})
+    try:
+        key = uuid.UUID(file_id)
+    except ValueError:
+        key = None
+    found = File.objects.filter(pk=key, project=project).first() if key else None
+    if found is None:
+        problem = f"No file {file_id!r} in this project."
+        raise InvalidInput(detail, errors={where: [problem]})
+    return found
+
+
+REF_KEYS = frozenset({"file", "name", "content_type", "size"})
+
+
+def is_file_ref(value: Any) -> bool:
+    """Whether `value` has the shape of file_ref(...): what a run's input or output holds."""
+    if not isinstance(value, dict) or not value.keys() >= REF_KEYS:
+        return False
+    try:
+        uuid.UUID(str(value["file"]))
+    except ValueError:
+        return False
+    return True
+
+
+def file_refs(value: Any) -> list[dict[str, Any]]:
+    """Every file reference in a JSON value, in order (nested dicts and lists)."""
+    found: list[dict[str, Any]] = []
+    if is_file_ref(value):
+        found.append(value)
+    elif isinstance(value, dict):
+        for item in value.values():
+            found += file_refs(item)
+    elif isinstance(value, list):
+        for item in value:
+            found += file_refs(item)
+    return found
+
+
+def file_content_path(file_id: Any) -> str:
+    """The path that streams a file's bytes (the files API's `file-content` route)."""
+    # The router takes both forms; links use the documented one, with its slash.
+    return reverse("file-content", kwargs={"pk": str(file_id)}).rstrip("/") + "/"
+
+
+def with_file_urls(value: Any, absolute: Callable[[str], str]) -> Any:
+    """`value` with a `url` (`absolute(file_content_path(id))`) added to each file reference."""
+    if is_file_ref(value):
+        return {**value, "url": absolute(file_content_path(value["file"]))}
+    if isinstance(value, dict):
+        return {key: with_file_urls(item, absolute) for key, item in value.items()}
+    if isinstance(value, list):
+        return [with_file_urls(item, absolute) for item in value]
+    return value

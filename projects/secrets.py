@@ -104,6 +104,14 @@ class SecretBag(Mapping[str, str]):
         by `***` (strings, nested dicts/lists); `extra` adds derived values to hide too."""
         return redact(value, [*self._variants, *extra])
 
+    def redact_bytes(self, data: bytes, extra: Iterable[str] = ()) -> bytes:
+        """`data` with every secret read so far (the forms of `redact`, as UTF-8) replaced by
+        `***`: what a step writes to a file holds no secret either."""
+        needles = sorted({s.encode() for s in [*self._variants, *extra] if s}, key=len)
+        for needle in reversed(needles):
+            data = data.replace(needle, REDACTED.encode())
+        return data
+
 
 def redact(value: Any, secrets: Any) -> Any:
     needles = sorted((s for s in secrets if s), key=len, reverse=True)

@@ -7,11 +7,27 @@ from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
+from projects.files import with_file_urls
 from runs.models import Run, RunEvent, RunStep
 from workflows.models import Workflow
 
 
-class RunStepSerializer(serializers.ModelSerializer):
+class FileLinks(serializers.ModelSerializer):
+    """Each file reference in `input` and `output` (`{"file": id, "name", "content_type",
+    "size"}`) gains `url`: the absolute URL that downloads the file (the files API checks who
+    may)."""
+
+    def to_representation(self, instance: Any) -> Any:
+        data = super().to_representation(instance)
+        request = self.context.get("request")
+        absolute = request.build_absolute_uri if request is not None else str
+        for key in ("input", "output"):
+            if data.get(key) is not None:
+                data[key] = with_file_urls(data[key], absolute)
+        return data
+
+
+class RunStepSerializer(FileLinks):
     class Meta:
         model = RunStep
         fields = [
@@ -60,7 +76,7 @@ class RunStepSummarySerializer(serializers.ModelSerializer):
         read_only_fields = fields
 
 
-class RunSerializer(serializers.ModelSerializer):
+class RunSerializer(FileLinks):
     workflow_name = serializers.CharField(source="workflow.name", read_only=True)
     version = serializers.IntegerField(source="version.number", read_only=True)
 

@@ -178,7 +178,7 @@ class RunViewSet(
     def steps(self, request: Request, pk: Any = None) -> Response:
         run = self.get_object()
         steps = RunStep.objects.listed().filter(run=run).order_by("id")
-        return Response(RunStepSerializer(steps, many=True).data)
+        return Response(RunStepSerializer(steps, many=True, context={"request": request}).data)
 
     @extend_schema(
         parameters=[
@@ -212,7 +212,7 @@ class RunViewSet(
             approve=approve,
             comment=body.validated_data["comment"],
         )
-        return Response(RunStepSerializer(step).data)
+        return Response(RunStepSerializer(step, context={"request": request}).data)
 
     @extend_schema(request=DecisionSerializer, responses={200: RunStepSerializer, 409: ERROR})
     @action(detail=True, methods=["post"], url_path=r"steps/(?P<node_id>[A-Za-z0-9_-]+)/approve")

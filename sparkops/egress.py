@@ -761,6 +761,7 @@ def request(
     params: Any = None,
     json: Any = None,
     content: bytes | str | None = None,
+    files: list[tuple[str, tuple[str | None, bytes, str | None]]] | None = None,
     timeout: float | None = None,
     max_bytes: int | None = None,
     follow_redirects: bool = True,
@@ -771,7 +772,9 @@ def request(
     is bounded by SPARKOPS_OUTBOUND_CONNECT_TIMEOUT (or `timeout` if smaller), and the whole
     exchange, redirects and body included, by connect + read timeout. Raises EgressDenied
     for a refused target (any hop) and EgressError for timeouts, connection failures, too
-    many redirects, or a body over `max_bytes` (default SPARKOPS_OUTBOUND_MAX_BYTES)."""
+    many redirects, or a body over `max_bytes` (default SPARKOPS_OUTBOUND_MAX_BYTES).
+    `files` sends a multipart/form-data body: (part name, (file name, bytes, content type)) each;
+    a part with no file name (and type None) is a plain form field."""
     read_timeout = float(
         timeout if timeout is not None else settings.SPARKOPS_OUTBOUND_READ_TIMEOUT
     )
@@ -793,7 +796,9 @@ def request(
                 params=params,
                 json=json,
                 content=content,
+                files=files,
             )
+            req.read()  # a multipart body is a stream: read it so a redirect can send it again
         hops = 0
         while True:
             with _mapped_errors(req.url):

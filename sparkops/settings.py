@@ -221,6 +221,12 @@ if SPARKOPS_FILES_BACKEND not in {"local", "s3"}:
 # How often the retention job (beat) deletes expired files, and how many rows a batch takes.
 SPARKOPS_FILE_RETENTION_SECONDS = env.float("SPARKOPS_FILE_RETENTION_SECONDS", default=3600.0)
 SPARKOPS_FILE_RETENTION_BATCH = env.int("SPARKOPS_FILE_RETENTION_BATCH", default=500)
+# What an agent step sends a model of each file it reads: text (text files, a PDF's extracted
+# text) cut at this many characters, at most this many PDF pages, images up to this size (the
+# providers refuse larger ones: Anthropic's limit is 5 MB).
+SPARKOPS_AGENT_FILE_MAX_CHARS = env.int("SPARKOPS_AGENT_FILE_MAX_CHARS", default=100_000)
+SPARKOPS_AGENT_FILE_MAX_PAGES = env.int("SPARKOPS_AGENT_FILE_MAX_PAGES", default=50)
+SPARKOPS_AGENT_IMAGE_MAX_BYTES = env.int("SPARKOPS_AGENT_IMAGE_MAX_BYTES", default=5 * 1024 * 1024)
 
 STATIC_URL = "static/"
 STATIC_ROOT = BASE_DIR / "staticfiles"

@@ -741,6 +741,17 @@ def test_303_turns_post_into_get_and_307_keeps_post(settings: Any, server: Local
     assert json.loads(after_307["body"]) == {"a": 1}
 
 
+def test_a_multipart_body_is_sent_again_after_a_307(settings: Any, server: LocalServer) -> None:
+    settings.SPARKOPS_OUTBOUND_ALLOW = ["127.0.0.1"]
+    parts = [("title", (None, b"T", None)), ("doc", ("a.txt", b"file bytes", "text/plain"))]
+    echoed = request("POST", _redirect(server, "/echo", 307), files=parts).json()
+    assert echoed["method"] == "POST"
+    assert echoed["headers"]["content-type"].startswith("multipart/form-data; boundary=")
+    body = echoed["body"]
+    assert 'name="title"\r\n\r\nT\r\n' in body
+    assert 'name="doc"; filename="a.txt"\r\nContent-Type: text/plain\r\n\r\nfile bytes' in body
+
+
 def test_cross_origin_redirect_drops_credentials(settings: Any, server: LocalServer) -> None:
     settings.SPARKOPS_OUTBOUND_ALLOW = ["127.0.0.1", "localhost"]
     headers = {"Authorization": "Bearer s3cret", "X-Api-Key": "k3y", "Accept": "text/plain"}

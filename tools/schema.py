@@ -245,6 +245,40 @@ HTTP_CONFIG_SCHEMA: dict[str, Any] = {
             },
         },
         "body": {"description": "A JSON template; `{{ args }}` sends the arguments as they are."},
+        "body_file": {
+            "type": "string",
+            "minLength": 1,
+            "description": (
+                "A template giving a file of the project (`{{ args.file }}`), sent as the whole "
+                "body with its content type (unless `headers` set one)."
+            ),
+        },
+        "multipart": {
+            "type": "object",
+            "minProperties": 1,
+            "propertyNames": {"minLength": 1, "maxLength": 200},
+            "additionalProperties": {"type": "string"},
+            "description": (
+                "A multipart/form-data body: part name -> template. A value that gives a file "
+                "reference is a file part (its name and content type), anything else a field."
+            ),
+        },
+        "save_response_as_file": {
+            "type": "boolean",
+            "description": (
+                "Store the response body as a file of the project (at most "
+                "SPARKOPS_FILE_MAX_BYTES, secrets redacted); the output is its reference."
+            ),
+        },
+        "response_file_name": {
+            "type": "string",
+            "minLength": 1,
+            "maxLength": 1000,
+            "description": (
+                "Template of the saved file's name (default: the response's "
+                "Content-Disposition filename, else `response`)."
+            ),
+        },
         "auth": AUTH_SCHEMA,
         "timeout_seconds": {
             "type": "number",
@@ -282,8 +316,12 @@ def _templates_of(config: dict[str, Any]) -> list[tuple[str, Any]]:
         values = config.get(section)
         if isinstance(values, dict):
             found.extend((f"config.{section}.{key}", value) for key, value in values.items())
-    if "body" in config:
-        found.append(("config.body", config["body"]))
+    for key in ("body", "body_file", "response_file_name"):
+        if key in config:
+            found.append((f"config.{key}", config[key]))
+    parts = config.get("multipart")
+    if isinstance(parts, dict):
+        found.extend((f"config.multipart.{key}", value) for key, value in parts.items())
     return found
 
 
@@ -348,8 +386,17 @@ def _http_errors(config: dict[str, Any]) -> Errors:
             "Give username or username_secret, not both."
         )
     method = config.get("method")
-    if method in ("GET", "HEAD") and "body" in config:
-        errors.setdefault("config.body", []).append(f"A {method} request has no body.")
+    bodies = [key for key in ("body", "body_file", "multipart") if key in config]
+    for key in bodies:
+        if method in ("GET", "HEAD"):
+            errors.setdefault(f"config.{key}", []).append(f"A {method} request has no body.")
+        elif len(bodies) > 1:
+            others = " or ".join(b for b in bodies if b != key)
+            errors.setdefault(f"config.{key}", []).append(f"Give one body: not with {others}.")
+    if "response_file_name" in config and not config.get("save_response_as_file"):
+        errors.setdefault("config.response_file_name", []).append(
+            "Only a tool that saves its response as a file names it."
+        )
     for key, value in _templates_of(config):
         problems = _template_errors(value, TEMPLATE_ROOTS)
         if problems:

@@ -20,7 +20,7 @@ from sparkops.errors import Conflict, Forbidden, InvalidInput
 from sparkops.services import duplicate_as, object_update
 from sparkops.versioning import version_record, version_restore_fields
 
-from .executors import ToolResult, execute
+from .executors import FileScope, ToolResult, execute
 from .models import Tool
 from .schema import clean_tool, validate_arguments
 
@@ -187,6 +187,7 @@ def tool_execute(
     secrets: SecretBag,
     idempotency_key: str | None = None,
     timeout: float | None = None,
+    files: FileScope | None = None,
 ) -> ToolResult:
     """Run one call of `tool`. Raises InvalidInput (errors keyed `arguments.<path>`) when the
     arguments do not match the tool's parameters, and Conflict when the tool is disabled;
@@ -202,6 +203,7 @@ def tool_execute(
         secrets=secrets,
         idempotency_key=idempotency_key,
         timeout=timeout,
+        files=files,
     )
 
 
@@ -235,6 +237,7 @@ def tool_invoke(
         arguments=arguments,
         secrets=SecretBag(target),
         idempotency_key=idempotency_key,
+        files=FileScope(project=target, actor=actor),
     )
     logger.info(
         "tool invoked",

@@ -19,6 +19,7 @@ from projects.api import (
     VersionDiffSerializer,
     version_diff_of,
 )
+from projects.files import with_file_urls
 from projects.models import Role
 
 from . import services
@@ -160,5 +161,6 @@ class ToolViewSet(ProjectScopedViewSet):
             idempotency_key=request.headers.get("Idempotency-Key") or None,
         )
         data = asdict(result)
+        data["output"] = with_file_urls(result.output, request.build_absolute_uri)  # saved files
         data["status"] = "succeeded" if result.ok else "failed"
         return Response(ToolInvokeResultSerializer(data).data)

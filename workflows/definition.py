@@ -30,6 +30,7 @@ CHILD_ROOTS = frozenset({"child"})
 BODY_ROOTS = frozenset({"previous", "iteration"})
 UNTIL_ROOTS = frozenset({"output", "iteration"})
 SWITCH_MAX_CASES = 100
+AGENT_MAX_FILES = 20
 NODE_ID_PATTERN = r"^[A-Za-z_][A-Za-z0-9_-]{0,63}$"
 
 _NODE_COMMON: dict[str, Any] = {
@@ -68,6 +69,16 @@ _NODE_FIELDS: dict[str, tuple[dict[str, Any], list[str]]] = {
         {
             "agent": {"type": "string", "minLength": 1, "description": "The agent's slug."},
             "prompt": {"type": "string", "description": "Template of the user prompt."},
+            "files": {
+                "type": "array",
+                "maxItems": AGENT_MAX_FILES,
+                "items": {"type": "string", "minLength": 1},
+                "description": (
+                    "Files the model reads with the prompt: templates that each give a file "
+                    "(`{{ input.photo }}`, `{{ steps.report.output.file }}`) or a list of files. "
+                    "Images go to the model as images, text files and PDFs as their text."
+                ),
+            },
         },
         ["agent", "prompt"],
     ),
@@ -268,7 +279,10 @@ DEFINITION_SCHEMA: dict[str, Any] = {
     "properties": {
         "input_schema": {
             "type": "object",
-            "description": "JSON Schema (2020-12) of a run's input.",
+            "description": (
+                "JSON Schema (2020-12) of a run's input. A property "
+                '`{"type": "object", "format": "file"}` takes a file: `{"file": "<id>"}`.'
+            ),
         },
         "nodes": {
             "type": "array",
@@ -297,7 +311,7 @@ _definition_validator = Draft202012Validator(DEFINITION_SCHEMA)
 
 # Which fields of a node are templates. `when` is a condition (a single expression).
 _TEMPLATE_FIELDS = {
-    "agent": ("prompt",),
+    "agent": ("prompt", "files"),
     "tool": ("args",),
     "approval": ("message",),
     "transform": ("output",),
@@ -861,6 +875,44 @@ def _loop_templates(
             node_id=node_id,
             extra_roots=roots,
         )
+
+
+FILE_FORMAT = "file"
+
+
+def is_file_schema(schema: Any) -> bool:
+    """A property that holds a file: `{"type": "object", "format": "file"}`. A run's input gives
+    `{"file": "<id>"}` there; `run_create` checks the file and stores its metadata instead."""
+    return isinstance(schema, dict) and schema.get("format") == FILE_FORMAT
+
+
+def expand_files(
+    input_schema: Any, data: Any, resolve: Callable[[Any, str], Any], where: str = "input"
+) -> Any:
+    """`data` with every value its schema marks as a file (is_file_schema) replaced by
+    `resolve(value, location)`, looking through `properties` and `items` (not through `$ref`,
+    `anyOf` and the like). Call once the input is valid against its schema."""
+    if not isinstance(input_schema, dict):
+        return data
+    if is_file_schema(input_schema):
+        return resolve(data, where)
+    properties = input_schema.get("properties")
+    if isinstance(properties, dict) and isinstance(data, dict):
+        return {
+            key: (
+                expand_files(properties[key], value, resolve, f"{where}.{key}")
+                if key in properties
+                else value
+            )
+            for key, value in data.items()
+        }
+    items = input_schema.get("items")
+    if isinstance(items, dict) and isinstance(data, list):
+        return [
+            expand_files(items, value, resolve, f"{where}[{index}]")
+            for index, value in enumerate(data)
+        ]
+    return data
 
 
 def validate_input(input_schema: dict[str, Any] | None, data: Any) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from .base import (
     PROVIDERS,
+    Attachment,
     ChatMessage,
     ChatRequest,
     ChatResponse,
@@ -19,6 +20,7 @@ from .simulated import SimulatedProvider
 
 __all__ = [
     "PROVIDERS",
+    "Attachment",
     "ChatMessage",
     "ChatRequest",
     "ChatResponse",

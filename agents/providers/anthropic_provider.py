@@ -147,6 +147,16 @@ def _messages(messages: list[ChatMessage]) -> list[dict[str, Any]]:
             role = "assistant" if message.role == "assistant" else "user"
             if message.content:
                 blocks.append({"type": "text", "text": message.content})
+            for attachment in message.attachments:
+                if attachment.kind == "image":
+                    source = {
+                        "type": "base64",
+                        "media_type": attachment.media_type,
+                        "data": attachment.data,
+                    }
+                    blocks.append({"type": "image", "source": source})
+                else:
+                    blocks.append({"type": "text", "text": attachment.as_text()})
             for call in message.tool_calls:
                 blocks.append(
                     {

@@ -36,12 +36,29 @@ class ToolCall:
 
 
 @dataclass
+class Attachment:
+    """A file sent with a user message (agents.attachments builds them): an image (`data`, its
+    bytes in base64) that each adapter sends in its SDK's native form, or text (`text`: a text
+    file, a PDF's extracted text) sent as a text part after the prompt."""
+
+    name: str
+    media_type: str
+    kind: str  # "image" | "text"
+    data: str = ""
+    text: str = ""
+
+    def as_text(self) -> str:
+        return f'File "{self.name}" ({self.media_type}):\n{self.text}'
+
+
+@dataclass
 class ChatMessage:
     role: str  # "system" | "user" | "assistant" | "tool"
     content: str | None = None
     tool_calls: list[ToolCall] = field(default_factory=list)
     tool_call_id: str | None = None  # on a "tool" message: the call it answers
     name: str | None = None  # on a "tool" message: the tool's name
+    attachments: list[Attachment] = field(default_factory=list)  # on a "user" message
 
 
 @dataclass

@@ -201,4 +201,13 @@ def _message(message: ChatMessage) -> dict[str, Any]:
                 for call in message.tool_calls
             ],
         }
+    if message.attachments:
+        parts: list[dict[str, Any]] = [{"type": "text", "text": message.content or ""}]
+        for attachment in message.attachments:
+            if attachment.kind == "image":
+                url = f"data:{attachment.media_type};base64,{attachment.data}"
+                parts.append({"type": "image_url", "image_url": {"url": url}})
+            else:
+                parts.append({"type": "text", "text": attachment.as_text()})
+        return {"role": message.role, "content": parts}
     return {"role": message.role, "content": message.content or ""}

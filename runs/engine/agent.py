@@ -15,15 +15,18 @@ pauses again."""
 from __future__ import annotations
 
 import json
+import uuid
 from collections.abc import Callable
 from dataclasses import asdict
 from decimal import Decimal
 from itertools import count
 from typing import Any
 
+from agents.attachments import attachment_for
 from agents.models import Agent
 from agents.pricing import price_for
 from agents.providers import (
+    Attachment,
     ChatMessage,
     ChatRequest,
     ProviderError,
@@ -32,12 +35,14 @@ from agents.providers import (
     get_provider,
 )
 from agents.services import agent_provider_config
+from projects.files import file_ref
+from projects.models import File
 from runs import deltas, observability
 from runs.models import RunEvent, RunStep
 from runs.services import policy_hooks
 from runs.services.usage import usage_record
 from sparkops.db import release_connection
-from sparkops.errors import SparkOpsError
+from sparkops.errors import InvalidInput, SparkOpsError
 from tools.mcp_services import mcp_tools_of
 
 from .checkpoint import Checkpoint
@@ -64,7 +69,12 @@ def run_agent(
         system = render(node["system_prompt"], context, "the system prompt")
     prompt = policy_hooks.on_prompt(step=step, agent=agent, text=prompt)
     system = policy_hooks.on_prompt(step=step, agent=agent, text=system) if system else system
-    checkpoint.record_input({"prompt": prompt, "system_prompt": system})
+    files = _files(step, render(node.get("files") or [], context, "the files"))
+    attachments = _attachments(step, agent, files)
+    recorded: dict[str, Any] = {"prompt": prompt, "system_prompt": system}
+    if files:
+        recorded["files"] = [file_ref(file) for file in files]
+    checkpoint.record_input(recorded)
 
     try:
         config = agent_provider_config(agent=agent, secrets=checkpoint.secrets)
@@ -79,7 +89,7 @@ def run_agent(
             "json_schema": {"name": "output", "schema": agent.response_format},
         }
     messages = [ChatMessage(role="system", content=system)] if system else []
-    messages.append(ChatMessage(role="user", content=prompt))
+    messages.append(ChatMessage(role="user", content=prompt, attachments=attachments))
     head = len(messages)
     specs = [
         ToolSpec(t.name, t.description, t.parameters or {"type": "object"}) for t in tools.values()
@@ -170,6 +180,45 @@ def run_agent(
     )
 
 
+def _files(step: RunStep, rendered: Any) -> list[File]:
+    """The files the rendered `files` of the node name, in order: each item a file reference
+    (`{"file": "<id>", ...}`: a file input, a step's file output) or a list of them; null
+    items are skipped (an optional input left out). The files must be the run's project's."""
+    refs: list[Any] = []
+    for item in rendered if isinstance(rendered, list) else [rendered]:
+        refs.extend(item if isinstance(item, list) else [item])
+    ids: list[uuid.UUID] = []
+    for ref in refs:
+        if ref is None:
+            continue
+        try:
+            ids.append(uuid.UUID(str(ref["file"])))
+        except (TypeError, KeyError, ValueError):
+            shown = json.dumps(ref, default=str)[:200]
+            raise StepError(
+                "invalid_file", f"The files of the node must be file references, not {shown}."
+            ) from None
+    found = File.objects.filter(pk__in=ids, project_id=step.run.project_id).in_bulk()
+    missing = [str(key) for key in ids if key not in found]
+    if missing:
+        raise StepError("file_not_found", f"No file {missing[0]!r} in this project.")
+    return [found[key] for key in ids]
+
+
+def _attachments(step: RunStep, agent: Agent, files: list[File]) -> list[Attachment]:
+    """What the model is sent of each file; text goes through the prompt's content rules."""
+    attachments = []
+    for file in files:
+        try:
+            attachment = attachment_for(file)
+        except InvalidInput as exc:
+            raise StepError("unreadable_file", str(exc.detail)) from exc
+        if attachment.kind == "text":
+            attachment.text = policy_hooks.on_prompt(step=step, agent=agent, text=attachment.text)
+        attachments.append(attachment)
+    return attachments
+
+
 def _publisher(step: RunStep, checkpoint: Checkpoint, iteration: int) -> Callable[[str], None]:
     """Hands each piece of the model's streamed answer to the run's open event streams as an
     `llm.delta` event (runs.deltas: never a stored row)."""
@@ -249,6 +298,9 @@ def _call_tools(
 
 def _saved_message(message: ChatMessage) -> dict[str, Any]:
     saved = asdict(message)
+    # Files are read again with the prompt on resume (the head of the conversation is rebuilt):
+    # an image's bytes are not kept on the step.
+    saved["attachments"] = []
     # Tool results already scanned before a model call keep their mark: not scanned twice.
     saved["checked"] = bool(getattr(message, "_policy_checked", False))
     return saved

@@ -49,7 +49,9 @@ def execute(*, step: RunStep, node: dict[str, Any], checkpoint: Checkpoint) -> A
             step=step,
             node=node,
             checkpoint=checkpoint,
-            context=_context(step, checkpoint, node.get("prompt"), node.get("system_prompt")),
+            context=_context(
+                step, checkpoint, node.get("prompt"), node.get("system_prompt"), node.get("files")
+            ),
         )
     raise StepError("unsupported_node", f"Node type '{step.type}' cannot be executed.")
 

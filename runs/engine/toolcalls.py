@@ -11,6 +11,7 @@ from runs.models import RunEvent, RunStep
 from runs.services import policy_hooks
 from sparkops.errors import SparkOpsError
 from sparkops.templating import TemplateError, render_value
+from tools.executors import FileScope
 from tools.services import tool_execute
 
 from .checkpoint import Checkpoint
@@ -44,6 +45,14 @@ def call_tool(
             secrets=checkpoint.secrets,
             idempotency_key=idempotency_key,
             timeout=max(min(checkpoint.remaining(), 300.0), 0.1),
+            files=FileScope(
+                project=step.run.project_id,
+                run_id=step.run_id,
+                node_id=step.node_id,
+                scan_text=lambda text: policy_hooks.on_tool_result(
+                    step=step, tool=tool, output=text
+                ),
+            ),
         )
     except SparkOpsError as exc:
         checkpoint.event(

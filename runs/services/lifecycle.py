@@ -14,13 +14,14 @@ from django.db import IntegrityError, transaction
 from django.utils import timezone
 
 from policies.enforcement import RunStartRefused
+from projects.files import file_ref, file_resolve
 from projects.models import project_ensure_writable
 from runs.models import IdempotencyKey, Run, RunEvent, RunStep
 from sparkops.audit import audit_record
 from sparkops.errors import Conflict, InvalidInput, NotFound, Unprocessable
 from sparkops.nul import MESSAGE as NUL_MESSAGE
 from sparkops.nul import nul_path
-from workflows.definition import validate_input
+from workflows.definition import expand_files, validate_input
 from workflows.models import Workflow, WorkflowVersion
 
 from . import policy_hooks
@@ -42,6 +43,23 @@ def run_create(*, workflow: Workflow, **create: Any) -> Run:
     if isinstance(outcome, RunStartRefused):
         raise outcome
     return outcome
+
+
+def _input_files(workflow: Workflow, input_schema: Any, input: dict[str, Any]) -> Any:
+    """The input with each `{"file": "<id>"}` its schema marks as a file (`"format": "file"`)
+    checked (a file of the workflow's project) and replaced by the file's metadata (file_ref),
+    what templates then read: `{{ input.doc.name }}`. A run retried with such an input is
+    checked again (the file may have been deleted since)."""
+
+    def resolve(value: Any, where: str) -> Any:
+        if value is None:  # the schema allowed null: no file
+            return None
+        found = file_resolve(
+            project=workflow.project, value=value, where=where, detail="Invalid run input."
+        )
+        return file_ref(found)
+
+    return expand_files(input_schema, input, resolve)
 
 
 def _run_create(
@@ -68,6 +86,7 @@ def _run_create(
     if nul_at is not None:
         raise InvalidInput("Invalid run input.", errors={nul_at: [NUL_MESSAGE]})
     validate_input(definition.get("input_schema"), input)
+    input = _input_files(workflow, definition.get("input_schema"), input)
     decisions, refusal = policy_hooks.before_run_start(workflow=workflow)
     if refusal is not None:
         return refusal

@@ -201,7 +201,10 @@ def before_model_call(*, step: Any, agent: Any, request: Any) -> None:
     run_cost = None
     if any(p.kind == Policy.Kind.MAX_COST_PER_RUN for p in policies):
         run_cost = Run.objects.filter(pk=run.pk).values_list("cost", flat=True).first()
-    prompt = "".join(m.content or "" for m in request.messages)
+    # Text a file gives (agents.attachments) is prompt too; an image is counted by the provider.
+    prompt = "".join(
+        (m.content or "") + "".join(a.text for a in m.attachments) for m in request.messages
+    )
     found, max_tokens = enforcement.evaluate_model_call(
         project_id=run.project_id,
         provider=agent.provider,

@@ -68,6 +68,15 @@ class Hit:
     body: Any
     query: dict[str, list[str]]
     at: float = field(default_factory=time.monotonic)
+    raw: bytes = b""  # the body as received
+
+
+@dataclass
+class Raw:
+    """A reply body sent as these bytes (not JSON), with these headers."""
+
+    body: bytes
+    headers: dict[str, str] = field(default_factory=dict)
 
 
 Reply = tuple[int, Any]
@@ -110,12 +119,18 @@ class ToolServer:
                     headers={k.lower(): v for k, v in self.headers.items()},
                     body=body,
                     query=parse_qs(url.query),
+                    raw=raw,
                 )
                 status, payload = server_self._dispatch(hit)
-                data = json.dumps(payload).encode()
+                headers = {"Content-Type": "application/json"}
+                if isinstance(payload, Raw):
+                    data, headers = payload.body, {**headers, **payload.headers}
+                else:
+                    data = json.dumps(payload).encode()
                 try:
                     self.send_response(status)
-                    self.send_header("Content-Type", "application/json")
+                    for name, value in headers.items():
+                        self.send_header(name, value)
                     self.send_header("Content-Length", str(len(data)))
                     self.end_headers()
                     self.wfile.write(data)

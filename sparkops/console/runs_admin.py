@@ -16,6 +16,7 @@ from django.utils import timezone
 from django.utils.html import format_html, format_html_join
 
 from projects.admin_scoping import ProjectScopedAdmin, staff_member
+from projects.files import file_content_path, file_refs
 from runs.models import IdempotencyKey, Run, RunEvent, RunStep
 from sparkops.adminkit import ReadOnlyAdmin, admin_page, json_block
 from sparkops.errors import SparkOpsError
@@ -91,9 +92,41 @@ class RecordColumns:
     def output_pretty(self, obj: Any) -> str:
         return json_block(obj.output)
 
+    @admin.display(description="files")
+    def files(self, obj: Any) -> str:
+        """Files in the input and the output; a run's page adds those of its steps."""
+        values = [obj.input, obj.output]
+        if isinstance(obj, Run):
+            # a map's items are in the map step's output: not read one by one
+            steps = obj.steps.filter(item_index__isnull=True).values_list("input", "output")
+            values += [value for row in steps for value in row]
+        return file_links(*values)
+
     @admin.display(description="error")
     def error_pretty(self, obj: Any) -> str:
         return json_block(obj.error)
+
+
+def file_links(*values: Any) -> str:
+    """A link per file the values refer to (a file input, a step's file output), to the files
+    API's download (the console's session authenticates it; the API checks membership)."""
+    seen: dict[str, dict[str, Any]] = {}
+    for value in values:
+        for ref in file_refs(value):
+            seen.setdefault(str(ref["file"]), ref)
+    if not seen:
+        return "—"
+    return format_html(
+        '<ul class="console-files">{}</ul>',
+        format_html_join(
+            "",
+            '<li><a href="{}" download>{}</a> <span class="console-note">{}, {} bytes</span></li>',
+            (
+                (file_content_path(key), ref["name"], ref["content_type"], ref["size"])
+                for key, ref in seen.items()
+            ),
+        ),
+    )
 
 
 class StepColumns(RecordColumns):
@@ -223,6 +256,7 @@ class RunAdmin(ReadOnlyRecord, RecordColumns, ProjectScopedAdmin, admin.ModelAdm
         "trigger",
         "input_pretty",
         "output_pretty",
+        "files",
         "error_pretty",
         "parent_run",
         "reuse_succeeded",
@@ -399,6 +433,7 @@ class RunStepAdmin(ReadOnlyRecord, StepColumns, ProjectScopedAdmin, admin.ModelA
         "cost_display",
         "input_pretty",
         "output_pretty",
+        "files",
         "error_pretty",
         "reused_from",
         "decided_by",

@@ -12,9 +12,9 @@ from ..models import Tool
 from .builtin import BuiltinError, run_builtin
 from .http import execute_http
 from .mcp import execute_mcp
-from .result import ToolResult
+from .result import FileScope, ToolResult
 
-__all__ = ["ToolResult", "execute"]
+__all__ = ["FileScope", "ToolResult", "execute"]
 
 
 def execute(
@@ -24,6 +24,7 @@ def execute(
     secrets: SecretBag,
     idempotency_key: str | None = None,
     timeout: float | None = None,
+    files: FileScope | None = None,
 ) -> ToolResult:
     if tool.kind == Tool.Kind.HTTP:
         return execute_http(
@@ -32,6 +33,7 @@ def execute(
             secrets=secrets,
             idempotency_key=idempotency_key,
             timeout=timeout,
+            files=files,
         )
     if tool.kind == "mcp":  # an McpTool (tools.mcp_services), not a Tool row
         return execute_mcp(tool=tool, arguments=arguments, secrets=secrets, timeout=timeout)

@@ -1,6 +1,11 @@
 """HTTP tools: render the request from the tool's config over `args` and `secrets`, send it
 through `sparkops.egress` (the only way out), retry what may succeed on a second try, and
-report the response with every secret redacted."""
+report the response with every secret redacted.
+
+Files: `body_file` sends a file of the project as the whole body, `multipart` sends parts
+(a value that renders to a file reference is a file part, anything else a form field), and
+`save_response_as_file` stores the response body as a new file (secrets redacted from its
+bytes, at most SPARKOPS_FILE_MAX_BYTES) whose reference is the output."""
 
 from __future__ import annotations
 
@@ -12,13 +17,15 @@ from typing import Any
 
 from django.conf import settings
 
+from projects.files import file_read, file_ref, file_resolve, file_save
+from projects.models import File, Project
 from projects.secrets import SecretBag
 from sparkops import egress, logcontext, templating
 from sparkops.db import release_connection
-from sparkops.errors import SparkOpsError
+from sparkops.errors import InvalidInput, SparkOpsError
 
 from ..schema import static_origin
-from .result import ToolResult
+from .result import FileScope, ToolResult
 
 DEFAULT_RETRY_BACKOFF_SECONDS = 0.5
 MAX_RETRY_DELAY_SECONDS = 5.0
@@ -72,9 +79,13 @@ class _Request:
         arguments: dict[str, Any],
         secrets: SecretBag,
         idempotency_key: str | None,
+        files: FileScope | None = None,
     ) -> None:
         context = {"args": arguments, "secrets": secrets.template_view()}
         self.sensitive: list[str] = []
+        self.scope = files
+        self.content: bytes | None = None
+        self.parts: list[tuple[str, tuple[str | None, bytes, str | None]]] = []
         self.method = config["method"].upper()
         url = _render(config["url"], context, "config.url")
         if not isinstance(url, str):
@@ -96,9 +107,37 @@ class _Request:
         self.headers = {name: _header_value(name, value) for name, value in headers.items()}
         self.params = _query(_render(config.get("query") or {}, context, "config.query"))
         self.body = _render(config["body"], context, "config.body") if "body" in config else None
+        if "body_file" in config:
+            file = self._file(
+                _render(config["body_file"], context, "config.body_file"), "body_file"
+            )
+            self.content = file_read(file)
+            if not any(name.lower() == "content-type" for name in self.headers):
+                self.headers["Content-Type"] = file.content_type
+        for name, template in (config.get("multipart") or {}).items():
+            value = _render(template, context, f"config.multipart.{name}")
+            if isinstance(value, dict) and "file" in value:
+                file = self._file(value, f"multipart.{name}")
+                self.parts.append((name, (file.name, file_read(file), file.content_type)))
+            else:  # a form field: a part without a file name
+                self.parts.append((name, (None, _text(value).encode(), None)))
+        self.response_name = ""
+        if config.get("save_response_as_file") and files is None:
+            raise _RenderError("This tool saves its response as a file, which needs a project.")
+        if config.get("response_file_name"):
+            name = _render(config["response_file_name"], context, "config.response_file_name")
+            self.response_name = _text(name)
         self._auth(config.get("auth") or {"type": "none"}, secrets)
         if idempotency_key:
             self.headers["X-Idempotency-Key"] = _header_value("X-Idempotency-Key", idempotency_key)
+
+    def _file(self, value: Any, where: str) -> File:
+        if self.scope is None:
+            raise _RenderError(f"config.{where}: this tool sends a file, which needs a project.")
+        try:
+            return file_resolve(project=self.scope.project, value=value, where=where)
+        except InvalidInput as exc:
+            raise _RenderError(f"config.{where}: {' '.join(exc.errors[where])}") from None
 
     def _secret(self, secrets: SecretBag, name: str) -> str:
         try:
@@ -138,6 +177,60 @@ def _output(response: egress.EgressResponse, method: str) -> Any:
     return response.text()
 
 
+_FILENAME = re.compile(r"filename\*?=(?:UTF-8'')?\"?([^\";]+)\"?", re.IGNORECASE)
+
+
+def _saved(
+    response: egress.EgressResponse, request: _Request, secrets: SecretBag
+) -> dict[str, Any]:
+    """Store the response body as a file of the scope's project (secrets redacted from its
+    bytes, a text file through the scope's content rules) and return its reference;
+    InvalidInput when there is nothing to store."""
+    scope = request.scope
+    assert scope is not None  # checked before the request was sent
+    match = _FILENAME.search(response.headers.get("content-disposition", ""))
+    name = request.response_name or (match.group(1) if match else "") or "response"
+    name = secrets.redact(name, request.sensitive)
+    content = secrets.redact_bytes(response.content, request.sensitive)
+    if scope.scan_text is not None:
+        try:
+            text = content.decode("utf-8")
+        except UnicodeDecodeError:  # binary: no text for content rules to read
+            pass
+        else:
+            content = scope.scan_text(text).encode()
+    saved = file_save(
+        project=scope.project if isinstance(scope.project, Project) else _project(scope.project),
+        name=name,
+        content=content,
+        source=File.Source.RUN if scope.run_id else File.Source.UPLOAD,
+        run_id=scope.run_id,
+        node_id=scope.node_id,
+        uploaded_by=scope.actor,
+    )
+    return file_ref(saved)
+
+
+def _success(
+    response: egress.EgressResponse, request: _Request, secrets: SecretBag, save: bool
+) -> dict[str, Any]:
+    """The result of a 2xx/3xx answer: its body, or the reference of the file it was saved as."""
+    status = response.status_code
+    if not save:
+        output = request.redact(secrets, _output(response, request.method))
+        return {"output": output, "ok": True, "http_status": status}
+    try:
+        saved = _saved(response, request, secrets)
+    except InvalidInput as exc:
+        error = secrets.redact(f"Cannot save the response as a file: {exc.detail}")
+        return {"output": None, "ok": False, "http_status": status, "error": error}
+    return {"output": saved, "ok": True, "http_status": status}
+
+
+def _project(project_id: Any) -> Project:
+    return Project.objects.get(pk=project_id)
+
+
 def _retry_after(response: egress.EgressResponse) -> float | None:
     value = response.headers.get("retry-after", "").strip()
     if re.fullmatch(r"\d+(\.\d+)?", value):
@@ -165,6 +258,7 @@ def execute_http(
     secrets: SecretBag,
     idempotency_key: str | None = None,
     timeout: float | None = None,
+    files: FileScope | None = None,
 ) -> ToolResult:
     started = time.monotonic()
 
@@ -172,10 +266,13 @@ def execute_http(
         elapsed = round((time.monotonic() - started) * 1000.0, 3)
         return ToolResult(latency_ms=elapsed, **fields)
 
+    save = bool(config.get("save_response_as_file"))
     try:
-        request = _Request(config, arguments, secrets, idempotency_key)
+        request = _Request(config, arguments, secrets, idempotency_key, files)
     except _RenderError as exc:
         return result(output=None, ok=False, error=secrets.redact(str(exc)))
+    # A response saved as a file may be as large as a file; otherwise the outbound cap holds.
+    max_bytes = int(settings.SPARKOPS_FILE_MAX_BYTES) if save else None
 
     per_try = float(config.get("timeout_seconds") or settings.SPARKOPS_OUTBOUND_READ_TIMEOUT)
     if timeout is not None:
@@ -200,18 +297,26 @@ def execute_http(
                 headers=request.headers,
                 params=request.params or None,
                 json=request.body,
+                content=request.content,
+                files=request.parts or None,
                 timeout=this_try,
+                max_bytes=max_bytes,
             )
         except egress.EgressDenied as exc:
             error = f"Request refused: {exc.detail}"
             return result(output=None, ok=False, error=request.redact(secrets, error))
         except egress.EgressError as exc:
             error, retryable, status, output = str(exc.detail), exc.retryable, None, None
+            if save and "too large" in error:
+                error = (
+                    f"The response is larger than the file limit of {max_bytes} bytes "
+                    f"(SPARKOPS_FILE_MAX_BYTES): {error}"
+                )
         else:
             status = response.status_code
-            output = request.redact(secrets, _output(response, request.method))
             if status < 400:
-                return result(output=output, ok=True, http_status=status)
+                return result(**_success(response, request, secrets, save))
+            output = request.redact(secrets, _output(response, request.method))
             retryable = status in RETRYABLE_STATUSES
             error = f"HTTP {status}"
             if output is not None:

@@ -8,7 +8,9 @@ from typing import Any
 
 import pytest
 
+from projects import files
 from projects import services as project_services
+from projects.models import File
 from projects.secrets import SecretBag
 from sparkops.errors import InvalidInput
 from tools import services
@@ -339,3 +341,72 @@ def test_head_has_no_output(server: ToolServer, project: Any):
     assert result.ok
     assert result.output is None
     assert server.requests[0].method == "HEAD"
+
+
+# --- files ------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def local_files(settings: Any, tmp_path: Any) -> Any:
+    settings.STORAGES = {
+        **settings.STORAGES,
+        "files": {
+            "BACKEND": "django.core.files.storage.FileSystemStorage",
+            "OPTIONS": {"location": str(tmp_path)},
+        },
+    }
+    return tmp_path
+
+
+def test_an_invoke_saves_the_response_as_a_file_of_the_project(
+    server: ToolServer, project: Any, cast: Any, local_files: Any
+):
+    server.script("/export", Reply(body=b"a,b\n1,2\n", headers={"Content-Type": "text/csv"}))
+    tool = http_tool(
+        project,
+        {
+            "method": "POST",
+            "url": server.url + "/export",
+            "save_response_as_file": True,
+            "response_file_name": "export-{{ args.n }}.csv",
+        },
+        {"type": "object", "properties": {"n": {"type": "integer"}}},
+    )
+    result = services.tool_invoke(tool=tool, actor=cast.developer, project=None, arguments={"n": 3})
+    assert result.ok, result.error
+    saved = File.objects.get(pk=result.output["file"])
+    assert result.output == files.file_ref(saved)
+    assert (saved.name, saved.content_type, saved.project_id) == (
+        "export-3.csv",
+        "text/csv",
+        project.pk,
+    )
+    assert (saved.source, saved.uploaded_by, saved.run_id) == ("upload", cast.developer, None)
+    assert files.file_read(saved) == b"a,b\n1,2\n"
+
+
+def test_the_invoke_api_answers_a_saved_file_with_its_download_url(
+    server: ToolServer, project: Any, cast: Any, local_files: Any
+):
+    server.script("/export", Reply(body=b"a,b\n", headers={"Content-Type": "text/csv"}))
+    config = {"method": "POST", "url": server.url + "/export", "save_response_as_file": True}
+    tool = http_tool(project, config)
+    response = cast.client("developer").post(
+        f"/api/v1/tools/{tool.pk}/invoke/", {"arguments": {}}, format="json"
+    )
+    assert response.status_code == 200, response.json()
+    output = response.json()["output"]
+    saved = File.objects.get(pk=output["file"])
+    url = f"http://testserver/api/v1/files/{saved.pk}/content/"
+    assert output == {**files.file_ref(saved), "url": url}
+
+
+def test_without_a_project_a_file_tool_fails_clearly(server: ToolServer, project: Any):
+    for config, message in (
+        ({"body_file": "{{ args.f }}"}, "config.body_file: this tool sends a file"),
+        ({"save_response_as_file": True}, "saves its response as a file, which needs a project"),
+    ):
+        tool = http_tool(project, {"method": "POST", "url": server.url + "/x", **config})
+        result = call(tool, {"f": {"file": "x"}})
+        assert not result.ok and message in (result.error or ""), result.error
+    assert server.calls("/x") == []
