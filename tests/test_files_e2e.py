@@ -1,4 +1,5 @@
-"""Issue #18's "done when", on the local file storage and a worker in its own process: upload
+"""Issue #18's "done when", on both file storages (the local filesystem; S3, moto's server over
+HTTP) and a worker in its own process: upload
 an image and a text file → an agent describes the image and summarises the text (the fake
 provider checks each SDK's native format) → an HTTP tool turns the summary into a report file
 → another posts that generated file to a server (the bytes it received checked) → the run's
@@ -21,6 +22,7 @@ from runs.tests.conftest import Raw, ToolServer
 from sparkops.testing.engine import wait_for_run
 from sparkops.testing.fake_llm import FakeLLMServer
 from sparkops.testing.processes import RedisServer, WorkerProcess, broker
+from sparkops.testing.s3 import ACCESS_KEY, REGION, SECRET_KEY, S3Server, s3_server
 from tools import services as tool_services
 from workflows import services as workflow_services
 
@@ -32,21 +34,47 @@ FILE = {"type": "object", "format": "file"}
 KEY = "sk-e2e-files-never-recorded"
 
 
-@pytest.fixture
-def worker(settings: Any, tmp_path: Any) -> Iterator[WorkerProcess]:
-    """A worker process sharing this test's file storage (its SPARKOPS_VAR_DIR/files) and a
-    broker of its own."""
-    settings.SPARKOPS_OUTBOUND_ALLOW = ["127.0.0.1"]
-    settings.STORAGES = {
-        **settings.STORAGES,
-        "files": {
+@pytest.fixture(scope="module")
+def s3() -> Iterator[S3Server]:
+    with s3_server() as server:
+        yield server
+
+
+@pytest.fixture(params=["local", "s3"])
+def storage(request: Any, settings: Any, tmp_path: Any) -> dict[str, str]:
+    """The file storage of this test and of its worker: the same directory, or the same bucket
+    (the worker configured from the environment, as production is)."""
+    if request.param == "local":
+        config = {
             "BACKEND": "django.core.files.storage.FileSystemStorage",
             "OPTIONS": {"location": str(tmp_path / "files")},
-        },
-    }
+        }
+        env = {"SPARKOPS_VAR_DIR": str(tmp_path)}
+    else:
+        s3: S3Server = request.getfixturevalue("s3")
+        bucket = s3.create_bucket()
+        config = s3.storage_config(bucket)
+        env = {
+            "SPARKOPS_VAR_DIR": str(tmp_path),
+            "SPARKOPS_FILES_BACKEND": "s3",
+            "AWS_STORAGE_BUCKET_NAME": bucket,
+            "AWS_S3_ENDPOINT_URL": s3.endpoint_url,
+            "AWS_S3_REGION_NAME": REGION,
+            "AWS_S3_ACCESS_KEY_ID": ACCESS_KEY,
+            "AWS_S3_SECRET_ACCESS_KEY": SECRET_KEY,
+        }
+    settings.STORAGES = {**settings.STORAGES, "files": config}
+    return {"kind": request.param, **env}
+
+
+@pytest.fixture
+def worker(settings: Any, storage: dict[str, str]) -> Iterator[WorkerProcess]:
+    """A worker process on this test's file storage and a broker of its own."""
+    settings.SPARKOPS_OUTBOUND_ALLOW = ["127.0.0.1"]
+    env = {key: value for key, value in storage.items() if key != "kind"}
     redis = RedisServer()
     redis.start()
-    process = WorkerProcess(redis.url, concurrency=4, extra_env={"SPARKOPS_VAR_DIR": str(tmp_path)})
+    process = WorkerProcess(redis.url, concurrency=4, extra_env=env)
     try:
         with broker(redis.url):
             process.start()
@@ -147,7 +175,7 @@ def build(cast: Any, fake_llm: FakeLLMServer, server: ToolServer, kind: str) -> 
 
 @pytest.mark.parametrize("kind", ["openai", "anthropic"])
 def test_upload_describe_summarise_publish_and_read_back(
-    cast: Any, worker: WorkerProcess, tool_server: ToolServer, kind: str
+    cast: Any, storage: dict[str, str], worker: WorkerProcess, tool_server: ToolServer, kind: str
 ) -> None:
     with FakeLLMServer() as fake_llm:
         workflow = build(cast, fake_llm, tool_server, kind)
@@ -198,4 +226,7 @@ def test_upload_describe_summarise_publish_and_read_back(
     assert published.raw == expected
     assert published.headers["content-type"] == "text/markdown"
     assert files.file_read(report) == expected
+    if storage["kind"] == "s3":  # the worker wrote the report where this process reads it
+        s3 = S3Server(endpoint_url=storage["AWS_S3_ENDPOINT_URL"])
+        assert report.path in s3.keys(storage["AWS_STORAGE_BUCKET_NAME"])
     assert run.output == {"summary": answer, "report": files.file_ref(report)}
