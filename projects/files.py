@@ -113,6 +113,9 @@ def file_save(
             digest.update(chunk)
     if size == 0:
         raise InvalidInput("The file is empty.", errors={"file": ["The file is empty."]})
+    run_days = int(settings.SPARKOPS_RUN_FILE_RETENTION_DAYS)
+    if expires_at is None and source == File.Source.RUN and run_days > 0:
+        expires_at = timezone.now() + timedelta(days=run_days)
     file_id = uuid.uuid4()
     path = f"files/{project.pk}/{file_id}"
     stored = storage().save(path, DjangoFile(stream))

@@ -221,6 +221,9 @@ if SPARKOPS_FILES_BACKEND not in {"local", "s3"}:
 # How often the retention job (beat) deletes expired files, and how many rows a batch takes.
 SPARKOPS_FILE_RETENTION_SECONDS = env.float("SPARKOPS_FILE_RETENTION_SECONDS", default=3600.0)
 SPARKOPS_FILE_RETENTION_BATCH = env.int("SPARKOPS_FILE_RETENTION_BATCH", default=500)
+# Files a run's step writes (an HTTP tool's saved response) expire after this many days; 0 keeps
+# them until they, their run's project or the file is deleted.
+SPARKOPS_RUN_FILE_RETENTION_DAYS = env.int("SPARKOPS_RUN_FILE_RETENTION_DAYS", default=0)
 # What an agent step sends a model of each file it reads: text (text files, a PDF's extracted
 # text) cut at this many characters, at most this many PDF pages, images up to this size (the
 # providers refuse larger ones: Anthropic's limit is 5 MB).

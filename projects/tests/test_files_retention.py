@@ -127,3 +127,23 @@ def test_a_project_deleted_in_the_console_takes_its_files_bytes(cast: Cast, fold
     assert response.status_code == 302
     assert not File.objects.filter(pk=file.pk).exists()
     assert on_disk(folder) == set()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_files_runs_write_expire_after_the_run_file_retention(
+    cast: Cast, folder: Any, settings: Any
+) -> None:
+    """SPARKOPS_RUN_FILE_RETENTION_DAYS dates a run's files (not uploads); the retention job
+    then removes them like any expired file. 0, the default, keeps them."""
+    kept = files.file_save(project=cast.project, name="a.txt", content=b"x", source="run")
+    assert kept.expires_at is None
+    settings.SPARKOPS_RUN_FILE_RETENTION_DAYS = 7
+    before = timezone.now()
+    written = files.file_save(project=cast.project, name="b.txt", content=b"x", source="run")
+    upload = files.file_save(project=cast.project, name="c.txt", content=b"x")
+    assert upload.expires_at is None
+    assert written.expires_at is not None
+    assert before + timedelta(days=7) <= written.expires_at <= timezone.now() + timedelta(days=7)
+    assert files.files_purge_expired(now=before + timedelta(days=8)) == 1
+    assert set(File.objects.values_list("pk", flat=True)) == {kept.pk, upload.pk}
+    assert on_disk(folder) == {kept.path, upload.path}
