@@ -12,6 +12,7 @@ from collections.abc import Callable
 from typing import Any
 from urllib.parse import urlsplit
 
+from django.conf import settings as django_settings
 from django.core.validators import validate_slug
 from django.db import IntegrityError, transaction
 from django.utils.text import slugify
@@ -128,6 +129,8 @@ def _check_settings(provider: str, model: str, value: Any) -> list[str]:
             problems.append(
                 f"timeout_seconds must be a number above 0 and at most {MAX_TIMEOUT_SECONDS:g}."
             )
+    if "stream" in value and not isinstance(value["stream"], bool):
+        problems.append("stream must be true or false.")
     if provider == Agent.Provider.SIMULATED:
         try:
             SimulatedProvider(ProviderConfig(provider=provider, model=model, settings=value))
@@ -567,6 +570,7 @@ def agent_provider_config(*, agent: Agent, secrets: SecretBag) -> ProviderConfig
         )
     settings = dict(agent.settings or {})
     timeout = settings.pop("timeout_seconds", DEFAULT_TIMEOUT_SECONDS)
+    settings.pop("stream", None)  # the engine's choice (agent_streams), not the SDK's
     return ProviderConfig(
         provider=agent.provider,
         model=agent.model,
@@ -575,6 +579,13 @@ def agent_provider_config(*, agent: Agent, secrets: SecretBag) -> ProviderConfig
         settings=settings,
         timeout=float(timeout),
     )
+
+
+def agent_streams(agent: Agent) -> bool:
+    """Whether the agent's model calls stream their answer (`llm.delta` events): its
+    `settings.stream`, else SPARKOPS_STREAM_DELTAS."""
+    value = (agent.settings or {}).get("stream")
+    return bool(django_settings.SPARKOPS_STREAM_DELTAS if value is None else value)
 
 
 def agent_tool_specs(*, agent: Agent) -> list[ToolSpec]:

@@ -544,6 +544,9 @@ SPARKOPS_MAX_CHAIN_DEPTH = env.int("SPARKOPS_MAX_CHAIN_DEPTH", default=10)
 SPARKOPS_STREAMS_PER_USER = env.int("SPARKOPS_STREAMS_PER_USER", default=4)
 # Unset: 16, lowered without a warning to what the threads allow (16 threads: 12).
 SPARKOPS_STREAMS_PER_PROCESS = env.int("SPARKOPS_STREAMS_PER_PROCESS", default=None)
+# Agent steps stream model output to open event streams (`llm.delta`); an agent's own
+# `settings.stream` wins. Off: one unstreamed call, the same recorded answer and usage.
+SPARKOPS_STREAM_DELTAS = env.bool("SPARKOPS_STREAM_DELTAS", default=True)
 SPARKOPS_STREAM_KEEPALIVE_SECONDS = env.float("SPARKOPS_STREAM_KEEPALIVE_SECONDS", default=5.0)
 SPARKOPS_STREAM_MAX_SECONDS = env.float("SPARKOPS_STREAM_MAX_SECONDS", default=300.0)
 SPARKOPS_STREAM_POLL_SECONDS = env.float("SPARKOPS_STREAM_POLL_SECONDS", default=0.25)

@@ -34,7 +34,7 @@ from agents.providers import (
     ToolSpec,
     get_provider,
 )
-from agents.services import agent_provider_config
+from agents.services import agent_provider_config, agent_streams
 from projects.files import file_ref
 from projects.models import File
 from runs import deltas, observability
@@ -80,6 +80,7 @@ def run_agent(
         config = agent_provider_config(agent=agent, secrets=checkpoint.secrets)
     except SparkOpsError as exc:
         raise StepError(exc.error_type, str(exc.detail)) from exc
+    streams = agent_streams(agent)
     call_timeout = config.timeout
     provider = get_provider(config)
     response_format = None
@@ -126,9 +127,8 @@ def run_agent(
         checkpoint.calls += 1
         try:
             with observability.model_call(agent.provider, request) as call:
-                response = call.done(
-                    provider.chat(request, on_delta=_publisher(step, checkpoint, iteration))
-                )
+                on_delta = _publisher(step, checkpoint, iteration) if streams else None
+                response = call.done(provider.chat(request, on_delta=on_delta))
         except ProviderError as exc:
             checkpoint()  # a call cut short by the step's timeout is a step timeout
             raise StepError(

@@ -143,3 +143,56 @@ def test_embedded_default_without_redis_streams_through_files(cast, fake_llm, se
     seen = frames(chunks)
     assert "".join(d["text"] for name, d in seen if name == "llm.delta") == ANSWER
     assert (tmp_path / "deltas" / f"{run.pk}.jsonl").exists()
+
+
+@pytest.mark.parametrize(
+    ("agent_stream", "setting", "streamed"),
+    [(False, True, False), (None, False, False), (True, False, True)],
+)
+def test_streaming_can_be_turned_off_per_agent_or_for_all(
+    cast, fake_llm, settings, agent_stream, setting, streamed
+):
+    """`settings.stream` on the agent wins over SPARKOPS_STREAM_DELTAS (read by the worker at
+    the call); off, the SDK is called without `stream` and no `llm.delta` reaches a client,
+    while the recorded answer, tokens and cost are the streamed call's."""
+    settings.SPARKOPS_STREAM_POLL_SECONDS = 0.05
+    settings.SPARKOPS_STREAM_DELTAS = setting
+    agent_settings = {} if agent_stream is None else {"stream": agent_stream}
+    make_agent(cast, fake_llm, "openai", settings=agent_settings)
+    fake_llm.enqueue(
+        "openai", {"content": ANSWER, "input_tokens": 40, "output_tokens": 9, "chunk_delay": 0.01}
+    )
+    fake_llm.gate.clear()
+    run = services.run_create(
+        workflow=agent_workflow(cast), input={"topic": "otters"}, actor=cast.owner
+    )
+    deadline = time.monotonic() + 30
+    while not fake_llm.requests_for("openai"):
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    chunks = open_stream(cast, run)
+    fake_llm.gate.set()
+    names = [name for name, _ in frames(chunks)]
+
+    assert ("llm.delta" in names) is streamed
+    assert bool(fake_llm.requests_for("openai")[0].body.get("stream")) is streamed
+    run = wait_for_run(run.pk)
+    assert run.status == "succeeded"
+    assert run.output == {"answer": {"text": ANSWER}}
+    assert (run.input_tokens, run.output_tokens, run.cost) == (40, 9, Decimal("0.058"))
+
+
+def test_the_stream_setting_must_be_a_boolean(cast):
+    response = cast.client("owner").post(
+        "/api/v1/agents/",
+        {
+            "project": str(cast.project.pk),
+            "name": "Chatty",
+            "provider": "simulated",
+            "model": "sim-1",
+            "settings": {"stream": "no"},
+        },
+        format="json",
+    )
+    assert response.status_code == 400
+    assert "stream must be true or false." in str(response.json())
