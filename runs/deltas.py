@@ -6,7 +6,8 @@ With Redis (REDIS_URL) a piece is a PUBLISH on the run's channel and every open 
 SUBSCRIBEs to it. On the embedded default (no Redis) the worker and the web process share a
 disk instead: a piece is a line appended to the run's file under SPARKOPS_VAR_DIR/deltas, and
 a stream reads the lines appended after it opened. Either way a stream sees the pieces sent
-after it joined, never the ones before (those are in the recorded events)."""
+after it joined, never the ones before (those are in the recorded events). The sweeper
+`prune()`s the files no stream needs any more."""
 
 from __future__ import annotations
 
@@ -15,11 +16,14 @@ import json
 import os
 import threading
 import time
+import uuid
 from pathlib import Path
 from typing import Any
 
 import redis
 from django.conf import settings
+
+from runs.models import Run
 
 CHANNEL = "sparkops:run-deltas:{run}"
 _local = threading.local()
@@ -131,3 +135,52 @@ class Tail:
             with contextlib.suppress(redis.RedisError):
                 self.pubsub.close()
             self.pubsub = None
+
+
+def prune(now: float | None = None) -> int:
+    """Delete the embedded default's delta files no stream needs: a finished (or deleted) run's
+    once untouched for SPARKOPS_DELTA_FILE_GRACE seconds (its streams have ended by then),
+    any run's once untouched for a day. Returns how many went."""
+    folder = Path(settings.VAR_DIR) / "deltas"
+    try:
+        entries = list(os.scandir(folder))
+    except OSError:
+        return 0  # never streamed here (or with Redis: no files)
+    now = time.time() if now is None else now
+    grace = float(settings.SPARKOPS_DELTA_FILE_GRACE)
+    idle: dict[str, str] = {}  # run id -> path, for files idle past the grace
+    stale: list[str] = []
+    for entry in entries:
+        if not entry.name.endswith(".jsonl"):
+            continue
+        try:
+            age = now - entry.stat().st_mtime
+        except OSError:
+            continue
+        if age > 86400:
+            stale.append(entry.path)
+        elif age > grace:
+            idle[entry.name.removesuffix(".jsonl")] = entry.path
+    if idle:
+        ids = [run_id for run_id in idle if _is_uuid(run_id)]
+        active = {
+            str(pk)
+            for pk in Run.objects.filter(pk__in=ids)
+            .exclude(status__in=Run.FINISHED_STATUSES)
+            .values_list("pk", flat=True)
+        }
+        stale += [path for run_id, path in idle.items() if run_id not in active]
+    removed = 0
+    for path in stale:
+        with contextlib.suppress(OSError):
+            os.unlink(path)
+            removed += 1
+    return removed
+
+
+def _is_uuid(value: str) -> bool:
+    try:
+        uuid.UUID(value)
+    except ValueError:
+        return False
+    return True

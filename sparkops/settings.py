@@ -547,6 +547,9 @@ SPARKOPS_STREAMS_PER_PROCESS = env.int("SPARKOPS_STREAMS_PER_PROCESS", default=N
 # Agent steps stream model output to open event streams (`llm.delta`); an agent's own
 # `settings.stream` wins. Off: one unstreamed call, the same recorded answer and usage.
 SPARKOPS_STREAM_DELTAS = env.bool("SPARKOPS_STREAM_DELTAS", default=True)
+# The embedded default's delta files (VAR_DIR/deltas): a finished run's is deleted by the
+# sweeper once untouched this long; any run's after a day.
+SPARKOPS_DELTA_FILE_GRACE = env.float("SPARKOPS_DELTA_FILE_GRACE", default=60.0)
 SPARKOPS_STREAM_KEEPALIVE_SECONDS = env.float("SPARKOPS_STREAM_KEEPALIVE_SECONDS", default=5.0)
 SPARKOPS_STREAM_MAX_SECONDS = env.float("SPARKOPS_STREAM_MAX_SECONDS", default=300.0)
 SPARKOPS_STREAM_POLL_SECONDS = env.float("SPARKOPS_STREAM_POLL_SECONDS", default=0.25)

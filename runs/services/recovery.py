@@ -31,6 +31,7 @@ from django.db import transaction
 from django.db.models import Exists, F, OuterRef, Q
 from django.utils import timezone
 
+from runs import deltas
 from runs.engine.errors import StepError
 from runs.models import Lease, Run, RunStep
 from sparkops import tracing
@@ -49,6 +50,7 @@ COUNTS = (
     "steps_timed_out",
     "runs_timed_out",
     "deferred",  # due, but past this sweep's cap: the next sweep sends them
+    "delta_files_pruned",  # the embedded default's live-output files no stream needs
     "skipped",  # 1 when another sweep held the lease
 )
 
@@ -135,6 +137,7 @@ class _Sweep:
         self.resend_steps()
         self.resend_child_starts()
         self.time_out_steps()
+        self.counts["delta_files_pruned"] = deltas.prune()
         return self.counts
 
     def _may_send(self) -> bool:

@@ -6,7 +6,9 @@ the tokens and cost the unstreamed answer had."""
 from __future__ import annotations
 
 import json
+import os
 import time
+import uuid
 from decimal import Decimal
 
 import pytest
@@ -143,6 +145,40 @@ def test_embedded_default_without_redis_streams_through_files(cast, fake_llm, se
     seen = frames(chunks)
     assert "".join(d["text"] for name, d in seen if name == "llm.delta") == ANSWER
     assert (tmp_path / "deltas" / f"{run.pk}.jsonl").exists()
+
+
+def test_the_sweeper_prunes_delta_files_no_stream_needs(cast, fake_llm, settings, tmp_path):
+    """The embedded default's files: an active run's stays (until a day old), a finished
+    run's goes once untouched for SPARKOPS_DELTA_FILE_GRACE, a deleted run's too."""
+    settings.REDIS_URL = ""
+    settings.VAR_DIR = tmp_path
+    settings.SPARKOPS_DELTA_FILE_GRACE = 60
+    folder = tmp_path / "deltas"
+    folder.mkdir()
+
+    def aged(name, seconds):
+        path = folder / f"{name}.jsonl"
+        path.write_text('{"text": "x"}\n')
+        then = time.time() - seconds
+        os.utime(path, (then, then))
+        return path
+
+    fake_llm.enqueue("openai", {"content": ANSWER, "chunk_delay": 0.01})
+    run = start_held(cast, fake_llm, "openai")  # active: its model call waits at the gate
+    mine = aged(run.pk, 120)
+    gone = aged(uuid.uuid4(), 120)  # a run deleted meanwhile
+    old = aged(uuid.uuid4(), 2 * 86400)
+    assert services.sweep()["delta_files_pruned"] == 2
+    assert mine.exists() and not gone.exists() and not old.exists()
+
+    fake_llm.gate.set()
+    assert wait_for_run(run.pk).status == "succeeded"
+    assert mine.exists()  # the worker appended to it just now: within the grace
+    assert services.sweep()["delta_files_pruned"] == 0
+    then = time.time() - 61
+    os.utime(mine, (then, then))
+    assert services.sweep()["delta_files_pruned"] == 1
+    assert not mine.exists()
 
 
 @pytest.mark.parametrize(
