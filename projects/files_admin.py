@@ -7,14 +7,13 @@ from __future__ import annotations
 from typing import Any
 
 from django.contrib import admin
-from django.db.models import QuerySet
 from django.http import FileResponse, Http404, HttpRequest
 from django.template.defaultfilters import filesizeformat
 from django.urls import path, reverse
 from django.utils.html import format_html
 
 from projects.admin_scoping import ProjectScopedAdmin, staff_member
-from sparkops.adminkit import admin_page
+from sparkops.adminkit import ServiceAdmin, admin_page
 
 from . import files
 from .models import File
@@ -28,7 +27,7 @@ def download_view(model_admin: FileAdmin, request: HttpRequest, object_id: str) 
 
 
 @admin.register(File)
-class FileAdmin(ProjectScopedAdmin, admin.ModelAdmin):
+class FileAdmin(ProjectScopedAdmin, ServiceAdmin):
     list_display = [
         "name",
         "project",
@@ -89,7 +88,3 @@ class FileAdmin(ProjectScopedAdmin, admin.ModelAdmin):
 
     def delete_model(self, request: HttpRequest, obj: File) -> None:
         files.file_remove(file=obj, actor=staff_member(request))
-
-    def delete_queryset(self, request: HttpRequest, queryset: QuerySet) -> None:
-        for obj in queryset:
-            self.delete_model(request, obj)

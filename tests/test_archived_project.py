@@ -48,9 +48,17 @@ def _set_status(cast: Cast, status: str) -> None:
     project_services.project_set_status(project=cast.project, actor=cast.owner, status=status)
 
 
-def _call(cast: Cast, name: str, method: str, kwargs: dict[str, Any], body: Any, who: str) -> Any:
+def _call(
+    cast: Cast,
+    name: str,
+    method: str,
+    kwargs: dict[str, Any],
+    body: Any,
+    who: str,
+    format: str = "json",
+) -> Any:
     client = client_for() if who == "anonymous" else cast.client(who)
-    return getattr(client, method)(reverse(name, kwargs=kwargs), body, format="json")
+    return getattr(client, method)(reverse(name, kwargs=kwargs), body, format=format)
 
 
 def test_every_write_into_an_archived_project_is_a_409_naming_the_state(cast, settings):
@@ -61,7 +69,7 @@ def test_every_write_into_an_archived_project_is_a_409_naming_the_state(cast, se
             continue
         kwargs, body = call.build(cast)
         _set_status(cast, "archived")
-        response = _call(cast, name, method, kwargs, body, call.who)
+        response = _call(cast, name, method, kwargs, body, call.who, call.format)
         _set_status(cast, "active")
         if (name, method) in ALLOWED:
             if response.status_code != call.status:
