@@ -113,6 +113,12 @@ def sweep_until(predicate, *, timeout, what):
 
 def test_killed_worker_loses_nothing(cast, fast_recovery, redis_broker):
     with CountingServer(delay=0.3) as endpoint:
+        # The middle steps wait at the endpoint until the first worker is dead: it dies with
+        # steps in flight and runs part-way through, however fast or slow the machine is.
+        endpoint.held = lambda body: (
+            isinstance(body, dict) and body.get("step") in {"left", "right"}
+        )
+        endpoint.gate.clear()
         workflow = five_step_workflow(cast, endpoint.url)
         first = WorkerProcess(redis_broker.url, concurrency=16)
         first.start()
@@ -135,6 +141,7 @@ def test_killed_worker_loses_nothing(cast, fast_recovery, redis_broker):
             in_flight = RunStep.objects.filter(status=RunStep.Status.RUNNING).count()
             assert in_flight > 0
             assert Run.objects.filter(status=Run.Status.SUCCEEDED).count() < RUNS
+            endpoint.gate.set()
 
             second.start()
             sweep_until(

@@ -15,7 +15,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -216,6 +216,10 @@ class CountingServer:
     def __init__(self, delay: float = 0.0) -> None:
         self.delay = delay
         self.requests: list[dict[str, Any]] = []
+        # Requests whose JSON body `held` picks wait (recorded) until `gate` is set.
+        self.held: Callable[[Any], bool] | None = None
+        self.gate = threading.Event()
+        self.gate.set()
         self.lock = threading.Lock()
         self._stop = threading.Event()
         outer = self
@@ -240,6 +244,8 @@ class CountingServer:
                             "body": body,
                         }
                     )
+                if outer.held is not None and outer.held(body):
+                    outer.gate.wait(120)
                 if outer.delay:
                     outer._stop.wait(outer.delay)
                 payload = json.dumps({"ok": True, "echo": body}).encode()
@@ -264,6 +270,7 @@ class CountingServer:
 
     def __exit__(self, *exc: Any) -> None:
         self._stop.set()
+        self.gate.set()
         self.server.shutdown()
         self.server.server_close()
 
