@@ -37,8 +37,9 @@ def send_step(step_id: int, attempt: int, *, countdown: float | None = None) -> 
     transaction.on_commit(lambda: _send("runs.step_execute", [step_id, attempt], **options))
 
 
-def send_child_start(step_id: int, attempt: int) -> None:
-    """Start the child run of a `workflow` step (after commit)."""
-    transaction.on_commit(
-        lambda: _send("runs.child_start", [step_id, attempt], queue="orchestration")
-    )
+def send_child_start(step_id: int, attempt: int, *, countdown: float | None = None) -> None:
+    """Start the child run of a `workflow` step (after commit); a retry after `countdown`."""
+    options: dict[str, Any] = {"queue": "orchestration"}
+    if countdown:
+        options["countdown"] = countdown
+    transaction.on_commit(lambda: _send("runs.child_start", [step_id, attempt], **options))

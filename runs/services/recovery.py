@@ -267,7 +267,6 @@ class _Sweep:
         `runs.child_start` message was lost."""
         lost = max(self.grace, self.factor * steps_latency(self.now))
         oldest = self.now - timedelta(seconds=lost)
-        has_child = Run.objects.filter(parent_step=OuterRef("pk"))
         for step in (
             RunStep.objects.filter(
                 status=RunStep.Status.RUNNING,
@@ -275,11 +274,15 @@ class _Sweep:
                 run__status=Run.Status.RUNNING,
                 started_at__lt=oldest,
             )
-            .exclude(Exists(has_child))
             .order_by("started_at")
-            .values("pk", "attempt", "started_at", "resent_at", "resends")
+            .values(
+                "pk", "attempt", "input", "started_at", "next_attempt_at", "resent_at", "resends"
+            )
         ):
-            sent = max(t for t in (step["started_at"], step["resent_at"]) if t is not None)
+            if (step["input"] or {}).get("child_run"):
+                continue  # this attempt's child was started (an earlier one's may have failed)
+            times = (step["started_at"], step["next_attempt_at"], step["resent_at"])
+            sent = max(t for t in times if t is not None)
             if self._due(sent, step["resent_at"], step["resends"], lost) and self._may_send():
                 with transaction.atomic():
                     claimed = RunStep.objects.filter(

@@ -212,3 +212,65 @@ def test_the_sweeper_sends_a_lost_child_start_again(cast):
     assert run.status == "succeeded", run.error
     assert run.steps.get(node_id="sub").output == 7
     assert services.sweep()["steps_resent"] == 0
+
+
+def test_a_failed_child_is_retried_as_a_new_child_under_the_nodes_retry(cast, tool_server):
+    http_tool(
+        cast.project, cast.owner, "once", tool_server.route("/once", tool_server.failing(1, 404))
+    )
+    make_workflow(
+        cast.project,
+        cast.owner,
+        [tool_node("call", "once")],
+        name="flaky",
+        output="{{ steps.call.output }}",
+    )
+    retry = {"max_attempts": 2, "backoff_seconds": 0.05}
+    parent_wf = make_workflow(
+        cast.project, cast.owner, [sub("sub", "flaky", retry=retry)], name="p"
+    )
+    run = wait_for_run(start(parent_wf, cast.owner).pk)
+    assert run.status == "succeeded", run.error
+    step = run.steps.get(node_id="sub")
+    first, second = Run.objects.filter(parent_step=step).order_by("created_at")
+    assert (first.status, second.status) == ("failed", "succeeded")
+    assert (step.attempt, step.failures) == (2, 1)
+    assert step.input["child_run"] == str(second.pk)
+    assert step.output == second.output
+    (retried,) = [e for e in events_of(run, "step.status") if e.payload.get("retry")]
+    assert retried.node_id == "sub" and retried.payload["error"]["child_run"] == str(first.pk)
+    assert len(tool_server.calls("/once")) == 2
+
+
+def test_a_child_failing_every_attempt_fails_the_step_after_the_last(cast, tool_server):
+    http_tool(
+        cast.project, cast.owner, "never", tool_server.route("/n", tool_server.failing(9, 404))
+    )
+    make_workflow(cast.project, cast.owner, [tool_node("call", "never")], name="broken")
+    retry = {"max_attempts": 3, "backoff_seconds": 0.05}
+    parent_wf = make_workflow(
+        cast.project, cast.owner, [sub("sub", "broken", retry=retry)], name="p"
+    )
+    run = wait_for_run(start(parent_wf, cast.owner).pk)
+    assert run.status == "failed"
+    step = run.steps.get(node_id="sub")
+    children = list(Run.objects.filter(parent_step=step).order_by("created_at"))
+    assert [child.status for child in children] == ["failed"] * 3
+    assert (step.status, step.attempt, step.failures) == ("failed", 3, 3)
+    assert step.error["child_run"] == str(children[-1].pk)
+
+
+def test_a_cancelled_child_is_not_retried(cast):
+    make_workflow(cast.project, cast.owner, [{"id": "wait", "type": "approval"}], name="waits")
+    retry = {"max_attempts": 3, "backoff_seconds": 0.05}
+    parent_wf = make_workflow(
+        cast.project, cast.owner, [sub("sub", "waits", retry=retry)], name="p"
+    )
+    run = start(parent_wf, cast.owner)
+    child = wait_until(lambda: Run.objects.filter(parent_step__run=run).first(), what="child")
+    wait_for_run(child.pk, ("waiting_approval",))
+    services.run_cancel(run=child, actor=cast.owner)
+    run = wait_for_run(run.pk)
+    assert run.status == "failed"
+    assert run.steps.get(node_id="sub").error["type"] == "child_cancelled"
+    assert Run.objects.filter(parent_step__run=run).count() == 1

@@ -5,15 +5,18 @@ parent run's lock) renders the input mapping and creates the child run of the wo
 current version (pinned by the run), linked by `Run.parent_step`, one level deeper
 (`chain_depth`, bounded by SPARKOPS_MAX_CHAIN_DEPTH). When the child finishes,
 `child_finished` writes the step's outcome (the output mapping, or the child's output; the
-child's tokens and cost roll up to the step and the parent run) and plans the parent. A parent
-that finishes first (cancelled, failed elsewhere, timed out) cancels its unfinished children;
-a cancelled child fails its step. Both run after commit, in transactions of their own, each
+child's tokens and cost roll up to the step and the parent run) and plans the parent. A child
+that failed or timed out is retried as a new child run (a new attempt of the step) under the
+node's `retry`, with its backoff; the step's usage is every attempt's. A parent that finishes
+first (cancelled, failed elsewhere, timed out) cancels its unfinished children; a cancelled
+child fails its step, never retried. Both run after commit, in transactions of their own, each
 locking one run at a time."""
 
 from __future__ import annotations
 
 import contextlib
 import logging
+from datetime import timedelta
 from typing import Any
 
 from django.conf import settings
@@ -24,9 +27,10 @@ from django.utils import timezone
 from runs.engine.context import referenced, step_states, template_context
 from runs.models import Run, RunEvent, RunStep
 from runs.services import run_cancel, run_create
+from runs.services.dispatch import send_child_start
 from runs.services.events import events_append
 from runs.services.planning import run_advance_locked
-from runs.services.state import lock_run, node_of
+from runs.services.state import backoff_delay, lock_run, node_of, retry_policy
 from sparkops.errors import SparkOpsError
 from sparkops.templating import TemplateError, render_value
 from workflows.models import Workflow
@@ -64,6 +68,37 @@ def _fail(run: Run, step: RunStep, error: dict[str, Any], **fields: Any) -> None
     run_advance_locked(run, inline=True, events=[_event(step, "failed", error=error)])
 
 
+def _retried(
+    run: Run, step: RunStep, node: dict[str, Any], error: dict[str, Any], usage: dict[str, Any]
+) -> bool:
+    """A failed child's step as a new attempt, its child started after the backoff, when the
+    node's `retry` has attempts left (the run locked). False: the step fails."""
+    failures = step.failures + 1
+    policy = retry_policy(run, node)
+    if failures >= policy["max_attempts"] or run.cancel_requested:
+        return False
+    delay = backoff_delay(policy, failures)
+    moved = RunStep.objects.filter(
+        pk=step.pk, attempt=step.attempt, status=RunStep.Status.RUNNING
+    ).update(
+        attempt=step.attempt + 1,
+        failures=failures,
+        error=error,
+        input={},
+        next_attempt_at=timezone.now() + timedelta(seconds=delay),
+        resent_at=None,
+        resends=0,
+        **usage,
+    )
+    if not moved:
+        return False
+    event = _event(step, "running", retry=True, error=error, failures=failures)
+    event["payload"].update(max_attempts=policy["max_attempts"], delay_seconds=round(delay, 3))
+    events_append(run.pk, [event])
+    send_child_start(step.pk, step.attempt + 1, countdown=delay)
+    return True
+
+
 def child_start(*, step_id: int, attempt: int) -> None:
     with transaction.atomic():
         row = RunStep.objects.filter(pk=step_id).values_list("run_id", flat=True).first()
@@ -73,7 +108,7 @@ def child_start(*, step_id: int, attempt: int) -> None:
         step = RunStep.objects.filter(
             pk=step_id, attempt=attempt, status=RunStep.Status.RUNNING
         ).first()
-        if step is None or step.child_runs.exists():  # a duplicate delivery
+        if step is None or (step.input or {}).get("child_run"):  # a duplicate delivery
             return
         node = node_of(run, step.node_id)
         slug = str(node["workflow"])
@@ -160,14 +195,17 @@ def child_finished(child_id: Any) -> None:
         step = RunStep.objects.filter(pk=step_ref.pk, status=RunStep.Status.RUNNING).first()
         if step is None:
             return
+        if (step.input or {}).get("child_run") != str(child.pk):
+            return  # a child of an earlier attempt (its step has moved on)
         usage: dict[str, Any] = {
-            "input_tokens": child.input_tokens,
-            "output_tokens": child.output_tokens,
-            "cost": child.cost,
+            name: F(name) + value
+            for name, value in (
+                ("input_tokens", child.input_tokens),
+                ("output_tokens", child.output_tokens),
+                ("cost", child.cost),
+            )
         }
-        Run.objects.filter(pk=run.pk).update(
-            **{name: F(name) + value for name, value in usage.items()}
-        )
+        Run.objects.filter(pk=run.pk).update(**usage)
         node = node_of(run, step.node_id)
         slug = child.workflow.slug
         if child.status != Run.Status.SUCCEEDED:
@@ -177,7 +215,9 @@ def child_finished(child_id: Any) -> None:
                 "message": f"Child run of workflow '{slug}' {child.status}: {reason}",
                 "child_run": str(child.pk),
             }
-            _fail(run, step, error, **usage)
+            if child.status != Run.Status.CANCELLED and _retried(run, step, node, error, usage):
+                return
+            _fail(run, step, error, failures=step.failures + 1, **usage)
             return
         output = child.output
         if "output" in node:
