@@ -934,3 +934,24 @@ def validate_input(input_schema: dict[str, Any] | None, data: Any) -> None:
             errors.add(where, message)
     if errors:
         raise InvalidInput("Invalid run input.", errors=dict(errors))
+
+
+def child_workflows(definition: Any) -> list[tuple[str, str]]:
+    """(location, slug) of each workflow a definition runs as a child: `workflow` nodes and
+    loops whose body is a workflow (`definition.nodes[2].workflow`, `...node.workflow`)."""
+    found: list[tuple[str, str]] = []
+    nodes = definition.get("nodes") if isinstance(definition, dict) else None
+    for index, node in enumerate(nodes if isinstance(nodes, list) else []):
+        if not isinstance(node, dict):
+            continue
+        base = f"definition.nodes[{index}]"
+        body = node.get("node")
+        if node.get("type") == "workflow" and isinstance(node.get("workflow"), str):
+            found.append((f"{base}.workflow", node["workflow"]))
+        elif (
+            isinstance(body, dict)
+            and body.get("type") == "workflow"
+            and isinstance(body.get("workflow"), str)
+        ):
+            found.append((f"{base}.node.workflow", body["workflow"]))
+    return found

@@ -27,7 +27,7 @@ from tools.models import McpServer, McpToolset, Tool
 from tools.schema import static_origin
 from tools.services import VERSIONED_FIELDS as TOOL_FIELDS
 
-from .definition import graph, validate_definition
+from .definition import child_workflows, graph, validate_definition
 from .models import Workflow, WorkflowVersion, default_retry_policy
 from .schedules import schedules_sync_workflow
 
@@ -116,6 +116,46 @@ def workflow_validate(*, project: Project, definition: Any) -> dict[str, Any]:
     return graph(definition)
 
 
+def workflow_cycle_check(*, project: Project, slug: str, definition: Any) -> None:
+    """Refuse a definition that runs, as a child run, the workflow `slug` itself: directly or
+    through the current definitions of the workflows it runs. InvalidInput names the node and
+    the cycle (`a → b → a`). The run-time depth limit still stops what this cannot see."""
+    definitions: dict[str, Any] = {}
+
+    def runs(name: str) -> list[str]:
+        if name not in definitions:
+            row = Workflow.objects.filter(project=project, slug=name).values("definition").first()
+            definitions[name] = row["definition"] if row else None
+        return [child for _, child in child_workflows(definitions[name])]
+
+    errors: dict[str, list[str]] = {}
+    for where, first in child_workflows(definition):
+        path = _path_to(slug, first, runs, set())
+        if path is not None:
+            cycle = " → ".join([slug, *path])
+            errors.setdefault(where, []).append(
+                f"Workflow {slug!r} would run itself as a child run: {cycle}."
+            )
+    if errors:
+        raise _invalid(errors, "Invalid workflow definition.")
+
+
+def _path_to(
+    target: str, start: str, runs: Callable[[str], list[str]], seen: set[str]
+) -> list[str] | None:
+    """The chain of child workflows from `start` to `target` (both included), or None."""
+    if start == target:
+        return [start]
+    if start in seen:
+        return None
+    seen.add(start)
+    for child in runs(start):
+        path = _path_to(target, child, runs, seen)
+        if path is not None:
+            return [start, *path]
+    return None
+
+
 def workflow_clean(*, project: Project, fields: dict[str, Any]) -> dict[str, Any]:
     """Checks the fields a create or update sets (the admin form calls this too, so both paths
     refuse the same things). Returns them cleaned (retry policy defaults filled in)."""
@@ -182,6 +222,8 @@ def workflow_create(
     slug = fields.pop("slug", None)
     if slug and workflow_slug_taken(project, slug):
         raise _slug_conflict()
+    if slug:  # a new workflow's own slug is the only cycle it can close
+        workflow_cycle_check(project=project, slug=slug, definition=definition)
     with duplicate_as(_slug_conflict):
         workflow = Workflow.objects.create(
             project=project,
@@ -223,6 +265,12 @@ def workflow_update(*, workflow: Workflow, actor: User | None, **fields: Any) ->
         slug = cleaned.get("slug")
         if slug and workflow_slug_taken(locked.project, slug, exclude_pk=locked.pk):
             raise _slug_conflict()
+        if "definition" in cleaned or becomes_active:
+            workflow_cycle_check(
+                project=locked.project,
+                slug=slug or locked.slug,
+                definition=cleaned.get("definition", locked.definition),
+            )
         return cleaned
 
     # Every given field is saved (and audited), changed or not; the row lock keeps the latest

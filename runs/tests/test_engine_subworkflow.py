@@ -145,14 +145,12 @@ def test_cancelling_the_child_fails_the_parent(cast):
     assert run.steps.get(node_id="sub").error["type"] == "child_cancelled"
 
 
-def test_the_depth_limit_stops_a_workflow_that_runs_itself(cast, settings):
+def test_the_depth_limit_stops_a_chain_of_children_too_deep(cast, settings):
     settings.SPARKOPS_MAX_CHAIN_DEPTH = 2
-    wf = make_workflow(cast.project, cast.owner, [transform("a", 1)], name="again")
-    workflow_services.workflow_update(
-        workflow=wf,
-        actor=cast.owner,
-        definition={"nodes": [transform("a", 1), sub("sub", "again", "a")]},
-    )
+    make_workflow(cast.project, cast.owner, [transform("a", 1)], name="leaf")
+    make_workflow(cast.project, cast.owner, [sub("sub", "leaf")], name="three")
+    make_workflow(cast.project, cast.owner, [sub("sub", "three")], name="two")
+    wf = make_workflow(cast.project, cast.owner, [sub("sub", "two")], name="one")
     run = wait_for_run(start(wf, cast.owner).pk)
     assert run.status == "failed"
     depth1 = child_of(run)
@@ -161,9 +159,59 @@ def test_the_depth_limit_stops_a_workflow_that_runs_itself(cast, settings):
     assert not Run.objects.filter(parent_step__run=depth2).exists()
     assert depth2.steps.get(node_id="sub").error == {
         "type": "depth_limit",
-        "message": "Workflow 'again' would run at depth 3, past SPARKOPS_MAX_CHAIN_DEPTH (2).",
+        "message": "Workflow 'leaf' would run at depth 3, past SPARKOPS_MAX_CHAIN_DEPTH (2).",
     }
     assert run.steps.get(node_id="sub").error["type"] == "child_failed"
+
+
+def test_a_workflow_that_would_run_itself_is_refused_when_saved(cast):
+    """Directly, or through the workflows it runs (a loop's workflow body too): a 400 naming
+    the node and the cycle, on update and on rollback; nothing is saved."""
+    again = make_workflow(cast.project, cast.owner, [transform("a", 1)], name="again")
+    client = cast.client("developer")
+    url = f"/api/v1/workflows/{again.pk}/"
+    itself = {"nodes": [transform("a", 1), sub("sub", "again", "a")]}
+    response = client.patch(url, {"definition": itself}, format="json")
+    assert response.status_code == 400
+    assert response.json()["errors"] == {
+        "definition.nodes[1].workflow": [
+            "Workflow 'again' would run itself as a child run: again → again."
+        ]
+    }
+
+    middle = make_workflow(cast.project, cast.owner, [sub("sub", "again")], name="middle")
+    looped = {
+        "nodes": [
+            {
+                "id": "repeat",
+                "type": "loop",
+                "node": {"type": "workflow", "workflow": "middle"},
+                "until": "{{ iteration >= 1 }}",
+                "max_iterations": 2,
+            }
+        ]
+    }
+    response = client.patch(url, {"definition": looped}, format="json")
+    assert response.status_code == 400
+    assert response.json()["errors"] == {
+        "definition.nodes[0].node.workflow": [
+            "Workflow 'again' would run itself as a child run: again → middle → again."
+        ]
+    }
+    again.refresh_from_db()
+    assert again.version == 1 and again.definition["nodes"] == [transform("a", 1)]
+
+    # A chain without a cycle is fine; a rollback that would close one is refused too.
+    ok = client.patch(
+        f"/api/v1/workflows/{middle.pk}/",
+        {"definition": {"nodes": [transform("b", 2)]}},
+        format="json",
+    )
+    assert ok.status_code == 200, ok.json()
+    assert client.patch(url, {"definition": looped}, format="json").status_code == 200
+    back = client.post(f"/api/v1/workflows/{middle.pk}/rollback", {"version": 1}, format="json")
+    assert back.status_code == 400
+    assert "middle → again → middle" in str(back.json()["errors"])
 
 
 def test_resume_from_failure_runs_a_new_child_and_reuses_the_rest(cast, tool_server):
