@@ -633,11 +633,61 @@ class _Loop:
 
     def start(self) -> None:
         planning = self.planning
-        if planning.set_status(
-            self.step, RunStep.Status.RUNNING, started_at=planning.now, attempt=1, input={}
+        reused = self._reusable()
+        summary = {"reused": len(reused)} if reused else {}
+        if not planning.set_status(
+            self.step, RunStep.Status.RUNNING, started_at=planning.now, attempt=1, input=summary
         ):
-            planning.events.append(_step_event(self.step, "running"))
+            return
+        planning.events.append(_step_event(self.step, "running", **summary))
+        if not reused:
             self._iterate(0, None)
+            return
+        planning.flush_queued()
+        body_type = self.node["node"]["type"]
+        RunStep.objects.bulk_create(
+            RunStep(
+                run=self.run,
+                node_id=item_id(self.loop_id, row.item_index),
+                type=body_type,
+                item_index=row.item_index,
+                item=row.item,
+                status=RunStep.Status.SUCCEEDED,
+                input=row.input,
+                output=row.output,
+                reused_from=row,
+                finished_at=planning.now,
+            )
+            for row in reused
+        )
+        planning.events.extend(
+            {
+                "type": RunEvent.Type.STEP_STATUS,
+                "node_id": item_id(self.loop_id, row.item_index),
+                "payload": {"status": "succeeded", "reused_from": str(self.run.parent_run_id)},
+            }
+            for row in reused
+        )
+        self.advance()  # `until` on the last reused iteration: end there, or run the next
+
+    def _reusable(self) -> list[RunStep]:
+        """On a resume from failure, the parent run's succeeded iterations of this loop from
+        the first on, up to the one that failed: the loop goes on from there."""
+        run = self.run
+        if not (run.reuse_succeeded and run.parent_run_id):
+            return []
+        rows = RunStep.objects.filter(
+            run_id=run.parent_run_id,
+            item_index__isnull=False,
+            node_id__startswith=f"{self.loop_id}[",
+            status=RunStep.Status.SUCCEEDED,
+        ).order_by("item_index")
+        reused = []
+        for row in rows.only("id", "item_index", "item", "input", "output"):
+            if row.item_index != len(reused):
+                break
+            reused.append(row)
+        return reused
 
     def _iterate(self, index: int, previous: Any) -> None:
         planning = self.planning

@@ -226,3 +226,49 @@ def test_resume_from_failure_runs_the_loop_again(cast, tool_server):
     assert retried.steps.get(node_id="seed").reused_from.run_id == failed.pk
     assert [row[1] for row in iterations(retried)] == ["succeeded", "succeeded"]
     assert len(tool_server.calls("/o")) == 3
+
+
+def test_resume_from_failure_goes_on_from_the_failed_iteration(cast, tool_server):
+    """Iterations 0 and 1 succeed, 2 fails: the resume reuses 0 and 1 (their outputs, the
+    previous of 2) and runs 2 again, not the whole loop."""
+    failed_once = {"n": 0}
+
+    def third_fails_once(hit):
+        if hit.body["n"] == 2 and not failed_once["n"]:
+            failed_once["n"] += 1
+            return 404, {"error": "not yet"}
+        return 200, {"n": hit.body["n"], "saw": hit.body["previous"]}
+
+    http_tool(cast.project, cast.owner, "step", tool_server.route("/s", third_fails_once))
+    wf = make_workflow(
+        cast.project,
+        cast.owner,
+        [
+            loop(
+                "refine",
+                {
+                    "type": "tool",
+                    "tool": "step",
+                    "args": {"n": "{{ iteration }}", "previous": "{{ previous }}"},
+                },
+                "{{ output.n == 2 }}",
+                max_iterations=5,
+            ),
+        ],
+        output="{{ steps.refine.output }}",
+    )
+    failed = wait_for_run(start(wf, cast.owner).pk)
+    assert failed.status == "failed"
+    assert failed.steps.get(node_id="refine").error.get("iteration") == 2, failed.steps.get(
+        node_id="refine"
+    ).error
+    retried = wait_for_run(services.run_retry(run=failed, actor=cast.owner, from_failure=True).pk)
+    assert retried.status == "succeeded", retried.error
+    assert [row[1] for row in iterations(retried)] == ["succeeded"] * 3
+    reused = retried.steps.filter(node_id__in=["refine[0]", "refine[1]"])
+    assert {step.reused_from.run_id for step in reused} == {failed.pk}
+    assert retried.steps.get(node_id="refine[2]").reused_from is None
+    assert retried.steps.get(node_id="refine").input == {"iterations": 3}
+    # iteration 2 saw iteration 1's output, reused from the failed run
+    assert retried.output["n"] == 2 and retried.output["saw"]["n"] == 1
+    assert [hit.body["n"] for hit in tool_server.calls("/s")] == [0, 1, 2, 2]
