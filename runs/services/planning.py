@@ -648,9 +648,9 @@ class _Loop:
         RunStep.objects.bulk_create(
             RunStep(
                 run=self.run,
-                node_id=item_id(self.loop_id, row.item_index),
+                node_id=item_id(self.loop_id, index),
                 type=body_type,
-                item_index=row.item_index,
+                item_index=index,
                 item=row.item,
                 status=RunStep.Status.SUCCEEDED,
                 input=row.input,
@@ -658,15 +658,15 @@ class _Loop:
                 reused_from=row,
                 finished_at=planning.now,
             )
-            for row in reused
+            for index, row in enumerate(reused)  # the iterations 0, 1, ... in order
         )
         planning.events.extend(
             {
                 "type": RunEvent.Type.STEP_STATUS,
-                "node_id": item_id(self.loop_id, row.item_index),
+                "node_id": item_id(self.loop_id, index),
                 "payload": {"status": "succeeded", "reused_from": str(self.run.parent_run_id)},
             }
-            for row in reused
+            for index in range(len(reused))
         )
         self.advance()  # `until` on the last reused iteration: end there, or run the next
 
@@ -682,7 +682,7 @@ class _Loop:
             node_id__startswith=f"{self.loop_id}[",
             status=RunStep.Status.SUCCEEDED,
         ).order_by("item_index")
-        reused = []
+        reused: list[RunStep] = []
         for row in rows.only("id", "item_index", "item", "input", "output"):
             if row.item_index != len(reused):
                 break
