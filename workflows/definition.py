@@ -21,7 +21,7 @@ from sparkops.templating import TemplateError
 NODE_TYPES = ("agent", "tool", "approval", "transform", "switch", "map", "workflow", "loop")
 LOOP_ITEM_TYPES = ("agent", "tool", "transform", "workflow")
 LOOP_MAX_ITERATIONS = 50
-MAP_ITEM_TYPES = ("agent", "tool", "transform")
+MAP_ITEM_TYPES = ("agent", "tool", "transform", "workflow")
 # What the templates of a map's item node may read besides the usual roots.
 ITEM_ROOTS = frozenset({"item", "item_index"})
 # What a workflow node's `output` mapping may read besides the usual roots: the child run.
@@ -228,9 +228,10 @@ _NODE_FIELDS["map"] = (
         "node": {
             "type": "object",
             "description": (
-                "The node run once per item (agent, tool or transform, without id or "
-                "depends_on); its templates read the item as `item` and its position as "
-                "`item_index`. The map's `retry` and `timeout_seconds` apply to each item."
+                "The node run once per item (agent, tool, transform, or workflow: a child run "
+                "per item; without id or depends_on); its templates read the item as `item` "
+                "and its position as `item_index`. The map's `retry` and `timeout_seconds` "
+                "apply to each item."
             ),
             "required": ["type"],
             "properties": {"type": {"enum": list(MAP_ITEM_TYPES)}},
@@ -801,7 +802,12 @@ def _check_templates(
             sources.append((f"{base}.items", node["items"], False))
         inner = node.get("node") if node_type == "map" else None
         if isinstance(inner, dict) and isinstance(inner.get("type"), str):
-            for field in _TEMPLATE_FIELDS.get(inner["type"], ()):
+            fields = list(_TEMPLATE_FIELDS.get(inner["type"], ()))
+            if inner["type"] == "workflow":
+                fields.append("output")
+            for field in fields:
+                child = inner["type"] == "workflow" and field == "output"
+                roots = ITEM_ROOTS | (CHILD_ROOTS if child else frozenset())
                 for where, source in _template_strings(inner.get(field), f"{base}.node.{field}"):
                     _check_template(
                         errors,
@@ -811,7 +817,7 @@ def _check_templates(
                         step_ids=step_ids,
                         allowed_steps=allowed,
                         node_id=node_id,
-                        extra_roots=ITEM_ROOTS,
+                        extra_roots=roots,
                     )
         if node_type == "switch" and isinstance(node.get("cases"), list):
             sources.extend(

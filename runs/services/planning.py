@@ -540,7 +540,13 @@ class _MapWindow:
         for pk, node_id, step_type, status, attempt, index, item in rows:
             row = _StepRow(pk, node_id, step_type, status, attempt)
             node = item_node(self.node, index)
-            if not (planning.inline and _is_local(self.run, node, planning.tools)):
+            if step_type == "workflow":  # a child run per item, started after commit
+                if planning.set_status(
+                    row, RunStep.Status.RUNNING, started_at=planning.now, attempt=1
+                ):
+                    planning.events.append(_step_event(row, "running"))
+                    send_child_start(pk, 1)
+            elif not (planning.inline and _is_local(self.run, node, planning.tools)):
                 to_queue.append(row)
             elif planning.inline_left <= 0:
                 planning.deferred = True

@@ -322,3 +322,117 @@ def test_a_cancelled_child_is_not_retried(cast):
     assert run.status == "failed"
     assert run.steps.get(node_id="sub").error["type"] == "child_cancelled"
     assert Run.objects.filter(parent_step__run=run).count() == 1
+
+
+# --- a map whose item is a workflow ---------------------------------------------------------------
+
+
+def map_of_workflow(slug, items, **fields):
+    return {
+        "id": "each",
+        "type": "map",
+        "items": items,
+        "node": {"type": "workflow", "workflow": slug, "input": {"n": "{{ item }}"}, **fields},
+        "max_concurrency": 2,
+    }
+
+
+def test_a_map_of_workflows_runs_a_child_per_item_and_keeps_their_order(cast):
+    make_workflow(
+        cast.project,
+        cast.owner,
+        [transform("x", "{{ input.n * 2 }}")],
+        name="double",
+        output="{{ steps.x.output }}",
+    )
+    parent_wf = make_workflow(
+        cast.project,
+        cast.owner,
+        [map_of_workflow("double", [1, 2, 3], output="{{ item }}:{{ child.output }}")],
+        name="p",
+    )
+    run = wait_for_run(start(parent_wf, cast.owner).pk)
+    assert run.status == "succeeded", run.error
+    assert run.steps.get(node_id="each").output == ["1:2", "2:4", "3:6"]
+    children = Run.objects.filter(parent_step__run=run).order_by("parent_step__item_index")
+    assert [(c.parent_step.node_id, c.input, c.output) for c in children] == [
+        ("each[0]", {"n": 1}, 2),
+        ("each[1]", {"n": 2}, 4),
+        ("each[2]", {"n": 3}, 6),
+    ]
+    assert {c.chain_depth for c in children} == {1}
+
+
+def test_a_map_of_workflows_retries_the_item_whose_child_failed(cast, tool_server):
+    failed = {"n": 0}
+
+    def second_fails_once(hit):
+        if hit.body["n"] == 2 and not failed["n"]:
+            failed["n"] += 1
+            return 404, {"error": "not yet"}
+        return 200, {"n": hit.body["n"]}
+
+    http_tool(cast.project, cast.owner, "check", tool_server.route("/c", second_fails_once))
+    make_workflow(
+        cast.project,
+        cast.owner,
+        [{**tool_node("call", "check"), "args": {"n": "{{ input.n }}"}}],
+        name="checked",
+        output="{{ steps.call.output.n }}",
+    )
+    retry = {"max_attempts": 2, "backoff_seconds": 0.05}
+    parent_wf = make_workflow(
+        cast.project,
+        cast.owner,
+        [{**map_of_workflow("checked", [1, 2, 3]), "retry": retry}],
+        name="p",
+    )
+    run = wait_for_run(start(parent_wf, cast.owner).pk)
+    assert run.status == "succeeded", run.error
+    assert run.steps.get(node_id="each").output == [1, 2, 3]
+    second = run.steps.get(node_id="each[1]")
+    assert (second.attempt, second.failures) == (2, 1)
+    assert Run.objects.filter(parent_step=second).count() == 2
+    assert Run.objects.filter(parent_step__run=run).count() == 4
+
+
+def test_cancelling_a_map_of_workflows_cancels_its_children(cast):
+    make_workflow(cast.project, cast.owner, [{"id": "wait", "type": "approval"}], name="waits")
+    parent_wf = make_workflow(
+        cast.project, cast.owner, [map_of_workflow("waits", [1, 2])], name="p"
+    )
+    run = start(parent_wf, cast.owner)
+    children = wait_until(
+        lambda: (
+            list(Run.objects.filter(parent_step__run=run, status="waiting_approval"))
+            if Run.objects.filter(parent_step__run=run, status="waiting_approval").count() == 2
+            else None
+        ),
+        what="both children waiting",
+    )
+    services.run_cancel(run=run, actor=cast.owner)
+    assert wait_for_run(run.pk).status == "cancelled"
+    for child in children:
+        assert wait_for_run(child.pk).status == "cancelled"
+
+
+def test_a_map_of_workflows_is_checked_when_saved(cast):
+    with pytest.raises(InvalidInput) as exc_info:
+        make_workflow(cast.project, cast.owner, [map_of_workflow("nowhere", [1])])
+    assert list(exc_info.value.errors) == ["definition.nodes[0].node.workflow"]
+    assert (
+        "unknown workflow 'nowhere'"
+        in exc_info.value.errors["definition.nodes[0].node.workflow"][0]
+    )
+    itself = make_workflow(cast.project, cast.owner, [transform("a", 1)], name="itself")
+    with pytest.raises(InvalidInput) as exc_info:
+        workflow_services.workflow_update(
+            workflow=itself,
+            actor=cast.owner,
+            definition={"nodes": [map_of_workflow("itself", [1])]},
+        )
+    assert exc_info.value.errors == {
+        "definition.nodes[0].node.workflow": [
+            "Workflow 'itself' would run itself as a child run: itself → itself."
+        ]
+    }

@@ -30,7 +30,7 @@ from runs.services import run_cancel, run_create
 from runs.services.dispatch import send_child_start
 from runs.services.events import events_append
 from runs.services.planning import run_advance_locked
-from runs.services.state import backoff_delay, lock_run, node_of, retry_policy
+from runs.services.state import backoff_delay, lock_run, node_of, retry_policy, split_item_id
 from sparkops.errors import SparkOpsError
 from sparkops.templating import TemplateError, render_value
 from workflows.models import Workflow
@@ -53,11 +53,15 @@ def _render(run: Run, value: Any, extra: dict[str, Any] | None = None) -> Any:
     return render_value(value, {**context, **(extra or {})})
 
 
-def _iteration(step: RunStep) -> dict[str, Any]:
-    """A loop's iteration reads the previous one's output and its number."""
-    if step.item_index is None:
+def _iteration(run: Run, step: RunStep) -> dict[str, Any]:
+    """A loop's iteration reads the previous one's output and its number; a map's item, the
+    item and its position."""
+    parent, index = split_item_id(step.node_id)
+    if parent is None or step.item_index is None:
         return {}
-    return {"previous": step.item, "iteration": step.item_index}
+    if node_of(run, parent).get("type") == "map":
+        return {"item": step.item, "item_index": index}
+    return {"previous": step.item, "iteration": index}
 
 
 def _fail(run: Run, step: RunStep, error: dict[str, Any], **fields: Any) -> None:
@@ -125,7 +129,7 @@ def child_start(*, step_id: int, attempt: int) -> None:
         try:
             if child_workflow is None:
                 raise SparkOpsError(f"No workflow '{slug}' in this project.")
-            child_input = _render(run, node.get("input") or {}, _iteration(step))
+            child_input = _render(run, node.get("input") or {}, _iteration(run, step))
             with transaction.atomic():
                 child = run_create(
                     workflow=child_workflow,
@@ -223,7 +227,7 @@ def child_finished(child_id: Any) -> None:
         if "output" in node:
             state = {"output": child.output, "status": child.status, "id": str(child.pk)}
             try:
-                output = _render(run, node["output"], {"child": state, **_iteration(step)})
+                output = _render(run, node["output"], {"child": state, **_iteration(run, step)})
             except (TemplateError, SparkOpsError) as exc:
                 message = f"Cannot render the output mapping: {exc.detail}"
                 _fail(run, step, {"type": "template_error", "message": message}, **usage)

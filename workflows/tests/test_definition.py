@@ -719,7 +719,7 @@ def test_the_map_item_node_is_checked_like_a_node() -> None:
     }
     assert errors_of(mapped(node={"type": "approval"})) == {
         "definition.nodes[1].node.type": [
-            "Unknown node type 'approval'; expected one of: agent, tool, transform."
+            "Unknown node type 'approval'; expected one of: agent, tool, transform, workflow."
         ]
     }
 
