@@ -14,6 +14,10 @@ succeeded, and after the last was created; the most model calls the server held 
 peak of PostgreSQL connections to the database (pg_stat_activity) and the peak resident memory
 of each worker. Nothing is asserted. Targets (issue #14), for 1,000 runs and a 2 s model: all
 succeeded within 10 s of the last run created, <= 50 connections, the worker < 1 GB.
+
+`--map` adds issue #16's case between the two: ONE run whose `map` node has --runs agent items
+at `max_concurrency` --runs, timed from its creation to its success (target: within the time
+the N runs take).
 """
 
 from __future__ import annotations
@@ -152,6 +156,7 @@ def main() -> None:
     parser.add_argument("--delay", type=float, default=2.0, help="the model's answer time (s)")
     parser.add_argument("--pool", choices=["gevent", "threads"], help="force the steps pool")
     parser.add_argument("--timeout", type=float, default=600.0)
+    parser.add_argument("--map", action="store_true", help="also one run mapping --runs items")
     args = parser.parse_args()
     n = args.runs
 
@@ -236,6 +241,44 @@ def main() -> None:
         model.reset()
         watcher.reset()
 
+        mapped = None
+        if args.map:  # one run, a map of N agent items all in flight at once
+            fan = workflow_create(
+                actor=user,
+                project=project,
+                name="map of agent items",
+                definition={
+                    "nodes": [
+                        {
+                            "id": "each",
+                            "type": "map",
+                            "items": list(range(n)),
+                            "max_concurrency": min(n, 1000),
+                            "node": {
+                                "type": "agent",
+                                "agent": "bench-model",
+                                "prompt": "{{ item }}",
+                            },
+                        }
+                    ]
+                },
+            )
+            started = time.monotonic()
+            run_id = runs.run_create(workflow=fan, input={}, actor=user).pk
+            wait(lambda: finished([run_id]), args.timeout, "the map run")
+            done = time.monotonic()
+            mapped = {
+                "items": n,
+                "status": Run.objects.get(pk=run_id).status,
+                "created_to_succeeded_s": round(done - started, 2),
+                "peak_model_calls_in_flight": model.peak_in_flight,
+                "peak_db_connections": watcher.peak_connections,
+                "cpu_s": watcher.cpu_used(),
+            }
+            connection.close()
+            model.reset()
+            watcher.reset()
+
         # Raw Celery: the same SDK call in a task on the same steps worker.
         markers = workdir / "markers"
         markers.mkdir()
@@ -272,6 +315,7 @@ def main() -> None:
                 "steps_pool": args.pool or "default (sparkops.worker)",
                 "model_delay_s": args.delay,
                 "engine": engine,
+                **({"map": mapped} if mapped else {}),
                 "raw_celery": raw,
                 "steps_worker_errors": steps_log.count("ERROR"),
             },
