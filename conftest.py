@@ -31,16 +31,28 @@ def _fast_and_isolated(settings: Any) -> None:
     _snapshot.cache_clear()
 
 
-@pytest.fixture(autouse=True)
-def _files_in_tmp(settings: Any, tmp_path_factory: Any) -> None:
-    """Files that tests store (uploads, runs' outputs) go to a temporary folder, not .var/."""
+def files_on_disk(settings: Any, folder: Any) -> Any:
+    """The files storage on the local filesystem under `folder` (returned)."""
     settings.STORAGES = {
         **settings.STORAGES,
         "files": {
             "BACKEND": "django.core.files.storage.FileSystemStorage",
-            "OPTIONS": {"location": str(tmp_path_factory.getbasetemp() / "files")},
+            "OPTIONS": {"location": str(folder)},
         },
     }
+    return folder
+
+
+@pytest.fixture(autouse=True)
+def _files_in_tmp(settings: Any, tmp_path_factory: Any) -> None:
+    """Files that tests store (uploads, runs' outputs) go to a temporary folder, not .var/."""
+    files_on_disk(settings, tmp_path_factory.getbasetemp() / "files")
+
+
+@pytest.fixture
+def local_files(settings: Any, tmp_path: Any) -> Any:
+    """The files storage in this test's own folder (returned), to see what it holds."""
+    return files_on_disk(settings, tmp_path)
 
 
 @pytest.fixture

@@ -16,15 +16,8 @@ PNG = bytes.fromhex("89504e470d0a1a0a0000000d49484452") + b"\0" * 32
 
 
 @pytest.fixture(autouse=True)
-def local_files(settings: Any, tmp_path: Any) -> Any:
-    settings.STORAGES = {
-        **settings.STORAGES,
-        "files": {
-            "BACKEND": "django.core.files.storage.FileSystemStorage",
-            "OPTIONS": {"location": str(tmp_path)},
-        },
-    }
-    return tmp_path
+def _local(local_files: Any) -> Any:
+    return local_files
 
 
 @pytest.mark.django_db(transaction=True)

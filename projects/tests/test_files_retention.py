@@ -16,15 +16,8 @@ from projects.models import File, Project
 
 
 @pytest.fixture
-def folder(settings: Any, tmp_path: Any) -> Any:
-    settings.STORAGES = {
-        **settings.STORAGES,
-        "files": {
-            "BACKEND": "django.core.files.storage.FileSystemStorage",
-            "OPTIONS": {"location": str(tmp_path)},
-        },
-    }
-    return tmp_path
+def folder(local_files: Any) -> Any:
+    return local_files
 
 
 def on_disk(folder: Any) -> set[str]:

@@ -36,15 +36,8 @@ FILE = {"type": "object", "format": "file"}
 
 
 @pytest.fixture(autouse=True)
-def local_files(settings: Any, tmp_path: Any) -> Any:
-    settings.STORAGES = {
-        **settings.STORAGES,
-        "files": {
-            "BACKEND": "django.core.files.storage.FileSystemStorage",
-            "OPTIONS": {"location": str(tmp_path)},
-        },
-    }
-    return tmp_path
+def _local(local_files: Any) -> Any:
+    return local_files
 
 
 def file_workflow(cast: Any) -> Any:

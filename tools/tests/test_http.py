@@ -346,18 +346,6 @@ def test_head_has_no_output(server: ToolServer, project: Any):
 # --- files ------------------------------------------------------------------------------------
 
 
-@pytest.fixture
-def local_files(settings: Any, tmp_path: Any) -> Any:
-    settings.STORAGES = {
-        **settings.STORAGES,
-        "files": {
-            "BACKEND": "django.core.files.storage.FileSystemStorage",
-            "OPTIONS": {"location": str(tmp_path)},
-        },
-    }
-    return tmp_path
-
-
 def test_an_invoke_saves_the_response_as_a_file_of_the_project(
     server: ToolServer, project: Any, cast: Any, local_files: Any
 ):
