@@ -436,3 +436,39 @@ def test_a_map_of_workflows_is_checked_when_saved(cast):
             "Workflow 'itself' would run itself as a child run: itself → itself."
         ]
     }
+
+
+def test_the_sweeper_sends_a_lost_retry_of_a_child_again(cast):
+    """Attempt 1's child failed and the message starting attempt 2 was lost: the step has a
+    child (the failed one) but none for this attempt, so the sweeper sends the start again."""
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    from runs.tests.conftest import sends_lost
+
+    child_wf = make_workflow(
+        cast.project, cast.owner, [transform("x", 7)], name="child", output="{{ steps.x.output }}"
+    )
+    retry = {"max_attempts": 2, "backoff_seconds": 0.01}
+    parent_wf = make_workflow(cast.project, cast.owner, [sub("sub", "child", retry=retry)])
+    with sends_lost():
+        run = start(parent_wf, cast.owner)
+    with sends_lost():
+        services.run_advance(run_id=run.pk)
+        step = run.steps.get(node_id="sub")
+        first = services.run_create(
+            workflow=child_wf, input={}, actor=cast.owner, parent_step=step, chain_depth=1
+        )
+    Run.objects.filter(pk=first.pk).update(status="failed")
+    ago = timezone.now() - timedelta(minutes=2)
+    type(step).objects.filter(pk=step.pk).update(
+        attempt=2, failures=1, input={}, started_at=ago, next_attempt_at=ago
+    )
+    Run.objects.filter(pk=run.pk).update(started_at=ago, queued_at=ago)
+    assert services.sweep()["steps_resent"] == 1
+    run = wait_for_run(run.pk)
+    assert run.status == "succeeded", run.error
+    assert Run.objects.filter(parent_step=step).count() == 2
+    assert run.steps.get(node_id="sub").output == 7
+    assert services.sweep()["steps_resent"] == 0
