@@ -39,25 +39,54 @@ BASE_DIR = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(BASE_DIR))
 
 
-def configure_environment(workdir: Path) -> str:
-    """A database of the benchmark's own (`<name>_inflight`); returns its URL."""
+def configure_environment(
+    workdir: Path,
+    suffix: str = "_inflight",
+    env: dict[str, str] | None = None,
+    keep_query: bool = True,
+) -> str:
+    """A database of the benchmark's own (`<name><suffix>`, `env` set besides); returns its
+    URL. Shared by the benchmarks that start workers (reconnect.py, stream_latency.py)."""
     os.environ.setdefault("SECRET_KEY", "bench-" + "x" * 50)
     os.environ["SPARKOPS_VAR_DIR"] = str(workdir / "var")
     os.environ["SPARKOPS_OUTBOUND_ALLOW"] = "127.0.0.1"
     os.environ.setdefault("LOG_LEVEL", "WARNING")
+    os.environ.update(env or {})
     url = os.environ.get("DATABASE_URL", "")
     if not url.startswith("postgres") or not os.environ.get("REDIS_URL"):
-        raise SystemExit("bench/inflight.py measures PostgreSQL + Redis: set both URLs")
+        script = f"bench/{Path(sys.argv[0]).name}"
+        raise SystemExit(f"{script} measures PostgreSQL + Redis: set both URLs")
     parts = urlsplit(url)
-    name = parts.path.lstrip("/") + "_inflight"
+    name = parts.path.lstrip("/") + suffix
     import psycopg
 
     admin = urlunsplit(parts._replace(path="/postgres")).replace("postgres://", "postgresql://", 1)
     with psycopg.connect(admin, autocommit=True) as conn:
         conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
         conn.execute(f'CREATE DATABASE "{name}"')
-    os.environ["DATABASE_URL"] = urlunsplit(parts._replace(path=f"/{name}"))
+    parts = parts._replace(path=f"/{name}")
+    os.environ["DATABASE_URL"] = urlunsplit(parts if keep_query else parts._replace(query=""))
     return os.environ["DATABASE_URL"]
+
+
+def django_ready() -> None:
+    """Django set up on the benchmark's database, migrated."""
+    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "sparkops.settings")
+    import django
+
+    django.setup()
+    from django.core.management import call_command
+
+    call_command("migrate", verbosity=0)
+
+
+def bench_owner() -> tuple[Any, Any]:
+    """The benchmark's user and its project."""
+    from accounts.models import User
+    from projects.services import project_create
+
+    user = User.objects.create_user(email="bench@example.com", password="x" * 20)
+    return user, project_create(actor=user, name="Bench")
 
 
 def start(workdir: Path, name: str, argv: list[str], env: dict[str, str]) -> subprocess.Popen:
@@ -162,19 +191,11 @@ def main() -> None:
 
     workdir = Path(tempfile.mkdtemp(prefix="sparkops-inflight-"))
     database_url = configure_environment(workdir)
-    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "sparkops.settings")
-    import django
-
-    django.setup()
-    from django.core.management import call_command
+    django_ready()
     from django.db import connection
 
-    call_command("migrate", verbosity=0)
-
-    from accounts.models import User
     from agents.services import agent_create
     from bench.tasks import llm_call
-    from projects.services import project_create
     from runs import services as runs
     from runs.models import Run
     from sparkops.testing.engine import purge_queues
@@ -182,8 +203,7 @@ def main() -> None:
     from workflows.services import workflow_create
 
     model = FakeLLMServer(delay=args.delay).start()
-    user = User.objects.create_user(email="bench@example.com", password="x" * 20)
-    project = project_create(actor=user, name="Bench")
+    user, project = bench_owner()
     agent_create(
         actor=user,
         project=project,

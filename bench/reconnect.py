@@ -21,17 +21,17 @@ from __future__ import annotations
 import argparse
 import collections
 import json
-import os
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(BASE_DIR))
+
+from bench import inflight  # noqa: E402
 
 APPLICATION_NAME = "sparkops-bench-steps"
 NODES = ("a", "b", "c", "d", "e")
@@ -39,49 +39,28 @@ NODES = ("a", "b", "c", "d", "e")
 
 def configure_environment(workdir: Path) -> str:
     """A database of the benchmark's own (`<name>_reconnect`); returns its URL."""
-    os.environ.setdefault("SECRET_KEY", "bench-" + "x" * 50)
-    os.environ["SPARKOPS_VAR_DIR"] = str(workdir / "var")
-    os.environ["SPARKOPS_OUTBOUND_ALLOW"] = "127.0.0.1"
-    os.environ.setdefault("LOG_LEVEL", "WARNING")
     # The sweeper finds a silent step within 10 s (production: 30 s). Not 3 s: a kill that
     # also ends connections the pool is opening stalls psycopg_pool's growth for 1 s, then
     # 2 s (up to reconnect_timeout, 5 s), the heartbeat waiting for a connection meanwhile.
-    os.environ["SPARKOPS_HEARTBEAT_SECONDS"] = "0.5"
-    os.environ["SPARKOPS_HEARTBEAT_TIMEOUT"] = "10"
-    os.environ["SPARKOPS_QUEUED_GRACE"] = "2"
-    url = os.environ.get("DATABASE_URL", "")
-    if not url.startswith("postgres") or not os.environ.get("REDIS_URL"):
-        raise SystemExit("bench/reconnect.py measures PostgreSQL + Redis: set both URLs")
-    parts = urlsplit(url)
-    name = parts.path.lstrip("/") + "_reconnect"
-    import psycopg
-
-    admin = urlunsplit(parts._replace(path="/postgres")).replace("postgres://", "postgresql://", 1)
-    with psycopg.connect(admin, autocommit=True) as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        conn.execute(f'CREATE DATABASE "{name}"')
-    os.environ["DATABASE_URL"] = urlunsplit(parts._replace(path=f"/{name}", query=""))
-    return os.environ["DATABASE_URL"]
-
-
-def start(workdir: Path, name: str, argv: list[str], env: dict[str, str]) -> subprocess.Popen:
-    log = (workdir / f"{name}.log").open("wb")
-    return subprocess.Popen(
-        argv, cwd=BASE_DIR, env={**os.environ, **env}, stdout=log, stderr=subprocess.STDOUT
-    )
+    sweeper = {
+        "SPARKOPS_HEARTBEAT_SECONDS": "0.5",
+        "SPARKOPS_HEARTBEAT_TIMEOUT": "10",
+        "SPARKOPS_QUEUED_GRACE": "2",
+    }
+    return inflight.configure_environment(workdir, "_reconnect", sweeper, keep_query=False)
 
 
 def start_workers(workdir: Path, database_url: str) -> dict[str, subprocess.Popen]:
     bin_dir = Path(sys.executable).parent
     common = ["--without-gossip", "--without-mingle", "-l", "WARNING"]
     celery = [str(bin_dir / "celery"), "-A", "sparkops", "worker", "-Q", "orchestration"]
-    orchestration = start(
+    orchestration = inflight.start(
         workdir,
         "worker",
         [*celery, "-P", "threads", "-c", "8", "-n", "orchestration@%h", *common],
         {"DB_POOL_MAX_SIZE": "10"},
     )
-    steps = start(
+    steps = inflight.start(
         workdir,
         "steps",
         [sys.executable, "-m", "sparkops.worker", "-n", "steps@%h", *common],
@@ -100,17 +79,9 @@ def main() -> None:
 
     workdir = Path(tempfile.mkdtemp(prefix="sparkops-reconnect-"))
     database_url = configure_environment(workdir)
-    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "sparkops.settings")
-    import django
-
-    django.setup()
-    from django.core.management import call_command
+    inflight.django_ready()
     from django.db import connection
 
-    call_command("migrate", verbosity=0)
-
-    from accounts.models import User
-    from projects.services import project_create
     from runs import services as runs
     from runs.models import Run, RunEvent
     from sparkops.testing.engine import purge_queues
@@ -119,8 +90,7 @@ def main() -> None:
     from workflows.services import workflow_create
 
     endpoint = CountingServer(delay=args.delay).__enter__()
-    user = User.objects.create_user(email="bench@example.com", password="x" * 20)
-    project = project_create(actor=user, name="Bench")
+    user, project = inflight.bench_owner()
     tool_create(
         actor=user,
         project=project,

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
 import sys
 import tempfile
@@ -38,19 +37,10 @@ def main() -> None:
 
     workdir = Path(tempfile.mkdtemp(prefix="sparkops-stream-"))
     inflight.configure_environment(workdir)
-    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "sparkops.settings")
-    import django
-
-    django.setup()
-    from django.core.management import call_command
-
-    call_command("migrate", verbosity=0)
-
+    inflight.django_ready()
     from django.test import Client
 
-    from accounts.models import User
     from agents.services import agent_create
-    from projects.services import project_create
     from runs import services as runs
     from runs.models import Run
     from sparkops.testing.engine import purge_queues
@@ -58,8 +48,7 @@ def main() -> None:
     from workflows.services import workflow_create
 
     model = FakeLLMServer(chunk_delay=args.chunk_delay).start()
-    user = User.objects.create_user(email="bench@example.com", password="x" * 20)
-    project = project_create(actor=user, name="Bench")
+    user, project = inflight.bench_owner()
     agent_create(
         actor=user,
         project=project,
