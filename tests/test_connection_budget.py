@@ -57,13 +57,18 @@ def pool_of(env: dict[str, str]) -> int:
 
 
 def steps_worker(environment: dict[str, str]) -> tuple[dict[str, str], list[str]]:
-    """What `python -m sparkops.worker` runs with this environment (PostgreSQL + Redis)."""
-    from sparkops.worker import command
+    """What `python -m sparkops.worker` runs with this environment (PostgreSQL + Redis), its
+    pool the sum over its processes."""
+    from sparkops.worker import command, processes
 
-    argv, env = command(
-        {"DATABASE_URL": "postgres://u@db/x", "REDIS_URL": "redis://redis:6379/0", **environment}
-    )
-    return env, argv
+    environment = {
+        "DATABASE_URL": "postgres://u@db/x",
+        "REDIS_URL": "redis://redis:6379/0",
+        **environment,
+    }
+    argv, env = command(environment)
+    total = processes(environment) * pool_of(env)
+    return {**env, "DB_POOL_MAX_SIZE": str(total)}, argv
 
 
 def test_make_run_needs_48_connections_at_most(tmp_path):
@@ -114,7 +119,15 @@ def test_the_steps_worker_runs_gevent_only_on_postgresql_and_redis():
         ({}, ("threads", "8", "10")),
         ({"DATABASE_URL": "sqlite:////tmp/x.sqlite3", "REDIS_URL": redis}, ("threads", "8", "10")),
         ({"DATABASE_URL": postgres}, ("threads", "8", "10")),  # the filesystem broker
-        ({"DATABASE_URL": postgres, "CELERY_BROKER_URL": redis}, ("gevent", "1000", "16")),
+        ({"DATABASE_URL": postgres, "CELERY_BROKER_URL": redis}, ("gevent", "1000", "8")),
+        (  # the 16 connections are shared out, at least 4 a process
+            {"DATABASE_URL": postgres, "REDIS_URL": redis, "STEPS_PROCESSES": "1"},
+            ("gevent", "1000", "16"),
+        ),
+        (
+            {"DATABASE_URL": postgres, "REDIS_URL": redis, "STEPS_PROCESSES": "8"},
+            ("gevent", "1000", "4"),
+        ),
         (
             {"DATABASE_URL": postgres, "REDIS_URL": redis, "WORKER_POOL": "threads"},
             ("threads", "8", "10"),
@@ -136,3 +149,18 @@ def test_the_steps_worker_runs_gevent_only_on_postgresql_and_redis():
         assert option(argv, "-Q") == "steps"
     _, env = command({"DATABASE_URL": postgres, "REDIS_URL": redis})
     assert env["DB_POOL_TIMEOUT"] == "60"
+
+
+def test_the_steps_worker_runs_two_gevent_processes_by_default():
+    from sparkops.worker import node_options, processes
+
+    postgres, redis = "postgres://u@db/x", "redis://redis:6379/0"
+    assert processes({"DATABASE_URL": postgres, "REDIS_URL": redis}) == 2
+    assert processes({"DATABASE_URL": postgres, "REDIS_URL": redis, "STEPS_PROCESSES": "3"}) == 3
+    assert processes({}) == 1  # threads: one process
+    assert processes({"DATABASE_URL": postgres, "REDIS_URL": redis, "WORKER_POOL": "threads"}) == 1
+    given = ["-n", "steps@%h", "-l", "INFO"]
+    assert node_options(given, 0) == given
+    assert node_options(given, 1) == ["-n", "steps-2@%h", "-l", "INFO"]
+    assert node_options(["--hostname=s@box"], 2) == ["--hostname=s-3@box"]
+    assert node_options(["-l", "INFO"], 1) == ["-l", "INFO", "-n", "steps-2@%h"]

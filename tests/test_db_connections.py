@@ -280,7 +280,9 @@ def test_the_steps_worker_keeps_more_model_calls_in_flight_than_it_has_connectio
     model.gate.clear()  # every call waits until the test has seen them all in flight
     workflow = model_workflow(cast, model.openai_base_url)
     steps = WorkerProcess(
-        redis_url, steps=True, extra_env={"DATABASE_URL": db.url, "DB_POOL_MAX_SIZE": "4"}
+        redis_url,
+        steps=True,
+        extra_env={"DATABASE_URL": db.url, "DB_POOL_MAX_SIZE": "4", "STEPS_PROCESSES": "1"},
     )
     orchestration = WorkerProcess(
         redis_url,
