@@ -26,14 +26,22 @@ from django.conf import settings
 from runs.models import Run
 
 CHANNEL = "sparkops:run-deltas:{run}"
-_local = threading.local()
+_clients: dict[str, redis.Redis] = {}
+_clients_lock = threading.Lock()
 
 
 def _redis() -> redis.Redis:
-    client = getattr(_local, "redis", None)
+    """One client (and its connection pool) per process and URL. Not per thread: under the
+    steps worker's gevent pool a thread-local is a greenlet-local, and every model call would
+    open a Redis connection of its own and leave it to the garbage collector."""
+    url = settings.REDIS_URL
+    client = _clients.get(url)
     if client is None:
-        client = redis.Redis.from_url(settings.REDIS_URL, socket_timeout=5)
-        _local.redis = client
+        with _clients_lock:
+            client = _clients.get(url)
+            if client is None:
+                client = redis.Redis.from_url(url, socket_timeout=5)
+                _clients[url] = client
     return client
 
 

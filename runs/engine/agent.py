@@ -14,6 +14,7 @@ pauses again."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import uuid
 from collections.abc import Callable
@@ -54,6 +55,21 @@ TOOL_RESULT_LIMIT = 20_000
 
 def run_agent(
     *, step: RunStep, node: dict[str, Any], checkpoint: Checkpoint, context: dict[str, Any]
+) -> Any:
+    # The prompt's content rules and the first call's checks are one moment: the project's
+    # policies are read once for them. Every later call (after a model or tool wait) reads
+    # them afresh, as do tool calls.
+    with contextlib.ExitStack() as before_first_call:
+        before_first_call.enter_context(policy_hooks.cached())
+        return _run_agent(step, node, checkpoint, context, before_first_call)
+
+
+def _run_agent(
+    step: RunStep,
+    node: dict[str, Any],
+    checkpoint: Checkpoint,
+    context: dict[str, Any],
+    before_first_call: contextlib.ExitStack,
 ) -> Any:
     agent = Agent.objects.filter(project=step.run.project, slug=node["agent"]).first()
     if agent is None or agent.status != Agent.Status.ACTIVE:
@@ -110,6 +126,7 @@ def run_agent(
     for iteration in range(start, agent.max_iterations + 1):
         checkpoint()
         if todo:  # the calls of a paused iteration: its model call is answered and charged
+            before_first_call.close()
             _call_tools(step, checkpoint, tools, messages, head, iteration, todo, approved)
             continue
         # The provider reads this at each call: never wait past the step's own timeout.
@@ -123,6 +140,7 @@ def run_agent(
             response_format=response_format,
         )
         policy_hooks.before_model_call(step=step, agent=agent, request=request)
+        before_first_call.close()
         release_connection()  # no connection held while the model thinks (sparkops.db)
         checkpoint.calls += 1
         try:

@@ -44,6 +44,7 @@ from .state import (
     past_deadline,
     step_timeout,
     time_out_locked,
+    version_shape,
     version_snapshot,
 )
 
@@ -171,9 +172,10 @@ class _Planning:
         self.events = events
         self.now = timezone.now()
         self.definition = version_snapshot(run)["definition"]
-        self.nodes = planner.nodes_of(self.definition)
+        shape = version_shape(run)
+        self.nodes = shape.nodes
         self.by_id = {node.id: node for node in self.nodes}
-        self.raw_nodes = {node["id"]: node for node in self.definition["nodes"]}
+        self.raw_nodes = shape.by_id
         # Light rows for planning; outputs are loaded only for the steps a template reads.
         self.steps = {
             row[1]: _StepRow(*row)

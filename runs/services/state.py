@@ -9,6 +9,7 @@ from __future__ import annotations
 import random
 import socket
 import threading
+from dataclasses import dataclass
 from datetime import datetime
 from functools import lru_cache
 from typing import Any
@@ -16,10 +17,12 @@ from typing import Any
 from django.conf import settings
 from django.utils import timezone
 
+from runs.engine import planner
 from runs.models import Run, RunEvent, RunStep
 from sparkops.nul import strip_nul
 from tools.mcp_services import mcp_tool_named
 from tools.models import Tool
+from workflows.definition import child_workflows
 from workflows.models import WorkflowVersion
 
 from . import hooks
@@ -47,13 +50,42 @@ def version_snapshot(run: Run) -> dict[str, Any]:
     return _snapshot(run.version_id)
 
 
+@dataclass(frozen=True)
+class Shape:
+    """What the engine asks of a pinned definition on every step, worked out once per version
+    and process (like the snapshot itself): the planner's nodes, each raw node by id, the
+    nodes something depends on, whether any node starts child runs. Read-only."""
+
+    nodes: tuple[planner.NodeSpec, ...]
+    by_id: dict[str, dict[str, Any]]
+    with_successors: frozenset[str]
+    has_children: bool
+
+
+@lru_cache(maxsize=256)
+def _shape(version_id: int) -> Shape:
+    definition = _snapshot(version_id)["definition"]
+    raw = definition.get("nodes", [])
+    return Shape(
+        nodes=tuple(planner.nodes_of(definition)),
+        by_id={node["id"]: node for node in raw},
+        with_successors=frozenset(dep for node in raw for dep in node.get("depends_on") or ()),
+        # A child run comes from a `workflow` node, a map over one or a loop's body.
+        has_children=bool(child_workflows(definition))
+        or any(node.get("type") in ("loop", "map") for node in raw),
+    )
+
+
+def version_shape(run: Run) -> Shape:
+    return _shape(run.version_id)
+
+
 def node_of(run: Run, node_id: str) -> dict[str, Any]:
     """The node a step runs. An item of a `map` (`<map>[<index>]`) runs the map's item node
     with the map's `retry` and `timeout_seconds`."""
-    node: dict[str, Any]
-    for node in version_snapshot(run)["definition"]["nodes"]:
-        if node["id"] == node_id:
-            return node
+    node = version_shape(run).by_id.get(node_id)
+    if node is not None:
+        return node
     parent, index = split_item_id(node_id)
     if parent is not None:
         return item_node(node_of(run, parent), index)
@@ -114,10 +146,7 @@ def step_timeout(node: dict[str, Any]) -> float:
 
 
 def has_successors(run: Run, node_id: str) -> bool:
-    return any(
-        node_id in (node.get("depends_on") or ())
-        for node in version_snapshot(run)["definition"]["nodes"]
-    )
+    return node_id in version_shape(run).with_successors
 
 
 def finish_run(

@@ -16,7 +16,7 @@ from runs.models import Run, RunEvent, RunStep
 from runs.signals import usage_charged
 
 from .events import events_append
-from .state import lock_run
+from .state import lock_run, node_of
 
 
 def usage_record(
@@ -89,10 +89,9 @@ def usage_record(
 def _agent_id(run: Run, step: RunStep) -> int | None:
     """The agent of `step`'s node in the run's pinned definition (for per-agent budgets)."""
     try:
-        nodes = step.run.version.snapshot["definition"]["nodes"]
-    except (AttributeError, KeyError, TypeError):
+        slug = node_of(run, step.node_id).get("agent")
+    except KeyError:
         return None
-    slug = next((n.get("agent") for n in nodes if n.get("id") == step.node_id), None)
     if not slug:
         return None
     return (

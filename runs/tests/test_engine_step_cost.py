@@ -128,3 +128,54 @@ def test_resuming_by_last_event_id_skips_and_repeats_nothing_while_a_fan_out_wri
     assert received == list(range(1, run.event_seq + 1)), (connections, received)
     assert connections > 1
     assert list(RunEvent.objects.filter(run=run).values_list("seq", flat=True)) == received
+
+
+# One model call of a one-step run, from its start to the run's end: the start; the agent, its
+# tools and the project; the prompt's and the call's checks on ONE read of the policies, a
+# budget read; the input recorded; the call charged (price, agent, budgets, usage, events);
+# the reply's content rules (policies read afresh after the wait); the result, the run's
+# finish and what listens for it (webhooks, event triggers, a queued schedule fire, each in a
+# savepoint).
+QUERIES_PER_AGENT_RUN_STEP = 39  # BEGIN, COMMIT and savepoints included
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_model_call_step_reads_the_policies_twice_and_nothing_twice(
+    cast: Any, settings: Any, fake_llm: Any
+) -> None:
+    from agents import services as agent_services
+
+    settings.SPARKOPS_OUTBOUND_ALLOW = ["127.0.0.1"]
+    agent_services.agent_create(
+        actor=cast.owner,
+        project=cast.project,
+        name="Model",
+        slug="model",
+        provider="openai_compatible",
+        model="fake-model",
+        base_url=fake_llm.openai_base_url,
+    )
+    workflow = make_workflow(
+        cast.project,
+        cast.owner,
+        [{"id": "answer", "type": "agent", "agent": "model", "prompt": "Hi"}],
+        name="one model call",
+    )
+    with sends_lost():
+        run = services.run_create(workflow=workflow, input={}, actor=cast.owner)
+        services.run_enqueue(run_id=run.pk)
+    step = RunStep.objects.get(run=run, node_id="answer")
+
+    with CaptureQueriesContext(connection) as captured:
+        services.step_execute(step_id=step.pk, attempt=step.attempt)
+
+    assert Run.objects.get(pk=run.pk).status == Run.Status.SUCCEEDED
+    statements = [query["sql"] for query in captured.captured_queries]
+    listing = "\n".join(s[:160] for s in statements)
+    policies = [s for s in statements if 'FROM "policies_policy"' in s]
+    assert len(policies) == 2, listing  # before the call (prompt and call), after it (reply)
+    # The pinned version is read once per process, not per call; a run with no sub-workflow
+    # node looks for no child runs.
+    assert not [s for s in statements if 'FROM "workflows_workflowversion"' in s], listing
+    assert not [s for s in statements if 'ON ("runs_run"."parent_step_id"' in s], listing
+    assert len(statements) == QUERIES_PER_AGENT_RUN_STEP, listing

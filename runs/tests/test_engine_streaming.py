@@ -232,3 +232,21 @@ def test_the_stream_setting_must_be_a_boolean(cast):
     )
     assert response.status_code == 400
     assert "stream must be true or false." in str(response.json())
+
+
+def test_the_pieces_go_through_one_redis_client_per_process(settings):
+    """Not one per thread: under the steps worker's gevent pool a thread-local is a greenlet
+    local, and every model call opened a Redis connection of its own."""
+    import threading
+
+    from runs import deltas
+
+    settings.REDIS_URL = "redis://127.0.0.1:6379/15"
+    seen = []
+    threads = [threading.Thread(target=lambda: seen.append(deltas._redis())) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len({id(client) for client in seen}) == 1
+    assert seen[0] is deltas._redis()

@@ -30,7 +30,14 @@ from runs.services import run_cancel, run_create
 from runs.services.dispatch import send_child_start
 from runs.services.events import events_append
 from runs.services.planning import run_advance_locked
-from runs.services.state import backoff_delay, lock_run, node_of, retry_policy, split_item_id
+from runs.services.state import (
+    backoff_delay,
+    lock_run,
+    node_of,
+    retry_policy,
+    split_item_id,
+    version_shape,
+)
 from sparkops.errors import SparkOpsError
 from sparkops.templating import TemplateError, render_value
 from workflows.models import Workflow
@@ -168,6 +175,8 @@ def on_run_finished(sender: Any, run: Any, **kwargs: Any) -> None:
     """Engine receiver (inside its transaction): act on the other run after commit."""
     if run.parent_step_id is not None:
         transaction.on_commit(lambda: _safely(child_finished, run.pk), robust=True)
+    if not version_shape(run).has_children:
+        return  # nothing in its definition starts a child run
     if Run.objects.filter(parent_step__run=run).exclude(status__in=Run.FINISHED_STATUSES).exists():
         transaction.on_commit(lambda: _safely(cancel_children, run.pk), robust=True)
 
