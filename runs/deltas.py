@@ -30,11 +30,14 @@ _local = threading.local()
 
 
 def _redis() -> redis.Redis:
-    client = getattr(_local, "redis", None)
-    if client is None:
-        client = redis.Redis.from_url(settings.REDIS_URL, socket_timeout=5)
-        _local.redis = client
-    return client
+    """This thread's client for the REDIS_URL of the moment (tests point it at a server of
+    their own)."""
+    url = settings.REDIS_URL
+    cached = getattr(_local, "redis", None)
+    if cached is None or cached[0] != url:
+        cached = (url, redis.Redis.from_url(url, socket_timeout=5))
+        _local.redis = cached
+    return cached[1]
 
 
 def _file(run_id: Any) -> Path:
