@@ -1,4 +1,7 @@
-"""Limits on open event streams (`GET /api/v1/runs/{id}/stream`).
+"""A run's event stream (Server-Sent Events: its stored events, then the live `llm.delta` tail)
+and the limits on open streams. The API's `GET /api/v1/runs/{id}/stream` and the console's run
+page (`/admin/runs/run/{id}/stream/`) both answer with `event_stream_response`; each checks
+who may see the run first.
 
 A stream holds a server thread for as long as it is open (gunicorn's gthread workers), so
 unbounded streams starve every other request of the process, `/health` included. Two caps:
@@ -16,17 +19,26 @@ does not depend on the cache and still holds.
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 import time
 import uuid
 from collections.abc import Iterator
+from typing import Any
 
 from django.conf import settings
 from django.core.cache import cache
+from django.db import close_old_connections, connection
+from django.http import HttpRequest, StreamingHttpResponse
 from rest_framework.exceptions import Throttled
 
 from sparkops import metrics
+from sparkops.db import release_connection
+
+from . import deltas
+from .models import Run, RunEvent
+from .serializers import RunEventSerializer
 
 logger = logging.getLogger(__name__)
 
@@ -174,3 +186,86 @@ class LimitedStream:
                 close()
         finally:
             self.slot.release()
+
+
+def resume_after(request: HttpRequest) -> int:
+    """Where a stream starts: after `Last-Event-ID` (an EventSource reconnecting) or `?after=`."""
+    return non_negative(request.headers.get("Last-Event-ID") or request.GET.get("after"))
+
+
+def event_stream_response(run_id: Any, *, after: int, user_id: object) -> StreamingHttpResponse:
+    """The run's events after `after` as an open stream of `user_id`'s, or `Throttled` (429)
+    beyond the streams a user or this process may hold. Call it once the user may see the
+    run."""
+    slot = acquire(user_id)
+    response = StreamingHttpResponse(
+        LimitedStream(event_stream(run_id, after, slot), slot),
+        content_type="text/event-stream",
+    )
+    response["Cache-Control"] = "no-cache"
+    response["X-Accel-Buffering"] = "no"  # nginx: don't buffer the stream
+    return response
+
+
+def non_negative(value: Any) -> int:
+    try:
+        return max(int(value), 0)
+    except (TypeError, ValueError):
+        return 0
+
+
+def event_stream(run_id: Any, after: int, slot: StreamSlot) -> Iterator[str]:
+    """Events after `after` until the run has finished. A keep-alive comment goes out every
+    SPARKOPS_STREAM_KEEPALIVE_SECONDS without events: writing it to a closed connection is how
+    the server notices a gone client (it then closes this generator). After
+    SPARKOPS_STREAM_MAX_SECONDS the stream ends without `end`: the client reconnects with
+    Last-Event-ID and takes its turn with everyone else for a slot."""
+    poll = float(settings.SPARKOPS_STREAM_POLL_SECONDS)
+    keepalive = keepalive_seconds()
+    deadline = time.monotonic() + float(settings.SPARKOPS_STREAM_MAX_SECONDS)
+    last_sent = time.monotonic()
+    tail = deltas.Tail(run_id)  # from here on: the model's pieces sent after the client joined
+    yield "retry: 2000\n\n"
+    try:
+        while time.monotonic() < deadline:
+            slot.refresh()
+            # Pieces already sent go out before the events read next (the `llm.call` recorded
+            # after them among those).
+            yield from _delta_frames(tail.wait(0))
+            events = list(
+                RunEvent.objects.filter(run_id=run_id, seq__gt=after).order_by("seq")[:500]
+            )
+            for event in events:
+                after = event.seq
+                data = json.dumps(RunEventSerializer(event).data, default=str)
+                yield f"id: {event.seq}\nevent: {event.type}\ndata: {data}\n\n"
+                last_sent = time.monotonic()
+            if not events:
+                finished = Run.objects.filter(pk=run_id, status__in=Run.FINISHED_STATUSES).exists()
+                if finished and not RunEvent.objects.filter(run_id=run_id, seq__gt=after).exists():
+                    yield "event: end\ndata: {}\n\n"
+                    return
+                if time.monotonic() - last_sent > keepalive:
+                    yield ": keep-alive\n\n"
+                    last_sent = time.monotonic()
+                if getattr(connection, "pool", None):
+                    # Back to the pool between polls: a held stream must not hold one of the
+                    # process's DB_POOL_MAX_SIZE connections for minutes.
+                    release_connection()
+                pieces = tail.wait(poll)
+                if pieces:
+                    yield from _delta_frames(pieces)
+                    last_sent = time.monotonic()
+    finally:
+        tail.close()
+        # An abandoned stream is closed by the garbage collector, in whatever thread (greenlet)
+        # runs then, perhaps inside that one's transaction: closing its connection there would
+        # break the transaction ("Cannot open a new connection in an atomic block").
+        if not connection.in_atomic_block:
+            close_old_connections()
+
+
+def _delta_frames(pieces: list[dict[str, Any]]) -> Iterator[str]:
+    """`llm.delta` events: no `id`, they are not stored and a reconnect does not replay them."""
+    for piece in pieces:
+        yield f"event: llm.delta\ndata: {json.dumps(piece, default=str)}\n\n"

@@ -1,12 +1,8 @@
 from __future__ import annotations
 
 import json
-import time
-from collections.abc import Iterator
 from typing import Any, cast
 
-from django.conf import settings
-from django.db import close_old_connections, connection
 from django.db.models import Prefetch, QuerySet
 from django.http import StreamingHttpResponse
 from drf_spectacular.types import OpenApiTypes
@@ -24,12 +20,11 @@ from rest_framework.serializers import BaseSerializer
 
 from projects.api import ProjectScopedGenericViewSet
 from projects.models import Role
-from sparkops.db import release_connection
 from sparkops.pagination import CreatedCursorPagination, SeqCursorPagination
 from workflows.models import Workflow
 from workflows.views import CONFLICT, INVALID
 
-from . import deltas, services, streams
+from . import services, streams
 from .filters import RunFilter
 from .models import Run, RunEvent, RunQuerySet, RunStep
 from .serializers import (
@@ -189,7 +184,9 @@ class RunViewSet(
     @action(detail=True, methods=["get"], pagination_class=SeqCursorPagination, filter_backends=[])
     def events(self, request: Request, pk: Any = None) -> Response:
         run = self.get_object()
-        events = RunEvent.objects.filter(run=run, seq__gt=_int(request.query_params.get("after")))
+        events = RunEvent.objects.filter(
+            run=run, seq__gt=streams.non_negative(request.query_params.get("after"))
+        )
         page = self.paginate_queryset(events)
         return self.get_paginated_response(RunEventSerializer(page, many=True).data)
 
@@ -248,79 +245,9 @@ class RunViewSet(
         the run has finished and every event was sent, or after SPARKOPS_STREAM_MAX_SECONDS
         (reconnect with `Last-Event-ID`). 429 beyond the streams a user or a server may hold."""
         run = self.get_object()
-        after = _int(request.headers.get("Last-Event-ID") or request.query_params.get("after"))
-        slot = streams.acquire(request.user.pk)
-        response = StreamingHttpResponse(
-            streams.LimitedStream(_event_stream(run.pk, after, slot), slot),
-            content_type="text/event-stream",
+        return streams.event_stream_response(
+            run.pk, after=streams.resume_after(request), user_id=request.user.pk
         )
-        response["Cache-Control"] = "no-cache"
-        response["X-Accel-Buffering"] = "no"  # nginx: don't buffer the stream
-        return response
-
-
-def _int(value: Any) -> int:
-    try:
-        return max(int(value), 0)
-    except (TypeError, ValueError):
-        return 0
-
-
-def _event_stream(run_id: Any, after: int, slot: streams.StreamSlot) -> Iterator[str]:
-    """Events after `after` until the run has finished. A keep-alive comment goes out every
-    SPARKOPS_STREAM_KEEPALIVE_SECONDS without events: writing it to a closed connection is how
-    the server notices a gone client (it then closes this generator). After
-    SPARKOPS_STREAM_MAX_SECONDS the stream ends without `end`: the client reconnects with
-    Last-Event-ID and takes its turn with everyone else for a slot."""
-    poll = float(settings.SPARKOPS_STREAM_POLL_SECONDS)
-    keepalive = streams.keepalive_seconds()
-    deadline = time.monotonic() + float(settings.SPARKOPS_STREAM_MAX_SECONDS)
-    last_sent = time.monotonic()
-    tail = deltas.Tail(run_id)  # from here on: the model's pieces sent after the client joined
-    yield "retry: 2000\n\n"
-    try:
-        while time.monotonic() < deadline:
-            slot.refresh()
-            # Pieces already sent go out before the events read next (the `llm.call` recorded
-            # after them among those).
-            yield from _delta_frames(tail.wait(0))
-            events = list(
-                RunEvent.objects.filter(run_id=run_id, seq__gt=after).order_by("seq")[:500]
-            )
-            for event in events:
-                after = event.seq
-                data = json.dumps(RunEventSerializer(event).data, default=str)
-                yield f"id: {event.seq}\nevent: {event.type}\ndata: {data}\n\n"
-                last_sent = time.monotonic()
-            if not events:
-                finished = Run.objects.filter(pk=run_id, status__in=Run.FINISHED_STATUSES).exists()
-                if finished and not RunEvent.objects.filter(run_id=run_id, seq__gt=after).exists():
-                    yield "event: end\ndata: {}\n\n"
-                    return
-                if time.monotonic() - last_sent > keepalive:
-                    yield ": keep-alive\n\n"
-                    last_sent = time.monotonic()
-                if getattr(connection, "pool", None):
-                    # Back to the pool between polls: a held stream must not hold one of the
-                    # process's DB_POOL_MAX_SIZE connections for minutes.
-                    release_connection()
-                pieces = tail.wait(poll)
-                if pieces:
-                    yield from _delta_frames(pieces)
-                    last_sent = time.monotonic()
-    finally:
-        tail.close()
-        # An abandoned stream is closed by the garbage collector, in whatever thread (greenlet)
-        # runs then, perhaps inside that one's transaction: closing its connection there would
-        # break the transaction ("Cannot open a new connection in an atomic block").
-        if not connection.in_atomic_block:
-            close_old_connections()
-
-
-def _delta_frames(pieces: list[dict[str, Any]]) -> Iterator[str]:
-    """`llm.delta` events: no `id`, they are not stored and a reconnect does not replay them."""
-    for piece in pieces:
-        yield f"event: llm.delta\ndata: {json.dumps(piece, default=str)}\n\n"
 
 
 class WorkflowRunViewSet(ProjectScopedGenericViewSet):

@@ -501,7 +501,6 @@ def test_a_held_event_stream_gives_its_pooled_connection_back_between_polls(
     """An open stream polls the event table; between polls its connection goes back to the
     process's pool (PostgreSQL), so streams held for minutes cannot starve the requests."""
     from runs import streams
-    from runs.views import _event_stream
 
     settings.SPARKOPS_STREAM_POLL_SECONDS = 0.1
     # Sent to a broker no worker reads (redis_url): the run stays pending, the stream open.
@@ -512,7 +511,7 @@ def test_a_held_event_stream_gives_its_pooled_connection_back_between_polls(
 
     def consume() -> None:
         try:
-            chunks.extend(_event_stream(run.pk, 0, slot))
+            chunks.extend(streams.event_stream(run.pk, 0, slot))
         finally:
             slot.release()
             connection.close()

@@ -288,6 +288,7 @@ class RunAdmin(ReadOnlyRecord, RecordColumns, ProjectScopedAdmin, admin.ModelAdm
 
         return [
             path("<path:object_id>/live/", page(console.run_live_view), name="runs_run_live"),
+            path("<path:object_id>/stream/", page(console.run_stream_view), name="runs_run_stream"),
             path("<path:object_id>/decide/", page(console.run_decide_view), name="runs_run_decide"),
             path(
                 "<path:object_id>/do/<str:operation>/",

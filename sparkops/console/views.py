@@ -12,12 +12,14 @@ from django.contrib.admin import helpers
 from django.contrib.admin.utils import unquote
 from django.core.exceptions import PermissionDenied
 from django.http import Http404, HttpRequest, HttpResponse, HttpResponseRedirect, JsonResponse
+from django.http.response import HttpResponseBase
 from django.shortcuts import render
 from django.template.loader import render_to_string
 from django.urls import reverse
 from django.utils import timezone
+from rest_framework.exceptions import Throttled
 
-from runs import services
+from runs import services, streams
 from runs import services as run_services
 from runs.models import Run, RunEvent, RunStep
 from runs.services.state import split_item_id
@@ -320,6 +322,22 @@ def run_live_view(model_admin: Any, request: HttpRequest, object_id: str) -> Htt
             "html": html,
         }
     )
+
+
+def run_stream_view(model_admin: Any, request: HttpRequest, object_id: str) -> HttpResponseBase:
+    """The run's event stream for its page (runs.streams, as the API's `runs/{id}/stream`),
+    behind the admin's checks instead of project membership: the operators reading a run's page
+    are often superusers of no project, whom the API answers 404. Beyond the streams a user or
+    this process may hold (the API's and the console's together): a JSON 429, as there."""
+    run = _object_or_404(model_admin, request, object_id)
+    try:
+        return streams.event_stream_response(
+            run.pk, after=streams.resume_after(request), user_id=request.user.pk
+        )
+    except Throttled as exc:
+        response = JsonResponse({"type": "throttled", "detail": str(exc.detail)}, status=429)
+        response["Retry-After"] = str(streams.RETRY_AFTER)  # what `acquire` asks for
+        return response
 
 
 def run_decide_view(model_admin: Any, request: HttpRequest, object_id: str) -> HttpResponse:

@@ -21,7 +21,9 @@ it (OpenAI chat completion chunks, with the usage chunk when `stream_options.inc
 Anthropic's message_start / content_block_* / message_delta / message_stop), the text cut in
 words and tool arguments in pieces, `"chunk_delay"` seconds (or `FakeLLMServer(chunk_delay=…)`)
 between chunks. `server.chunk_times[i]` is the `time.time()` at which chunk i of the last
-streamed reply left the server.
+streamed reply left the server. A streamed reply with `"hold_after": n` stops after its n-th
+chunk while `server.hold` is cleared, until the test sets it: the answer is then known to be
+half-sent.
 
 With an empty queue the server echoes the last user message, after `FakeLLMServer(delay=…)`
 seconds. Every request is recorded in `server.requests` (method, path, lower-cased headers,
@@ -94,6 +96,9 @@ class FakeLLMServer:
         # a test holds calls open to see how many a worker keeps in flight at once.
         self.gate = threading.Event()
         self.gate.set()
+        # Cleared, a streamed reply with `hold_after` waits here midway (see the docstring).
+        self.hold = threading.Event()
+        self.hold.set()
         self.requests: list[RecordedRequest] = []
         self._queues: dict[str, deque[dict[str, Any]]] = {kind: deque() for kind in KINDS}
         self._lock = threading.Lock()
@@ -122,6 +127,7 @@ class FakeLLMServer:
             return
         self._stopping.set()
         self.gate.set()
+        self.hold.set()
         self._server.shutdown()
         self._server.server_close()
         if self._thread is not None:
@@ -492,6 +498,7 @@ class _Handler(BaseHTTPRequestHandler):
     def _send_stream(self, events: list[tuple[str | None, Any]], spec: dict[str, Any]) -> None:
         """`events` as Server-Sent Events, each flushed on its own, `chunk_delay` apart."""
         pause = float(spec.get("chunk_delay", self.fake.chunk_delay) or 0)
+        hold_after = spec.get("hold_after")
         self.fake.chunk_times = []
         try:
             self.send_response(200)
@@ -502,6 +509,8 @@ class _Handler(BaseHTTPRequestHandler):
             for index, (name, data) in enumerate(events):
                 if index and pause and self.fake._stopping.wait(pause):
                     return
+                if index == hold_after:
+                    self.fake.hold.wait()
                 text = data if isinstance(data, str) else json.dumps(data)
                 frame = (f"event: {name}\n" if name else "") + f"data: {text}\n\n"
                 self.wfile.write(frame.encode())
