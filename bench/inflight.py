@@ -12,7 +12,8 @@ and waits for all to succeed. Then, on the same workers, raw Celery: --runs task
 the same SDK call (bench.tasks.llm_call). Prints JSON: time from the first run created to all
 succeeded, and after the last was created; the most model calls the server held at once; the
 peak of PostgreSQL connections to the database (pg_stat_activity) and the peak resident memory
-of each worker. Nothing is asserted. Targets (issue #14), for 1,000 runs and a 2 s model: all
+of each worker (with its child processes, CPU too: the steps worker is the parent of
+STEPS_PROCESSES gevent workers, 2 by default). Nothing is asserted. Targets (issue #14), for 1,000 runs and a 2 s model: all
 succeeded within 10 s of the last run created, <= 50 connections, the worker < 1 GB.
 
 `--map` adds issue #16's case between the two: ONE run whose `map` node has --runs agent items
@@ -116,23 +117,38 @@ def start_workers(workdir: Path, pool: str | None) -> dict[str, subprocess.Popen
     return {"worker": orchestration, "steps": steps}
 
 
-def rss_mb(pid: int) -> float:
+def tree(pid: int) -> list[int]:
+    """`pid` and its descendants (the steps worker is a parent of STEPS_PROCESSES workers)."""
     try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
+        children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
     except OSError:
-        pass
-    return 0.0
+        return [pid]
+    return [pid, *(p for child in children for p in tree(int(child)))]
+
+
+def rss_mb(pid: int) -> float:
+    """Resident memory of a process and its descendants."""
+    total = 0.0
+    for each in tree(pid):
+        try:
+            for line in Path(f"/proc/{each}/status").read_text().splitlines():
+                if line.startswith("VmRSS:"):
+                    total += int(line.split()[1]) / 1024
+        except OSError:
+            pass
+    return total
 
 
 def cpu_s(pid: int) -> float:
-    """CPU time (user + system) of a process so far."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
-        return 0.0
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    """CPU time (user + system) of a process and its live descendants so far."""
+    total = 0.0
+    for each in tree(pid):
+        try:
+            fields = Path(f"/proc/{each}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return total
 
 
 class Watcher(threading.Thread):
