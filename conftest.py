@@ -158,6 +158,17 @@ def _worker_settled(request: Any) -> Iterator[None]:
 
 
 @pytest.fixture
+def no_stream_left_open() -> Iterator[None]:
+    """The test gives back every event-stream slot it took (another test's stream ending
+    meanwhile only lowers the count)."""
+    from runs import streams
+
+    before = streams.open_streams()
+    yield
+    assert streams.open_streams() <= before, "a test left a stream slot taken"
+
+
+@pytest.fixture
 def engine(celery_engine_worker: Any, transactional_db: Any, settings: Any) -> Any:
     """A test that runs workflows on the real worker. Its data is committed (the worker's
     threads must see it), and the database is flushed afterwards."""

@@ -13,8 +13,9 @@ the same SDK call (bench.tasks.llm_call). Prints JSON: time from the first run c
 succeeded, and after the last was created; the most model calls the server held at once; the
 peak of PostgreSQL connections to the database (pg_stat_activity) and the peak resident memory
 of each worker (with its child processes, CPU too: the steps worker is the parent of
-STEPS_PROCESSES gevent workers, 2 by default). Nothing is asserted. Targets (issue #14), for 1,000 runs and a 2 s model: all
-succeeded within 10 s of the last run created, <= 50 connections, the worker < 1 GB.
+STEPS_PROCESSES gevent workers, 2 by default). Nothing is asserted. Targets (issue #14), for
+1,000 runs and a 2 s model: all succeeded within 10 s of the last run created, <= 50
+connections, the worker < 1 GB.
 
 `--map` adds issue #16's case between the two: ONE run whose `map` node has --runs agent items
 at `max_concurrency` --runs, timed from its creation to its success (target: within the time

@@ -22,31 +22,19 @@ from projects.tests.factories import MembershipFactory
 from runs import deltas, streams
 from runs.models import Run
 from runs.services.events import event_append
-from runs.tests.factories import make_workflow, transform
+from runs.tests.factories import active_run
 from sparkops.testing.processes import RedisServer
 
 # Streams run outside a transaction in production (and close connections when they end).
-pytestmark = pytest.mark.django_db(transaction=True)
-
-
-@pytest.fixture(autouse=True)
-def no_stream_left_open() -> Iterator[None]:
-    before = streams.open_streams()
-    yield
-    assert streams.open_streams() == before, "a test left a stream slot taken"
+pytestmark = [
+    pytest.mark.django_db(transaction=True),
+    pytest.mark.usefixtures("no_stream_left_open"),
+]
 
 
 @pytest.fixture
 def run(cast: Any) -> Run:
-    workflow = make_workflow(cast.project, cast.owner, [transform("a", 1)], name="streamed")
-    return Run.objects.create(
-        project=cast.project,
-        workflow=workflow,
-        version=workflow.current_version,
-        status=Run.Status.RUNNING,
-        input={},
-        created_by=cast.owner,
-    )
+    return active_run(cast)
 
 
 def url(run: Run) -> str:

@@ -13,7 +13,7 @@ import pytest
 from rest_framework_simplejwt.tokens import AccessToken
 
 from runs.models import Run
-from runs.tests.factories import make_workflow, transform
+from runs.tests.factories import active_run
 from sparkops.testing.engine import wait_until
 from sparkops.testing.processes import RedisServer, WebProcess
 
@@ -78,18 +78,6 @@ class Stream:
     def close(self) -> None:
         self.response.close()
         self.client.close()
-
-
-def active_run(cast: Any) -> Run:
-    workflow = make_workflow(cast.project, cast.owner, [transform("a", 1)], name="streamed")
-    return Run.objects.create(
-        project=cast.project,
-        workflow=workflow,
-        version=workflow.current_version,
-        status=Run.Status.RUNNING,
-        input={},
-        created_by=cast.owner,
-    )
 
 
 def test_streams_are_capped_and_the_server_keeps_answering(cast: Any, web: WebProcess) -> None:

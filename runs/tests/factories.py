@@ -28,6 +28,22 @@ def finished_run(cast: Any, status: str = "succeeded") -> Any:
     return run
 
 
+def active_run(cast: Any) -> Any:
+    """A running run's row of a one-transform workflow, nothing executing it (for the event
+    stream tests: a stream stays open while its run is active)."""
+    from runs.models import Run
+
+    workflow = make_workflow(cast.project, cast.owner, [transform("a", 1)], name="streamed")
+    return Run.objects.create(
+        project=cast.project,
+        workflow=workflow,
+        version=workflow.current_version,
+        status=Run.Status.RUNNING,
+        input={},
+        created_by=cast.owner,
+    )
+
+
 def tool_node(id: str, tool: str, args: Any = None, *depends_on: str, **extra: Any) -> dict:
     return {
         "id": id,

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -15,7 +14,7 @@ from rest_framework.exceptions import Throttled
 
 from runs import streams
 from runs.models import Run, RunEvent
-from runs.tests.factories import make_workflow, transform
+from runs.tests.factories import active_run
 from sparkops import cache as cache_state
 from sparkops.testing.engine import wait_until
 from sparkops.testing.processes import RedisServer
@@ -23,27 +22,15 @@ from sparkops.testing.scraping import delta, scrape
 
 # Streams run outside a transaction in production (and close connections when they end).
 # /metrics is closed without a token; `scrape` sends the one `metrics_token` sets.
-pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.usefixtures("metrics_token")]
-
-
-@pytest.fixture(autouse=True)
-def no_stream_left_open() -> Iterator[None]:
-    before = streams.open_streams()
-    yield
-    assert streams.open_streams() <= before, "a test left a stream slot taken"
+pytestmark = [
+    pytest.mark.django_db(transaction=True),
+    pytest.mark.usefixtures("metrics_token", "no_stream_left_open"),
+]
 
 
 @pytest.fixture
 def run(cast: Any) -> Run:
-    workflow = make_workflow(cast.project, cast.owner, [transform("a", 1)], name="streamed")
-    return Run.objects.create(
-        project=cast.project,
-        workflow=workflow,
-        version=workflow.current_version,
-        status=Run.Status.RUNNING,
-        input={},
-        created_by=cast.owner,
-    )
+    return active_run(cast)
 
 
 def url(run: Run) -> str:
