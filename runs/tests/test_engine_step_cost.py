@@ -134,9 +134,9 @@ def test_resuming_by_last_event_id_skips_and_repeats_nothing_while_a_fan_out_wri
 # tools and the project; the prompt's and the call's checks on ONE read of the policies, a
 # budget read; the input recorded; the call charged (price, agent, budgets, usage, events);
 # the reply's content rules (policies read afresh after the wait); the result, the run's
-# finish and what listens for it (webhooks, event triggers, a queued schedule fire, each in a
-# savepoint).
-QUERIES_PER_AGENT_RUN_STEP = 39  # at most; BEGIN, COMMIT and savepoints included
+# finish and what listens for it (webhooks in a savepoint; event triggers and a queued schedule
+# fire read first, a savepoint only for work).
+QUERIES_PER_AGENT_RUN_STEP = 35  # at most; BEGIN, COMMIT and savepoints included
 
 
 @pytest.mark.django_db(transaction=True)

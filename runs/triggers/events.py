@@ -91,14 +91,23 @@ def _fire(trigger: EventTrigger, run: Any) -> EventTriggerFire | None:
     return fire
 
 
-def event_triggers_fire(*, run: Any) -> list[EventTriggerFire]:
-    """A run finished (engine transaction, run row locked): start what listens for it. Never
-    raises: refusals and failures are recorded on EventTriggerFire rows."""
+def triggers_listening(run: Any) -> list[EventTrigger]:
+    """The enabled event triggers of the run's workflow."""
+    return list(
+        EventTrigger.objects.filter(
+            source_workflow_id=run.workflow_id, enabled=True
+        ).select_related("target_workflow")
+    )
+
+
+def event_triggers_fire(
+    *, run: Any, triggers: list[EventTrigger] | None = None
+) -> list[EventTriggerFire]:
+    """A run finished (engine transaction, run row locked): start what listens for it
+    (`triggers`, when the caller read them already). Never raises: refusals and failures are
+    recorded on EventTriggerFire rows."""
     fires = []
-    triggers = EventTrigger.objects.filter(
-        source_workflow_id=run.workflow_id, enabled=True
-    ).select_related("target_workflow")
-    for trigger in triggers:
+    for trigger in triggers if triggers is not None else triggers_listening(run):
         if run.status not in trigger.statuses:
             continue
         fire = _fire(trigger, run)

@@ -170,11 +170,17 @@ def schedule_fire_now(*, schedule: Schedule, actor: User | None) -> ScheduleFire
     return fire
 
 
-def schedule_release_queued(*, run: Any) -> ScheduleFire | None:
-    """A run finished (engine transaction, run row locked): start the fire queued behind it.
-    Never raises: a refusal is recorded on the fire."""
-    previous = ScheduleFire.objects.filter(run_id=run.pk).values_list("schedule_id", flat=True)
-    schedule_id = previous.first()
+def schedule_of_run(run: Any) -> Any:
+    """The id of the schedule that fired `run`, if one did."""
+    return ScheduleFire.objects.filter(run_id=run.pk).values_list("schedule_id", flat=True).first()
+
+
+def schedule_release_queued(*, run: Any, schedule_id: Any = None) -> ScheduleFire | None:
+    """A run finished (engine transaction, run row locked): start the fire queued behind it
+    (`schedule_id`: the run's schedule, when the caller read it already). Never raises: a
+    refusal is recorded on the fire."""
+    if schedule_id is None:
+        schedule_id = schedule_of_run(run)
     if schedule_id is None:
         return None
     with transaction.atomic():
