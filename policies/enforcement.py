@@ -20,10 +20,12 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
+from django.db import connection
 from django.utils import timezone
 
 from agents.models import Agent
 from projects.models import Project
+from sparkops.db import select_models
 from sparkops.errors import SparkOpsError
 
 from . import rules
@@ -115,12 +117,26 @@ def policies_cached() -> Iterator[None]:
 
 def policies_of(project_id: Any, kinds: tuple[str, ...]) -> list[Policy]:
     cache = _cache.get()
-    if cache is None:
-        return list(Policy.objects.applicable_to(project_id).filter(kind__in=kinds))
     key = str(project_id)
-    if key not in cache:
-        cache[key] = list(Policy.objects.applicable_to(project_id))
-    return [policy for policy in cache[key] if policy.kind in kinds]
+    if cache is None:
+        applicable = applicable_policies(project_id)
+    elif key in cache:
+        applicable = cache[key]
+    else:
+        applicable = cache[key] = applicable_policies(project_id)
+    return [policy for policy in applicable if policy.kind in kinds]
+
+
+def applicable_policies(project_id: Any) -> list[Policy]:
+    """`Policy.objects.applicable_to(project_id)`, as SQL written once (every step and model
+    call reads it: sparkops.db.select_models)."""
+    project = Policy._meta.get_field("project").get_db_prep_value(project_id, connection)
+    return select_models(
+        Policy,
+        "enabled = %s AND (project_id = %s OR project_id IS NULL)",
+        [True, project],
+        order_by="priority, id",
+    )
 
 
 def _label(policy: Policy) -> str:

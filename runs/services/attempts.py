@@ -18,6 +18,8 @@ from runs.engine.checkpoint import Checkpoint
 from runs.engine.errors import PauseForApproval, StepError, StepPaused, StepSuperseded
 from runs.models import Run, RunEvent, RunStep
 from sparkops.db import RECONNECT_TRIES, connection_lost, reconnecting, reset_connection
+from sparkops.db import model_columns as _columns
+from sparkops.db import model_from_row as _from_row
 from sparkops.nul import strip_nul
 
 from . import policy_hooks
@@ -82,10 +84,6 @@ SELECT step.*, counter.*, event.id FROM step, counter, event
 """
 
 
-def _columns(model: Any) -> list[Any]:
-    return list(model._meta.concrete_fields)
-
-
 def _start_sql() -> str:
     step_fields = _columns(RunStep)
     run_fields = _columns(Run)
@@ -93,16 +91,6 @@ def _start_sql() -> str:
         step_columns=", ".join(f"s.{field.column}" for field in step_fields),
         run_columns=", ".join(f"r.{field.column}" for field in run_fields),
     )
-
-
-def _from_row(model: Any, values: list[Any]) -> Any:
-    fields = _columns(model)
-    converted = []
-    for field, value in zip(fields, values, strict=True):
-        for converter in field.get_db_converters(connection):
-            value = converter(value, None, connection)
-        converted.append(value)
-    return model.from_db(connection.alias, [field.attname for field in fields], converted)
 
 
 def _start_one_statement(step_id: int, attempt: int) -> RunStep | None:

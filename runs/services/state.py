@@ -15,10 +15,12 @@ from functools import lru_cache
 from typing import Any
 
 from django.conf import settings
+from django.db import connection
 from django.utils import timezone
 
 from runs.engine import planner
 from runs.models import Run, RunEvent, RunStep
+from sparkops.db import select_models
 from sparkops.nul import strip_nul
 from tools.mcp_services import mcp_tool_named
 from tools.models import Tool
@@ -220,6 +222,16 @@ def step_event(*, step: RunStep, attempt: int, type: str, payload: dict[str, Any
     event_append(step.run_id, type, payload, node_id=step.node_id, attempt=attempt)
 
 
+def _usable_tool(project_id: Any, name: str) -> Tool | None:
+    """`Tool.objects.usable_in(project_id).filter(name=name).first()`, the project's own or a
+    global tool, as SQL written once (sparkops.db.select_models: every step reads it)."""
+    project = Tool._meta.get_field("project").get_db_prep_value(project_id, connection)
+    found = select_models(
+        Tool, "name = %s AND (project_id = %s OR is_global = %s)", [name, project, True], limit=1
+    )
+    return found[0] if found else None
+
+
 def find_tool(
     project_id: Any, name: str, cache: dict[str, Any] | None = None, *, as_of: Any = None
 ) -> Any:
@@ -228,7 +240,7 @@ def find_tool(
     the one of the snapshot current at `as_of` (the run's start: runs pin what they use)."""
     if cache is not None and name in cache:
         return cache[name]
-    tool: Any = Tool.objects.usable_in(project_id).filter(name=name).first()
+    tool: Any = _usable_tool(project_id, name)
     if tool is None:  # `<server>__<tool>`: a tool of one of the project's MCP servers
         tool = mcp_tool_named(project_id, name, as_of=as_of)
     if cache is not None:
