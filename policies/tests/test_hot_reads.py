@@ -52,4 +52,11 @@ def test_the_tool_read_matches_usable_in(cast: Any) -> None:
         assert (found.pk if found else None) == (orm.pk if orm else None), name
     found = find_tool(cast.project.pk, "fetch")
     assert model_to_dict(found) == model_to_dict(own)
+    # A global tool and the project's own of one name: the project's shadows the global one,
+    # whichever is older (the other project still sees the global one).
+    ToolFactory(project=None, is_global=True, name="fetch")
+    assert find_tool(cast.project.pk, "fetch").pk == own.pk
+    mine = ToolFactory(project=cast.project, name="shared")
+    assert find_tool(cast.project.pk, "shared").pk == mine.pk
+    assert find_tool(cast.other_project.pk, "shared").pk == shared.pk
     assert found.updated_at == Tool.objects.get(pk=own.pk).updated_at

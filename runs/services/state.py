@@ -223,11 +223,16 @@ def step_event(*, step: RunStep, attempt: int, type: str, payload: dict[str, Any
 
 
 def _usable_tool(project_id: Any, name: str) -> Tool | None:
-    """`Tool.objects.usable_in(project_id).filter(name=name).first()`, the project's own or a
-    global tool, as SQL written once (sparkops.db.select_models: every step reads it)."""
+    """The tool `Tool.objects.usable_in(project_id)` names `name`, as SQL written once
+    (sparkops.db.select_models: every step reads it). The project's own shadows a global one of
+    the same name."""
     project = Tool._meta.get_field("project").get_db_prep_value(project_id, connection)
     found = select_models(
-        Tool, "name = %s AND (project_id = %s OR is_global = %s)", [name, project, True], limit=1
+        Tool,
+        "name = %s AND (project_id = %s OR is_global = %s)",
+        [name, project, True],
+        order_by="is_global, id",
+        limit=1,
     )
     return found[0] if found else None
 
