@@ -262,3 +262,40 @@ def test_rescoping_a_budget_recounts_the_current_period(cast):
     assert spend_of(budget) == 0
     policy_services.budget_update(budget=budget, actor=cast.owner, workflow=workflow.pk)
     assert spend_of(budget) == Decimal("0.25")
+
+
+def test_a_map_items_model_calls_count_for_its_agents_budget(cast):
+    """An item of a `map` over an agent (`m[0]`) is that agent's call: its usage names the agent
+    and the agent's budget is charged."""
+    agent = make_agent(cast)
+    budget = make_budget(cast.project, cast.owner, name="agent", agent=agent.pk)
+    workflow = make_workflow(
+        cast.project,
+        cast.owner,
+        [
+            {
+                "id": "m",
+                "type": "map",
+                "items": [1, 2],
+                "node": {"type": "agent", "agent": "bot", "prompt": "{{ item }}"},
+            }
+        ],
+        name="mapped",
+    )
+    with sends_lost():
+        run = services.run_create(workflow=workflow, input={}, actor=cast.owner)
+    now = timezone.now()
+    Run.objects.filter(pk=run.pk).update(status="running", started_at=now, queued_at=now)
+    item = RunStep.objects.create(
+        run=run,
+        node_id="m[0]",
+        type="agent",
+        status="running",
+        attempt=1,
+        item_index=0,
+        started_at=now,
+        heartbeat_at=now,
+    )
+    charge(RunStep.objects.select_related("run").get(pk=item.pk), "0.25")
+    assert UsageRecord.objects.get().agent_id == agent.pk
+    assert spend_of(budget) == Decimal("0.25")
