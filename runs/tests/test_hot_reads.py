@@ -41,9 +41,9 @@ def test_the_policies_read_matches_applicable_to(cast: Any) -> None:
 
 
 def test_the_tool_read_matches_usable_in(cast: Any) -> None:
-    own = ToolFactory(project=cast.project, name="fetch")
+    own: Any = ToolFactory(project=cast.project, name="fetch")
     ToolFactory(project=cast.other_project, name="theirs")
-    shared = ToolFactory(project=None, is_global=True, name="shared")
+    shared: Any = ToolFactory(project=None, is_global=True, name="shared")
 
     for name, expected in (("fetch", own), ("shared", shared), ("theirs", None), ("nope", None)):
         found = find_tool(cast.project.pk, name)
@@ -56,7 +56,7 @@ def test_the_tool_read_matches_usable_in(cast: Any) -> None:
     # whichever is older (the other project still sees the global one).
     ToolFactory(project=None, is_global=True, name="fetch")
     assert find_tool(cast.project.pk, "fetch").pk == own.pk
-    mine = ToolFactory(project=cast.project, name="shared")
+    mine: Any = ToolFactory(project=cast.project, name="shared")
     assert find_tool(cast.project.pk, "shared").pk == mine.pk
     assert find_tool(cast.other_project.pk, "shared").pk == shared.pk
     assert found.updated_at == Tool.objects.get(pk=own.pk).updated_at
