@@ -12,6 +12,7 @@ import pytest
 from agents import services as agent_services
 from runs import services
 from runs.models import Run, RunEvent, RunStep
+from runs.tests.factories import model_workflow
 from sparkops.testing.engine import wait_until
 from sparkops.testing.fake_llm import FakeLLMServer
 from sparkops.testing.processes import CountingServer, RedisServer, WorkerProcess, broker
@@ -190,21 +191,7 @@ def test_a_steps_worker_killed_mid_model_call_loses_nothing(cast, fast_recovery,
     calls = 8  # the threads pool's 8 on the embedded default
     model = FakeLLMServer().start()
     model.gate.clear()
-    agent_services.agent_create(
-        actor=cast.owner,
-        project=cast.project,
-        name="Model",
-        slug="model",
-        provider="openai_compatible",
-        model="fake-model",
-        base_url=model.openai_base_url,
-    )
-    workflow = workflow_services.workflow_create(
-        actor=cast.owner,
-        project=cast.project,
-        name="one model call",
-        definition={"nodes": [{"id": "answer", "type": "agent", "agent": "model", "prompt": "Hi"}]},
-    )
+    workflow = model_workflow(cast, model.openai_base_url)
     orchestration = WorkerProcess(redis_broker.url, queues="orchestration", concurrency=4)
     first = WorkerProcess(redis_broker.url, steps=True)
     second = WorkerProcess(redis_broker.url, steps=True)

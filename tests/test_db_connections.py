@@ -29,6 +29,7 @@ from rest_framework_simplejwt.tokens import AccessToken
 from agents import services as agent_services
 from runs import services
 from runs.models import Run, RunStep
+from runs.tests.factories import model_workflow
 from sparkops.testing.engine import wait_until
 from sparkops.testing.fake_llm import FakeLLMServer
 from sparkops.testing.processes import (
@@ -244,24 +245,6 @@ def test_more_requests_and_runs_than_connections_all_finish(cast, redis_url, lim
     assert Counter(Run.objects.values_list("status", flat=True)) == {"succeeded": runs}
     if db.postgres:
         assert 0 < peak[0] <= 12
-
-
-def model_workflow(cast: Any, base_url: str) -> Any:
-    agent_services.agent_create(
-        actor=cast.owner,
-        project=cast.project,
-        name="Model",
-        slug="model",
-        provider="openai_compatible",
-        model="fake-model",
-        base_url=base_url,
-    )
-    return workflow_services.workflow_create(
-        actor=cast.owner,
-        project=cast.project,
-        name="one model call",
-        definition={"nodes": [{"id": "answer", "type": "agent", "agent": "model", "prompt": "Hi"}]},
-    )
 
 
 def test_the_steps_worker_keeps_more_model_calls_in_flight_than_it_has_connections(

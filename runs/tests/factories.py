@@ -44,6 +44,28 @@ def active_run(cast: Any) -> Any:
     )
 
 
+def model_workflow(cast: Any, base_url: str) -> Any:
+    """An `openai_compatible` agent `model` on the OpenAI-compatible server at `base_url` (the
+    fake model of sparkops/testing/fake_llm.py) and a workflow of one call to it, `answer`."""
+    from agents import services as agent_services
+
+    agent_services.agent_create(
+        actor=cast.owner,
+        project=cast.project,
+        name="Model",
+        slug="model",
+        provider="openai_compatible",
+        model="fake-model",
+        base_url=base_url,
+    )
+    return make_workflow(
+        cast.project,
+        cast.owner,
+        [{"id": "answer", "type": "agent", "agent": "model", "prompt": "Hi"}],
+        name="one model call",
+    )
+
+
 def tool_node(id: str, tool: str, args: Any = None, *depends_on: str, **extra: Any) -> dict:
     return {
         "id": id,

@@ -15,7 +15,7 @@ from django.test.utils import CaptureQueriesContext
 from runs import services
 from runs.models import Run, RunEvent, RunStep
 from runs.tests.conftest import builtin_tool, sends_lost, tool_node
-from runs.tests.factories import make_workflow
+from runs.tests.factories import make_workflow, model_workflow
 from sparkops.testing.engine import wait_for_run
 
 # Every step of a chain after the first: start (one statement), the tool and the project's
@@ -143,24 +143,8 @@ QUERIES_PER_AGENT_RUN_STEP = 35  # at most; BEGIN, COMMIT and savepoints include
 def test_a_model_call_step_reads_the_policies_twice_and_nothing_twice(
     cast: Any, settings: Any, fake_llm: Any
 ) -> None:
-    from agents import services as agent_services
-
     settings.SPARKOPS_OUTBOUND_ALLOW = ["127.0.0.1"]
-    agent_services.agent_create(
-        actor=cast.owner,
-        project=cast.project,
-        name="Model",
-        slug="model",
-        provider="openai_compatible",
-        model="fake-model",
-        base_url=fake_llm.openai_base_url,
-    )
-    workflow = make_workflow(
-        cast.project,
-        cast.owner,
-        [{"id": "answer", "type": "agent", "agent": "model", "prompt": "Hi"}],
-        name="one model call",
-    )
+    workflow = model_workflow(cast, fake_llm.openai_base_url)
     with sends_lost():
         run = services.run_create(workflow=workflow, input={}, actor=cast.owner)
         services.run_enqueue(run_id=run.pk)
