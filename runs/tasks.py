@@ -29,7 +29,7 @@ def advance(run_id: str) -> None:
 
 @shared_task(name="runs.step_execute", acks_late=True, ignore_result=True, **DATABASE_RETRY)
 def step_execute(step_id: int, attempt: int) -> None:
-    services.step_execute(step_id=step_id, attempt=attempt)
+    services.step_execute(step_id=step_id, attempt=attempt, eager=True)
 
 
 @shared_task(name="runs.child_start", acks_late=True, ignore_result=True, **DATABASE_RETRY)

@@ -530,6 +530,10 @@ SPARKOPS_STEP_TIMEOUT = env.int("SPARKOPS_STEP_TIMEOUT", default=600)
 # Transforms and builtin-tool steps run inline in the worker that plans them (no broker hop),
 # at most this many per planning transaction (0: every step goes through the steps queue).
 SPARKOPS_INLINE_STEPS = env.int("SPARKOPS_INLINE_STEPS", default=100)
+# Eager dispatch (runs/services/dispatch.py): a steps worker whose step made another ready takes
+# it itself, without a broker hop, for at most this many steps or seconds in a row.
+SPARKOPS_EAGER_STEPS = env.int("SPARKOPS_EAGER_STEPS", default=100)
+SPARKOPS_EAGER_SECONDS = env.float("SPARKOPS_EAGER_SECONDS", default=60.0)
 # Items a `map` node may fan out to (a longer list fails the step; a literal one, the save).
 SPARKOPS_MAP_MAX_ITEMS = env.int("SPARKOPS_MAP_MAX_ITEMS", default=10_000)
 SPARKOPS_MAX_OUTPUT_BYTES = env.int("SPARKOPS_MAX_OUTPUT_BYTES", default=1024 * 1024)

@@ -293,6 +293,25 @@ def set_error(target: Span | None, error_type: str, message: str = "") -> None:
         target.set_status(Status(StatusCode.ERROR, message[:500] or error_type))
 
 
+def current_context() -> Any:
+    """The current trace context (None when tracing is off), to carry to work done later in
+    this process as a message's headers carry it to another (`attached`)."""
+    return otel_context.get_current() if _tracer is not None else None
+
+
+@contextlib.contextmanager
+def attached(carried: Any) -> Iterator[None]:
+    """Make a context `current_context()` returned current for the block."""
+    if _tracer is None or carried is None:
+        yield
+        return
+    token = otel_context.attach(carried)
+    try:
+        yield
+    finally:
+        otel_context.detach(token)
+
+
 def current_ids() -> tuple[str, str] | None:
     """(trace id, span id) in hex of the current recording span, for log lines."""
     ctx = trace.get_current_span().get_span_context()

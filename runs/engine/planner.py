@@ -79,22 +79,57 @@ class Plan:
 def plan(
     nodes: Iterable[NodeSpec], statuses: dict[str, str], chosen: dict[str, str] | None = None
 ) -> Plan:
-    """`chosen`: the branch each succeeded switch picked."""
-    nodes = list(nodes)
+    """`chosen`: the branch each succeeded switch picked. Called on every step's end with
+    every node: one pass over the nodes where nothing can cascade (no skipped node, no
+    finished switch), which is the common case."""
+    nodes = nodes if isinstance(nodes, list | tuple) else list(nodes)
     chosen = chosen or {}
-    statuses = dict(statuses)
-    by_id = {node.id: node for node in nodes}
     result = Plan()
     result.fatal = [
         node.id
         for node in nodes
-        if statuses.get(node.id) == FAILED and not node.continue_on_failure
+        if not node.continue_on_failure and statuses.get(node.id) == FAILED
     ]
     if result.fatal:
         result.run_status = FAILED
         return result
 
-    # Skips cascade: skipping one node can make its downstream skippable in the same pass.
+    if SKIPPED in statuses.values() or any(
+        node.branches and statuses.get(node.id) in FINISHED for node in nodes
+    ):
+        statuses = _cascade(nodes, dict(statuses), chosen, result)
+
+    all_finished = True
+    in_flight = waiting = False
+    for node in nodes:
+        status = statuses.get(node.id)
+        if status in FINISHED:
+            continue
+        all_finished = False
+        if status == PENDING:
+            if all(statuses.get(dep) in FINISHED for dep in node.depends_on):
+                result.ready.append(node.id)
+        elif status in IN_FLIGHT:
+            in_flight = True
+        elif status == WAITING_APPROVAL:
+            waiting = True
+
+    if all_finished:
+        result.run_status = SUCCEEDED
+    elif not result.ready and not in_flight and waiting:
+        result.run_status = WAITING_APPROVAL
+    return result
+
+
+def _cascade(
+    nodes: list[NodeSpec] | tuple[NodeSpec, ...],
+    statuses: dict[str, str],
+    chosen: dict[str, str],
+    result: Plan,
+) -> dict[str, str]:
+    """Skips cascade: skipping one node can make its downstream skippable in the same pass.
+    Only a skipped node or a finished switch starts one. Returns `statuses` with the skips."""
+    by_id = {node.id: node for node in nodes}
     changed = True
     while changed:
         changed = False
@@ -113,22 +148,7 @@ def plan(
                 statuses[node.id] = SKIPPED
                 result.skip.append(node.id)
                 changed = True
-
-    for node in nodes:
-        if statuses.get(node.id) != PENDING:
-            continue
-        if all(statuses.get(dep) in FINISHED for dep in node.depends_on):
-            result.ready.append(node.id)
-
-    if all(statuses.get(node.id) in FINISHED for node in nodes):
-        result.run_status = SUCCEEDED
-    elif (
-        not result.ready
-        and not any(statuses.get(node.id) in IN_FLIGHT for node in nodes)
-        and any(statuses.get(node.id) == WAITING_APPROVAL for node in nodes)
-    ):
-        result.run_status = WAITING_APPROVAL
-    return result
+    return statuses
 
 
 def _not_taken(

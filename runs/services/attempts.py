@@ -4,6 +4,7 @@ planning the run afterwards; and re-queue an attempt whose worker went silent.""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 from datetime import timedelta
@@ -17,12 +18,13 @@ from runs.engine import executors, heartbeat
 from runs.engine.checkpoint import Checkpoint
 from runs.engine.errors import PauseForApproval, StepError, StepPaused, StepSuperseded
 from runs.models import Run, RunEvent, RunStep
+from sparkops import tracing
 from sparkops.db import RECONNECT_TRIES, connection_lost, reconnecting, reset_connection
 from sparkops.db import model_columns as _columns
 from sparkops.db import model_from_row as _from_row
 from sparkops.nul import strip_nul
 
-from . import policy_hooks
+from . import dispatch, policy_hooks
 from .dispatch import send_step
 from .events import event_append, events_append
 from .failures import oversized, record_failure, redacted
@@ -423,11 +425,33 @@ def step_recover(*, step_id: int, attempt: int, reason: str) -> bool:
     return True
 
 
+def step_execute(*, step_id: int, attempt: int, eager: bool = False) -> None:
+    """One step attempt. With `eager` (the `steps` worker's task), then each step its planning
+    handed to this worker (eager dispatch, `dispatch.taking`), each under the trace context it
+    was planned in."""
+    if not eager:
+        _attempt(step_id=step_id, attempt=attempt)
+        return
+    with dispatch.taking() as taking:
+        try:
+            _attempt(step_id=step_id, attempt=attempt)
+            while (handed := taking.next()) is not None:
+                started, carried = handed
+                with tracing.attached(carried):
+                    _attempt(step_id=started.pk, attempt=started.attempt, started=started)
+        finally:
+            if taking.handed is not None:  # handed over, never begun: give it back now
+                left, _ = taking.handed
+                with contextlib.suppress(Exception):  # else the sweeper finds it silent
+                    step_recover(step_id=left.pk, attempt=left.attempt, reason="not_begun")
+
+
 @observability.step_scope
-def step_execute(*, step_id: int, attempt: int) -> None:
+def _attempt(*, step_id: int, attempt: int, started: RunStep | None = None) -> None:
+    """One attempt; `started`: a step the planning already started here (eager dispatch)."""
     # Fenced by the attempt number: a start whose commit went through before the connection
     # dropped is not repeated (the second try finds the step running and does nothing).
-    step = reconnecting(lambda: step_start(step_id=step_id, attempt=attempt))
+    step = started or reconnecting(lambda: step_start(step_id=step_id, attempt=attempt))
     if step is None:
         return
     if step.type == "agent":

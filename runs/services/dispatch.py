@@ -3,11 +3,17 @@ truth, and anything that fails to reach the broker is found and re-sent by the s
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import time
+from collections.abc import Iterator
+from contextvars import ContextVar
 from typing import Any
 
+from django.conf import settings
 from django.db import transaction
 
+from sparkops import tracing
 from sparkops.celery import app
 
 logger = logging.getLogger(__name__)
@@ -43,3 +49,78 @@ def send_child_start(step_id: int, attempt: int, *, countdown: float | None = No
     if countdown:
         options["countdown"] = countdown
     transaction.on_commit(lambda: _send("runs.child_start", [step_id, attempt], **options))
+
+
+# --- eager dispatch ---------------------------------------------------------------------------
+#
+# A step that ends and makes its successor ready would send the successor through the broker
+# and then sit idle while another worker (or itself) receives it: a publish, a delivery, an
+# ack and a start transaction between two steps of a chain (agent → tool → agent). Like
+# Temporal's eager activity execution, the `steps` worker whose planning made a step ready
+# takes one such step itself: the planner queues it and starts it (queued → running, both
+# events written) in the planning's own transaction, and the worker executes it after the
+# commit. The rest of a fan-out is sent as before, for any worker. A started step whose worker
+# dies is recovered like any silent attempt (its heartbeat stops). A task takes at most
+# SPARKOPS_EAGER_STEPS steps in a row, and none after SPARKOPS_EAGER_SECONDS, so one chain
+# cannot hold a worker (and its task's unacknowledged message) for ever.
+
+
+class Taking:
+    """The steps a `steps` worker task may take for itself (one at a time)."""
+
+    def __init__(self) -> None:
+        self.started = time.monotonic()
+        self.taken = 0
+        self.reserved = False
+        self.handed: tuple[Any, Any] | None = None
+
+    def reserve(self) -> bool:
+        """Claim the one slot for a step the caller is about to start; False when the slot is
+        taken or the budget spent (the caller sends the step)."""
+        if self.reserved or self.taken >= settings.SPARKOPS_EAGER_STEPS:
+            return False
+        if time.monotonic() - self.started > settings.SPARKOPS_EAGER_SECONDS:
+            return False
+        self.reserved = True
+        return True
+
+    def hand(self, step: Any) -> None:
+        """On commit: the step is running, this worker's to execute; it carries the trace
+        context it was planned in, as a message would."""
+        self.handed = (step, tracing.current_context())
+
+    def next(self) -> tuple[Any, Any] | None:
+        """The step handed over since the last call, if any; the slot opens again."""
+        handed, self.handed, self.reserved = self.handed, None, False
+        if handed is not None:
+            self.taken += 1
+        return handed
+
+
+_taking: ContextVar[Taking | None] = ContextVar("sparkops_taking", default=None)
+
+
+@contextlib.contextmanager
+def taking() -> Iterator[Taking]:
+    """Around a `steps` worker task: the planner may hand it steps (`reserve`, `hand_over`)."""
+    current = Taking()
+    token = _taking.set(current)
+    try:
+        yield current
+    finally:
+        _taking.reset(token)
+
+
+def reserve() -> bool:
+    """Whether the caller (planning inside a `steps` worker task) may start one ready step
+    here and hand it over (`hand_over`) instead of sending it."""
+    current = _taking.get()
+    return current is not None and current.reserve()
+
+
+def hand_over(step: Any) -> None:
+    """After commit, give the step `reserve` was granted for (started in the committing
+    transaction) to the worker task."""
+    current = _taking.get()
+    assert current is not None, "hand_over() without reserve()"
+    transaction.on_commit(lambda: current.hand(step))

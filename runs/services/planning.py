@@ -11,7 +11,7 @@ from datetime import timedelta
 from typing import Any
 
 from django.conf import settings
-from django.db import transaction
+from django.db import connection, transaction
 from django.db.models import Count
 from django.utils import timezone
 
@@ -28,10 +28,10 @@ from sparkops.nul import strip_nul
 from sparkops.templating import TemplateError, evaluate_condition, render_value
 from workflows.models import Workflow
 
-from . import policy_hooks
+from . import dispatch, policy_hooks
 from .dispatch import send_advance, send_child_start, send_step
 from .events import collecting as events_collecting
-from .events import events_append, queue_steps
+from .events import events_append, events_append_starting, queue_steps
 from .failures import oversized, record_failure, redacted
 from .state import (
     WORKER_NAME,
@@ -177,15 +177,10 @@ class _Planning:
         self.by_id = {node.id: node for node in self.nodes}
         self.raw_nodes = shape.by_id
         # Light rows for planning; outputs are loaded only for the steps a template reads.
-        self.steps = {
-            row[1]: _StepRow(*row)
-            for row in RunStep.objects.filter(run=run, item_index__isnull=True).values_list(
-                "id", "node_id", "type", "status", "attempt"
-            )
-        }
+        self.steps = {row[1]: _StepRow(*row) for row in _step_rows(run)}
         self.secrets = SecretBag(run.project_id)
         self.tools: dict[str, Any] = {}
-        self.to_send: list[tuple[int, int]] = []
+        self.to_send: list[_StepRow] = []
         # Steps queued in memory, not yet in the database: written with the events when the
         # planning ends (one statement), or before anything else reads or writes steps.
         self.to_queue: list[int] = []
@@ -244,6 +239,9 @@ class _Planning:
         return self.chosen
 
     def run_until_stable(self) -> planner.Plan:
+        """Apply plans until one changes nothing the planner reads. Queuing a ready step is
+        not such a change (its successors wait for it to finish, and the run stays running),
+        so a step that only queues its successors plans once."""
         result = self.plan()
         self.changed = True
         while self.changed and not result.fatal:
@@ -262,7 +260,8 @@ class _Planning:
             for loop_id in self.loops:
                 if self.steps[loop_id].status == RunStep.Status.RUNNING:
                     _Loop(self, loop_id).advance()
-            result = self.plan()
+            if self.changed:
+                result = self.plan()
         return result
 
     def _consider(self, node_id: str) -> _StepRow | None:
@@ -342,8 +341,7 @@ class _Planning:
             step.status = RunStep.Status.QUEUED
             step.attempt += 1
             self.events.append(_step_event(step, "queued"))
-            self.to_send.append((step.pk, step.attempt))
-        self.changed = True
+            self.to_send.append(step)
 
     def settle(self, result: planner.Plan) -> None:
         if result.fatal or result.run_status == planner.SUCCEEDED or past_deadline(self.run):
@@ -398,10 +396,16 @@ class _Planning:
             run.status = wanted
             run.save(update_fields=["status"])
             self.events.append({"type": RunEvent.Type.RUN_STATUS, "payload": {"status": wanted}})
-        events_append(run.pk, self.events, queue=(self.to_queue, self.now))
+        taken = self.to_send.pop(0) if self.to_send and dispatch.reserve() else None
+        if taken is not None:
+            self.events.append(_step_event(taken, "running", worker=WORKER_NAME))
+        if taken is None:
+            events_append(run.pk, self.events, queue=(self.to_queue, self.now))
+        else:
+            _hand_over(run, taken, self.events, (self.to_queue, self.now))
         self.to_queue = []
-        for step_id, attempt in self.to_send:
-            send_step(step_id, attempt)
+        for step in self.to_send:
+            send_step(step.pk, step.attempt)
         if self.deferred:
             send_advance(run.pk)
 
@@ -916,6 +920,36 @@ class _StepRow:
     type: str
     status: str
     attempt: int
+
+
+def _step_rows(run: Run) -> list[tuple[Any, ...]]:
+    """(id, node_id, type, status, attempt) of the run's steps, map items left out: read on
+    every planning, so written once as SQL rather than built by the ORM each time."""
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT id, node_id, type, status, attempt FROM runs_runstep "
+            "WHERE run_id = %s AND item_index IS NULL",
+            [Run._meta.pk.get_db_prep_value(run.pk, connection)],
+        )
+        rows: list[tuple[Any, ...]] = cursor.fetchall()
+    return rows
+
+
+def _hand_over(
+    run: Run, step: _StepRow, events: list[dict[str, Any]], queue: tuple[list[int], Any]
+) -> None:
+    """Eager dispatch (dispatch.py): write the planning's events and queue its steps, starting
+    `step` (queued → running, as `step_start` would; its event is in `events`), and hand it to
+    this worker for after the commit. The run is locked, running and within its deadline: the
+    planning checked."""
+    started = events_append_starting(
+        run.pk, events, queue=queue, start=step.pk, attempt=step.attempt, worker=WORKER_NAME
+    )
+    if started is None:  # not queued after all: the broker's way
+        send_step(step.pk, step.attempt)
+        return
+    started.run = run
+    dispatch.hand_over(started)
 
 
 def _step_event(step: Any, status: str, **payload: Any) -> dict[str, Any]:

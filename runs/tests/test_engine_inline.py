@@ -299,8 +299,27 @@ def test_inline_steps_off_runs_every_step_on_the_worker(engine, cast, settings, 
     run = wait_for_run(start(cast, wf).pk)
     assert run.status == "succeeded", run.error
     assert run.output == {"last": 4}
-    assert tasks_of(tasks_seen, run) == ["runs.enqueue"] + ["runs.step_execute"] * 4
+    # One message for the first step: the worker that ran each step took its successor itself
+    # (eager dispatch), without a broker hop; every step was still queued first.
+    assert tasks_of(tasks_seen, run) == ["runs.enqueue", "runs.step_execute"]
     assert [e.payload for e in queued_events(run)] == [{"status": "queued"}] * 4
+    assert all(s.worker and s.attempt == 1 for s in steps_of(run).values())
+    assert_gap_free(run)
+
+
+@pytest.mark.parametrize(("eager_steps", "messages"), [(0, 4), (1, 2), (2, 2), (3, 1)])
+def test_eager_dispatch_takes_at_most_its_budget_then_sends(
+    engine, cast, settings, tasks_seen, eager_steps, messages
+):
+    """SPARKOPS_EAGER_STEPS caps the steps a worker task takes in a row; past it, the next
+    step goes through the broker (to any worker) and that task starts its own budget."""
+    settings.SPARKOPS_INLINE_STEPS = 0
+    settings.SPARKOPS_EAGER_STEPS = eager_steps
+    builtin_tool(cast.project, cast.owner, "calc", "calculator")
+    run = wait_for_run(start(cast, calc_chain(cast, 4)).pk)
+    assert run.status == "succeeded", run.error
+    assert run.output == {"last": 4}
+    assert tasks_of(tasks_seen, run) == ["runs.enqueue"] + ["runs.step_execute"] * messages
     assert all(s.worker and s.attempt == 1 for s in steps_of(run).values())
     assert_gap_free(run)
 
