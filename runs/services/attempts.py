@@ -5,8 +5,10 @@ planning the run afterwards; and re-queue an attempt whose worker went silent.""
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import logging
+from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any, NoReturn
 
@@ -25,6 +27,7 @@ from sparkops.db import model_from_row as _from_row
 from sparkops.nul import strip_nul
 
 from . import dispatch, policy_hooks
+from .completions import GroupCommit, Waiting
 from .dispatch import send_step
 from .events import event_append, events_append
 from .failures import oversized, record_failure, redacted
@@ -176,58 +179,90 @@ def _start_checked(step_id: int, attempt: int) -> RunStep | None:
     return started
 
 
+@dataclass
+class _Result:
+    """A step's result on its way to the database (`step_succeed`)."""
+
+    step: RunStep
+    attempt: int
+    output: Any
+    fields: dict[str, Any]  # what the checkpoint deferred (the step's input)
+    events: list[dict[str, Any]]
+
+
 def step_succeed(
     *, step: RunStep, attempt: int, output: Any, checkpoint: Checkpoint | None = None
 ) -> bool:
     """running → succeeded, once, with what the checkpoint deferred; then plan the run.
     Returns False for a discarded result (a result after the run's deadline is discarded and
-    the run times out)."""
+    the run times out). On PostgreSQL, results of the same run that end together are written
+    in one transaction (`completions`); inside a caller's transaction, alone."""
     too_large = oversized(output)
     if too_large is not None:
         return step_fail(step=step, attempt=attempt, checkpoint=checkpoint, error=too_large)
     output = strip_nul(output)  # a tool's or model's NULs: PostgreSQL cannot store them
     fields, events = checkpoint.deferred() if checkpoint is not None else ({}, [])
+    result = _Result(step, attempt, output, fields, events)
+    if connection.vendor == "postgresql" and not connection.in_atomic_block:
+        return _results.submit(step.run_id, result)
+    alone = Waiting(result)
+    reconnecting(lambda: _write_results([alone]))
+    return alone.result()
+
+
+def _write_results(batch: list[Waiting[_Result]]) -> None:
+    """Write a batch of one run's results in one transaction, fenced each by its attempt and
+    all by the run's deadline, then plan the run once (or only append the events when no
+    result changes the plan). Sets each one's outcome."""
     with transaction.atomic():
         now = timezone.now()
-        written = {"output": output, "error": None, "finished_at": now, "state": None, **fields}
-        run, moved = _lock_and_succeed(step, attempt, written, now)
-        if run is None:
-            return False
-        if not moved:
-            # Past the run's deadline (the run times out), or already finished, cancelled or
-            # superseded: an idempotent no-op.
-            _out_of_time(run, step, attempt, events, now)
-            return False
-        duration = int((now - (step.started_at or now)).total_seconds() * 1000)
-        events = [
-            *events,
-            {
-                "type": RunEvent.Type.STEP_STATUS,
-                "node_id": step.node_id,
-                "attempt": attempt,
-                "payload": {"status": "succeeded", "duration_ms": duration},
-            },
-        ]
-        # A step with no successors changes the plan only when it was the last one in
-        # flight (the run may now finish, or wait for an approval); otherwise the last of
-        # the others plans. A 500-node fan-out plans once, not 500 times.
-        # A map's item plans when its map refills its window or ends; a map's own row is not
-        # in flight (it runs while its items do).
-        if (
-            has_successors(run, step.node_id)
-            or _map_needs_planning(step)
-            or not (
-                RunStep.objects.filter(
-                    run_id=run.pk, status__in=[RunStep.Status.QUEUED, RunStep.Status.RUNNING]
-                )
-                .exclude(type="map")
-                .exists()
+        run, moved = _lock_and_succeed(batch, now)
+        events: list[dict[str, Any]] = []
+        plan = False
+        for waiting in batch:
+            result = waiting.item
+            waiting.outcome = run is not None and result.step.pk in moved
+            if run is None:
+                continue
+            if not waiting.outcome:
+                # Past the run's deadline (the run times out), or already finished, cancelled
+                # or superseded: an idempotent no-op.
+                _out_of_time(run, result.step, result.attempt, result.events, now)
+                continue
+            step = result.step
+            duration = int((now - (step.started_at or now)).total_seconds() * 1000)
+            events += result.events
+            events.append(
+                {
+                    "type": RunEvent.Type.STEP_STATUS,
+                    "node_id": step.node_id,
+                    "attempt": result.attempt,
+                    "payload": {"status": "succeeded", "duration_ms": duration},
+                }
             )
+            # A step with no successors changes the plan only when it was the last one in
+            # flight (the run may now finish, or wait for an approval); otherwise the last of
+            # the others plans. A 500-node fan-out plans once, not 500 times.
+            # A map's item plans when its map refills its window or ends.
+            plan = plan or has_successors(run, step.node_id) or _map_needs_planning(step)
+        if run is None or not moved:
+            return
+        # A map's own row is not in flight (it runs while its items do).
+        if plan or not (
+            RunStep.objects.filter(
+                run_id=run.pk, status__in=[RunStep.Status.QUEUED, RunStep.Status.RUNNING]
+            )
+            .exclude(type="map")
+            .exists()
         ):
             run_advance_locked(run, inline=True, events=events)
         else:
             events_append(run.pk, events)
-    return True
+
+
+_results: GroupCommit[_Result] = GroupCommit(
+    lambda batch: reconnecting(lambda: _write_results(batch))
+)
 
 
 def _map_needs_planning(step: RunStep) -> bool:
@@ -249,49 +284,68 @@ def _map_needs_planning(step: RunStep) -> bool:
     return RunStep.Status.PENDING in waiting or not waiting
 
 
-# Lock the run (first, as everywhere) and write the step's result, fenced by its attempt and
-# the run's deadline, in one statement; returns the locked run row and whether the step moved.
+# Lock the run (first, as everywhere) and write the steps' results, each fenced by its attempt
+# and all by the run's deadline, in one statement; returns the locked run row and the ids of
+# the steps that moved.
 _SUCCEED_SQL = """
 WITH run AS (
     SELECT {run_columns} FROM runs_run r WHERE r.id = %(run)s FOR UPDATE
-), step AS (
-    UPDATE runs_runstep s SET status = 'succeeded', {assignments}
-    FROM run
-    WHERE s.id = %(step)s AND s.run_id = run.id AND s.attempt = %(attempt)s
+), done AS (
+    UPDATE runs_runstep s
+    SET status = 'succeeded', output = v.output, error = NULL, state = NULL,
+        finished_at = %(now)s, input = CASE WHEN v.has_input THEN v.input ELSE s.input END
+    FROM run, unnest(%(ids)s::bigint[], %(attempts)s::int[], %(outputs)s::jsonb[],
+                     %(inputs)s::jsonb[], %(has_input)s::bool[])
+              AS v(id, attempt, output, input, has_input)
+    WHERE s.id = v.id AND s.run_id = run.id AND s.attempt = v.attempt
       AND s.status = 'running' AND (run.deadline IS NULL OR run.deadline > %(now)s)
     RETURNING s.id
 )
-SELECT run.*, (SELECT count(*) FROM step) FROM run
+SELECT run.*, ARRAY(SELECT id FROM done) FROM run
 """
 
 
-def _lock_and_succeed(
-    step: RunStep, attempt: int, written: dict[str, Any], now: Any
-) -> tuple[Run | None, bool]:
+def _json(value: Any) -> str | None:
+    return None if value is None else json.dumps(value)
+
+
+def _lock_and_succeed(batch: list[Waiting[_Result]], now: Any) -> tuple[Run | None, set[int]]:
+    results = [waiting.item for waiting in batch]
+    run_id = results[0].step.run_id
     if connection.vendor != "postgresql":
-        run = lock_run(step.run_id)
+        run = lock_run(run_id)
         if run is None or past_deadline(run, now):
-            return run, False
-        moved = RunStep.objects.filter(
-            pk=step.pk, attempt=attempt, status=RunStep.Status.RUNNING
-        ).update(status=RunStep.Status.SUCCEEDED, **written)
-        return run, bool(moved)
-    params: dict[str, Any] = {"run": step.run_id, "step": step.pk, "attempt": attempt, "now": now}
-    assignments = []
-    for name, value in written.items():
-        field = next(field for field in _columns(RunStep) if field.attname == name)
-        assignments.append(f"{field.column} = %(set_{name})s")
-        params[f"set_{name}"] = field.get_db_prep_save(value, connection)
-    sql = _SUCCEED_SQL.format(
-        run_columns=", ".join(f"r.{field.column}" for field in _columns(Run)),
-        assignments=", ".join(assignments),
-    )
+            return run, set()
+        moved = set()
+        for result in results:
+            written = {"output": result.output, "error": None, "finished_at": now, "state": None}
+            if RunStep.objects.filter(
+                pk=result.step.pk, attempt=result.attempt, status=RunStep.Status.RUNNING
+            ).update(status=RunStep.Status.SUCCEEDED, **written, **result.fields):
+                moved.add(result.step.pk)
+        return run, moved
+    params: dict[str, Any] = {
+        "run": Run._meta.pk.get_db_prep_value(run_id, connection),
+        "now": now,
+        "ids": [result.step.pk for result in results],
+        "attempts": [result.attempt for result in results],
+        "outputs": [_json(result.output) for result in results],
+        "inputs": [_json(result.fields.get("input")) for result in results],
+        "has_input": ["input" in result.fields for result in results],
+    }
     with connection.cursor() as cursor:
-        cursor.execute(sql, params)
+        cursor.execute(_succeed_sql(), params)
         row = cursor.fetchone()
     if row is None:
-        return None, False
-    return _from_row(Run, list(row[:-1])), bool(row[-1])
+        return None, set()
+    return _from_row(Run, list(row[:-1])), set(row[-1])
+
+
+@functools.cache
+def _succeed_sql() -> str:
+    return _SUCCEED_SQL.format(
+        run_columns=", ".join(f"r.{field.column}" for field in _columns(Run))
+    )
 
 
 def step_fail(
@@ -532,7 +586,8 @@ def _execute(step: RunStep, attempt: int) -> None:
             lambda: step_fail(step=step, attempt=attempt, error=error, checkpoint=checkpoint)
         )
         return
-    result = checkpoint.secrets.redact(output)
-    reconnecting(
-        lambda: step_succeed(step=step, attempt=attempt, output=result, checkpoint=checkpoint)
+    # Written through `reconnecting` (step_succeed): the first write after a model or HTTP
+    # wait is where a connection the server dropped meanwhile shows.
+    step_succeed(
+        step=step, attempt=attempt, output=checkpoint.secrets.redact(output), checkpoint=checkpoint
     )
