@@ -10,6 +10,7 @@ meanwhile is replaced, and a guarded write that met it tried again (`reconnectin
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import sqlite3
 import time
@@ -180,18 +181,31 @@ def model_columns(model: Any) -> list[Any]:
 
 def model_from_row(model: Any, values: list[Any]) -> Any:
     """A model instance from a row of `model_columns(model)`, converted as the ORM does."""
-    fields = model_columns(model)
-    converted = []
-    for field, value in zip(fields, values, strict=True):
-        # The column's converters, as the ORM's compiler takes them: the backend's, then the
-        # field's; a foreign key's are its target's (a UUID key comes back from SQLite as text).
-        column = field.get_col(model._meta.db_table)
-        for converter in connection.ops.get_db_converters(column) + column.get_db_converters(
-            connection
-        ):
+    names, converters = _converters(model, connection.vendor)
+    converted = list(values)
+    for index, column, functions in converters:
+        value = converted[index]
+        for converter in functions:
             value = converter(value, column, connection)
-        converted.append(value)
-    return model.from_db(connection.alias, [field.attname for field in fields], converted)
+        converted[index] = value
+    return model.from_db(connection.alias, names, converted)
+
+
+@functools.cache
+def _converters(model: Any, vendor: str) -> tuple[list[str], list[tuple[int, Any, list[Any]]]]:
+    """The attribute names of `model_columns(model)` and, for each column that has any, its
+    converters as the ORM's compiler takes them: the backend's, then the field's; a foreign
+    key's are its target's (a UUID key comes back from SQLite as text). Worked out once per
+    model and database vendor: they depend on nothing else, and each call gets the
+    connection."""
+    fields = model_columns(model)
+    converters = []
+    for index, field in enumerate(fields):
+        column = field.get_col(model._meta.db_table)
+        functions = connection.ops.get_db_converters(column) + column.get_db_converters(connection)
+        if functions:
+            converters.append((index, column, functions))
+    return [field.attname for field in fields], converters
 
 
 def select_models(
