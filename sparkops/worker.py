@@ -61,7 +61,8 @@ def gevent_suits(environ_: Mapping[str, str]) -> bool:
     )
 
 
-def _pool(env: Mapping[str, str]) -> str:
+def pool_for(env: Mapping[str, str]) -> str:
+    """gevent or threads: WORKER_POOL, else gevent where it suits (`gevent_suits`)."""
     pool = env.get("WORKER_POOL") or ("gevent" if gevent_suits(env) else "threads")
     if pool not in {"gevent", "threads"}:
         raise SystemExit(f"WORKER_POOL must be gevent or threads, not {pool!r}")
@@ -70,7 +71,7 @@ def _pool(env: Mapping[str, str]) -> str:
 
 def processes(environ_: Mapping[str, str]) -> int:
     """How many worker processes: STEPS_PROCESSES (default 2) on gevent, one on threads."""
-    if _pool(environ_) != "gevent":
+    if pool_for(environ_) != "gevent":
         return 1
     count = int(environ_.get("STEPS_PROCESSES") or GEVENT_PROCESSES)
     if count < 1:
@@ -81,7 +82,7 @@ def processes(environ_: Mapping[str, str]) -> int:
 def command(environ_: Mapping[str, str]) -> tuple[list[str], dict[str, str]]:
     """The `celery worker` arguments and the environment of each steps worker process."""
     env = dict(environ_)
-    pool = _pool(env)
+    pool = pool_for(env)
     if pool == "gevent":
         concurrency = int(env.get("STEPS_CONCURRENCY") or GEVENT_CONCURRENCY)
         share = max(GEVENT_DB_POOL // processes(env), GEVENT_DB_POOL_MIN)
