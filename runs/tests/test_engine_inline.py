@@ -22,6 +22,7 @@ from policies.tests.factories import make_policy
 from runs import services
 from runs import signals as run_signals
 from runs.models import Run, RunEvent, RunStep
+from runs.services import dispatch
 from runs.services.state import WORKER_NAME
 from runs.tests.conftest import builtin_tool, events_of, tool_node
 from runs.tests.factories import make_workflow, transform
@@ -806,3 +807,20 @@ def test_a_run_the_sweeper_sends_runs_local_steps_inline(
     assert run.status == "succeeded", run.error
     assert run.output == {"last": 3}
     assert all(e.payload.get("inline") is True for e in queued_events(run))
+
+
+def test_eager_dispatch_takes_no_step_after_its_seconds(settings):
+    """SPARKOPS_EAGER_SECONDS: a worker task that has run that long takes no more steps for
+    itself (the planner sends them); one slot at a time, open again once taken."""
+    settings.SPARKOPS_EAGER_STEPS = 100
+    settings.SPARKOPS_EAGER_SECONDS = 60
+    taking = dispatch.Taking()
+    assert taking.reserve()
+    assert not taking.reserve()  # one step at a time
+    taking.hand("step")
+    assert taking.next() == ("step", None)
+    assert taking.taken == 1
+    assert taking.reserve()
+    assert taking.next() is None  # reserved but never handed (its transaction rolled back)
+    taking.started -= 61
+    assert not taking.reserve()
