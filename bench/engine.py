@@ -73,6 +73,7 @@ def start_worker(
     env = os.environ.copy()
     if inline is not None:
         env["SPARKOPS_INLINE_STEPS"] = str(inline)
+    env["WORKER_POOL"] = pool  # the settings follow it (SPARKOPS_STEPS_PER_MESSAGE)
     if pool == "gevent":  # the database pool sparkops.worker gives a gevent process
         from sparkops import worker
 
@@ -127,9 +128,10 @@ def main() -> None:
     parser.add_argument("--pool", choices=["gevent", "threads"], help="default: sparkops.worker's")
     parser.add_argument("--concurrency", type=int, help="default: 1000 on gevent, 8 on threads")
     args = parser.parse_args()
+    from sparkops import pools
     from sparkops import worker as steps_worker
 
-    pool = args.pool or steps_worker.pool_for(os.environ)
+    pool = args.pool or pools.pool_for(os.environ)
     concurrency = args.concurrency or (
         steps_worker.GEVENT_CONCURRENCY if pool == "gevent" else steps_worker.THREADS_CONCURRENCY
     )

@@ -32,6 +32,11 @@ def step_execute(step_id: int, attempt: int) -> None:
     services.step_execute(step_id=step_id, attempt=attempt, eager=True)
 
 
+@shared_task(name="runs.steps_execute", acks_late=True, ignore_result=True, **DATABASE_RETRY)
+def steps_execute(run_id: str, steps: list[list[int]]) -> None:
+    services.steps_execute(run_id=run_id, steps=[(step, attempt) for step, attempt in steps])
+
+
 @shared_task(name="runs.child_start", acks_late=True, ignore_result=True, **DATABASE_RETRY)
 def child_start(step_id: int, attempt: int) -> None:
     subworkflows.child_start(step_id=step_id, attempt=attempt)

@@ -21,6 +21,8 @@ import environ
 from csp.constants import NONCE, NONE, SELF
 from django.core.exceptions import ImproperlyConfigured
 
+from sparkops.pools import pool_for
+
 BASE_DIR = Path(__file__).resolve().parent.parent
 
 env = environ.Env()
@@ -534,6 +536,11 @@ SPARKOPS_INLINE_STEPS = env.int("SPARKOPS_INLINE_STEPS", default=100)
 # it itself, without a broker hop, for at most this many steps or seconds in a row.
 SPARKOPS_EAGER_STEPS = env.int("SPARKOPS_EAGER_STEPS", default=100)
 SPARKOPS_EAGER_SECONDS = env.float("SPARKOPS_EAGER_SECONDS", default=60.0)
+# Queued steps of a fan-out in one `steps` message, at most this many (runs/services/dispatch.py):
+# on the gevent steps worker (PostgreSQL + Redis) 10, elsewhere 1 (one message a step).
+SPARKOPS_STEPS_PER_MESSAGE = env.int(
+    "SPARKOPS_STEPS_PER_MESSAGE", default=10 if pool_for(os.environ) == "gevent" else 1
+)
 # Items a `map` node may fan out to (a longer list fails the step; a literal one, the save).
 SPARKOPS_MAP_MAX_ITEMS = env.int("SPARKOPS_MAP_MAX_ITEMS", default=10_000)
 SPARKOPS_MAX_OUTPUT_BYTES = env.int("SPARKOPS_MAX_OUTPUT_BYTES", default=1024 * 1024)

@@ -40,6 +40,8 @@ from pathlib import Path
 
 import environ
 
+from sparkops.pools import pool_for
+
 BASE_DIR = Path(__file__).resolve().parent.parent
 
 GEVENT_CONCURRENCY = 1000
@@ -50,23 +52,6 @@ GEVENT_DB_POOL_MIN = 4  # each process's at least
 # return at once: wait longer than a thread would (a timeout still retries the task).
 GEVENT_DB_POOL_TIMEOUT = 60
 THREADS_CONCURRENCY = 8
-
-
-def gevent_suits(environ_: Mapping[str, str]) -> bool:
-    """PostgreSQL and a Redis broker: where the gevent pool is tested and measured."""
-    database = environ_.get("DATABASE_URL", "")
-    broker = environ_.get("CELERY_BROKER_URL") or environ_.get("REDIS_URL", "")
-    return database.startswith(("postgres://", "postgresql://", "pgsql://")) and (
-        broker.startswith(("redis://", "rediss://"))
-    )
-
-
-def pool_for(env: Mapping[str, str]) -> str:
-    """gevent or threads: WORKER_POOL, else gevent where it suits (`gevent_suits`)."""
-    pool = env.get("WORKER_POOL") or ("gevent" if gevent_suits(env) else "threads")
-    if pool not in {"gevent", "threads"}:
-        raise SystemExit(f"WORKER_POOL must be gevent or threads, not {pool!r}")
-    return pool
 
 
 def processes(environ_: Mapping[str, str]) -> int:

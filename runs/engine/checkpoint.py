@@ -7,6 +7,7 @@ import time
 from datetime import datetime, timedelta
 from typing import Any
 
+from django.db import connection
 from django.utils import timezone
 
 from projects.secrets import SecretBag
@@ -59,18 +60,23 @@ class Checkpoint:
         if time.monotonic() - self._verified >= self.FRESH_SECONDS:
             # Often the first query after a model or HTTP wait: a connection the server
             # dropped meanwhile is replaced (the update is fenced: trying it again is harmless).
-            moved = reconnecting(
-                lambda: RunStep.objects.filter(
-                    pk=self.step.pk,
-                    attempt=self.attempt,
-                    status=RunStep.Status.RUNNING,
-                    run__cancel_requested=False,
-                ).update(heartbeat_at=timezone.now())
-            )
-            if not moved:
+            if not reconnecting(self._beat):
                 raise StepSuperseded()
             self._verified = time.monotonic()
         self._check_timeout()
+
+    def _beat(self) -> bool:
+        """Heartbeat, fenced: whether the attempt still runs and its run is not cancelled.
+        Written as SQL once: the ORM's UPDATE with a join costs more CPU than the database
+        spends on it, and it runs before most tool calls of a busy worker."""
+        with connection.cursor() as cursor:
+            cursor.execute(
+                "UPDATE runs_runstep SET heartbeat_at = %s WHERE id = %s AND attempt = %s "
+                "AND status = %s AND run_id IN "
+                "(SELECT id FROM runs_run WHERE id = runs_runstep.run_id AND NOT cancel_requested)",
+                [timezone.now(), self.step.pk, self.attempt, RunStep.Status.RUNNING],
+            )
+            return bool(cursor.rowcount)
 
     def _check_timeout(self) -> None:
         if self.remaining() > 0:

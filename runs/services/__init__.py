@@ -2,7 +2,7 @@
 
 from runs.engine.errors import StepError, StepSuperseded
 
-from .attempts import step_execute
+from .attempts import step_execute, steps_execute
 from .events import event_append, events_append
 from .lifecycle import (
     request_hash,
@@ -31,5 +31,6 @@ __all__ = [
     "run_retry",
     "step_decide",
     "step_execute",
+    "steps_execute",
     "sweep",
 ]

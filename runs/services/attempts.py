@@ -21,7 +21,13 @@ from runs.engine.checkpoint import Checkpoint
 from runs.engine.errors import PauseForApproval, StepError, StepPaused, StepSuperseded
 from runs.models import Run, RunEvent, RunStep
 from sparkops import tracing
-from sparkops.db import RECONNECT_TRIES, connection_lost, reconnecting, reset_connection
+from sparkops.db import (
+    RECONNECT_TRIES,
+    connection_lost,
+    reconnecting,
+    release_connection,
+    reset_connection,
+)
 from sparkops.db import model_columns as _columns
 from sparkops.db import model_from_row as _from_row
 from sparkops.nul import strip_nul
@@ -179,6 +185,98 @@ def _start_checked(step_id: int, attempt: int) -> RunStep | None:
     return started
 
 
+# Several queued steps of one run started in one statement (a message that carries several,
+# `steps_execute`): the run locked if it is running, not cancelled and within its deadline;
+# each step moved queued → running fenced by its attempt and due time; the run's counter moved
+# once and one `running` event written per step, numbered in step order.
+_START_MANY_SQL = """
+WITH run AS (
+    SELECT r.id FROM runs_run r
+    WHERE r.id = %(run)s AND r.status IN ('queued', 'running', 'waiting_approval')
+      AND NOT r.cancel_requested AND (r.deadline IS NULL OR r.deadline > %(now)s)
+    FOR UPDATE
+), step AS (
+    UPDATE runs_runstep s
+    SET status = 'running', started_at = %(now)s, heartbeat_at = %(now)s, worker = %(worker)s,
+        next_attempt_at = NULL
+    FROM run, unnest(%(ids)s::bigint[], %(attempts)s::int[]) AS v(id, attempt)
+    WHERE s.id = v.id AND s.run_id = run.id AND s.attempt = v.attempt
+      AND s.status = 'queued' AND (s.next_attempt_at IS NULL OR s.next_attempt_at <= %(due)s)
+    RETURNING {step_columns}
+), numbered AS (
+    SELECT step.id, step.node_id, step.attempt,
+           row_number() OVER (ORDER BY step.id) AS ord, count(*) OVER () AS total
+    FROM step
+), counter AS (
+    UPDATE runs_run r SET event_seq = r.event_seq + (SELECT count(*) FROM step)
+    FROM run WHERE r.id = run.id AND EXISTS (SELECT 1 FROM step)
+    RETURNING {run_columns}
+), event AS (
+    INSERT INTO runs_runevent (run_id, seq, type, node_id, attempt, payload, created_at)
+    SELECT counter.id, counter.event_seq - numbered.total + numbered.ord, 'step.status',
+           numbered.node_id, numbered.attempt, %(payload)s::jsonb, %(now)s
+    FROM counter, numbered
+    RETURNING id, seq, node_id
+)
+SELECT step.*, counter.*, event.id, event.seq
+FROM step JOIN event ON event.node_id = step.node_id, counter
+ORDER BY event.seq
+"""
+
+
+@functools.cache
+def _start_many_sql() -> str:
+    return _START_MANY_SQL.format(
+        step_columns=", ".join(f"s.{field.column}" for field in _columns(RunStep)),
+        run_columns=", ".join(f"r.{field.column}" for field in _columns(Run)),
+    )
+
+
+def steps_start(*, run_id: Any, steps: list[tuple[int, int]]) -> list[RunStep]:
+    """queued → running for each of `steps` (id, attempt) of one run that is still queued at
+    that attempt and due (PostgreSQL: one statement); the others are left for the careful
+    one-by-one start (`step_start`), which tells why."""
+    now = timezone.now()
+    payload = {"status": "running", "worker": WORKER_NAME}
+    with connection.cursor() as cursor:
+        cursor.execute(
+            _start_many_sql(),
+            {
+                "run": Run._meta.pk.get_db_prep_value(run_id, connection),
+                "ids": [step_id for step_id, _ in steps],
+                "attempts": [attempt for _, attempt in steps],
+                "now": now,
+                "due": now + timedelta(seconds=0.5),
+                "worker": WORKER_NAME,
+                "payload": json.dumps(payload),
+            },
+        )
+        rows = cursor.fetchall()
+    width, run_width = len(_columns(RunStep)), len(_columns(Run))
+    started, events, run = [], [], None
+    for row in rows:
+        step: RunStep = _from_row(RunStep, list(row[:width]))
+        if run is None:
+            run = _from_row(Run, list(row[width : width + run_width]))
+        step.run = run
+        started.append(step)
+        events.append(
+            RunEvent(
+                pk=row[-2],
+                run_id=run.pk,
+                seq=row[-1],
+                type=RunEvent.Type.STEP_STATUS,
+                node_id=step.node_id,
+                attempt=step.attempt,
+                payload=payload,
+                created_at=now,
+            )
+        )
+    if events:
+        signals.events_appended.send(sender=RunEvent, run_id=run_id, events=events)
+    return started
+
+
 @dataclass
 class _Result:
     """A step's result on its way to the database (`step_succeed`)."""
@@ -219,9 +317,10 @@ def _write_results(batch: list[Waiting[_Result]]) -> None:
         run, moved = _lock_and_succeed(batch, now)
         events: list[dict[str, Any]] = []
         plan = False
+        maps: set[str | None] = set()
         for waiting in batch:
             result = waiting.item
-            waiting.outcome = run is not None and result.step.pk in moved
+            waiting.outcome = run is not None and (result.step.pk, result.attempt) in moved
             if run is None:
                 continue
             if not waiting.outcome:
@@ -243,21 +342,33 @@ def _write_results(batch: list[Waiting[_Result]]) -> None:
             # A step with no successors changes the plan only when it was the last one in
             # flight (the run may now finish, or wait for an approval); otherwise the last of
             # the others plans. A 500-node fan-out plans once, not 500 times.
-            # A map's item plans when its map refills its window or ends.
-            plan = plan or has_successors(run, step.node_id) or _map_needs_planning(step)
+            plan = plan or has_successors(run, step.node_id)
+            if step.item_index is not None:
+                maps.add(split_item_id(step.node_id)[0])
         if run is None or not moved:
             return
-        # A map's own row is not in flight (it runs while its items do).
-        if plan or not (
-            RunStep.objects.filter(
-                run_id=run.pk, status__in=[RunStep.Status.QUEUED, RunStep.Status.RUNNING]
-            )
-            .exclude(type="map")
-            .exists()
-        ):
+        # A map's item plans when its map refills its window or ends (asked once a map).
+        plan = plan or any(_map_needs_planning(run.pk, map_id) for map_id in maps if map_id)
+        if plan or not _in_flight(run.pk):
             run_advance_locked(run, inline=True, events=events)
         else:
             events_append(run.pk, events)
+
+
+def _in_flight(run_id: Any) -> bool:
+    """Whether a step of the run is queued or running (a map's own row is not in flight: it
+    runs while its items do). SQL written once: asked on every result of a fan-out."""
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT 1 FROM runs_runstep WHERE run_id = %s AND status IN (%s, %s) "
+            "AND type <> 'map' LIMIT 1",
+            [
+                Run._meta.pk.get_db_prep_value(run_id, connection),
+                RunStep.Status.QUEUED,
+                RunStep.Status.RUNNING,
+            ],
+        )
+        return cursor.fetchone() is not None
 
 
 _results: GroupCommit[_Result] = GroupCommit(
@@ -265,15 +376,12 @@ _results: GroupCommit[_Result] = GroupCommit(
 )
 
 
-def _map_needs_planning(step: RunStep) -> bool:
-    """An item's end changes its map's plan when items wait for room in the window, or when
-    it was the map's last one in flight (the map ends)."""
-    map_id, _ = split_item_id(step.node_id)
-    if step.item_index is None or map_id is None:
-        return False
+def _map_needs_planning(run_id: Any, map_id: str) -> bool:
+    """Items' ends change their map's plan when items wait for room in the window, or when
+    none is left in flight (the map ends)."""
     waiting = set(
         RunStep.objects.filter(
-            run_id=step.run_id,
+            run_id=run_id,
             item_index__isnull=False,
             node_id__startswith=f"{map_id}[",
             status__in=[RunStep.Status.PENDING, RunStep.Status.QUEUED, RunStep.Status.RUNNING],
@@ -299,9 +407,9 @@ WITH run AS (
               AS v(id, attempt, output, input, has_input)
     WHERE s.id = v.id AND s.run_id = run.id AND s.attempt = v.attempt
       AND s.status = 'running' AND (run.deadline IS NULL OR run.deadline > %(now)s)
-    RETURNING s.id
+    RETURNING s.id, s.attempt
 )
-SELECT run.*, ARRAY(SELECT id FROM done) FROM run
+SELECT run.*, ARRAY(SELECT id FROM done), ARRAY(SELECT attempt FROM done) FROM run
 """
 
 
@@ -309,7 +417,11 @@ def _json(value: Any) -> str | None:
     return None if value is None else json.dumps(value)
 
 
-def _lock_and_succeed(batch: list[Waiting[_Result]], now: Any) -> tuple[Run | None, set[int]]:
+def _lock_and_succeed(
+    batch: list[Waiting[_Result]], now: Any
+) -> tuple[Run | None, set[tuple[int, int]]]:
+    """Returns the locked run and the (step, attempt) of each result written: a stale attempt
+    of a step and its current one may be in one batch, and only the current one is."""
     results = [waiting.item for waiting in batch]
     run_id = results[0].step.run_id
     if connection.vendor != "postgresql":
@@ -322,7 +434,7 @@ def _lock_and_succeed(batch: list[Waiting[_Result]], now: Any) -> tuple[Run | No
             if RunStep.objects.filter(
                 pk=result.step.pk, attempt=result.attempt, status=RunStep.Status.RUNNING
             ).update(status=RunStep.Status.SUCCEEDED, **written, **result.fields):
-                moved.add(result.step.pk)
+                moved.add((result.step.pk, result.attempt))
         return run, moved
     params: dict[str, Any] = {
         "run": Run._meta.pk.get_db_prep_value(run_id, connection),
@@ -338,7 +450,7 @@ def _lock_and_succeed(batch: list[Waiting[_Result]], now: Any) -> tuple[Run | No
         row = cursor.fetchone()
     if row is None:
         return None, set()
-    return _from_row(Run, list(row[:-1])), set(row[-1])
+    return _from_row(Run, list(row[:-2])), set(zip(row[-2], row[-1], strict=True))
 
 
 @functools.cache
@@ -486,9 +598,14 @@ def step_execute(*, step_id: int, attempt: int, eager: bool = False) -> None:
     if not eager:
         _attempt(step_id=step_id, attempt=attempt)
         return
+    _taking(step_id, attempt)
+
+
+def _taking(step_id: int, attempt: int, started: RunStep | None = None) -> None:
+    """The attempt, then each step its planning hands to this worker (eager dispatch)."""
     with dispatch.taking() as taking:
         try:
-            _attempt(step_id=step_id, attempt=attempt)
+            _attempt(step_id=step_id, attempt=attempt, started=started)
             while (handed := taking.next()) is not None:
                 started, carried = handed
                 with tracing.attached(carried):
@@ -498,6 +615,40 @@ def step_execute(*, step_id: int, attempt: int, eager: bool = False) -> None:
                 left, _ = taking.handed
                 with contextlib.suppress(Exception):  # else the sweeper finds it silent
                     step_recover(step_id=left.pk, attempt=left.attempt, reason="not_begun")
+
+
+def steps_execute(*, run_id: Any, steps: list[tuple[int, int]]) -> None:
+    """A `steps` message that carries several queued steps of one run (a fan-out, sent by
+    `dispatch.send_steps` to a gevent worker): started together in one statement, then each
+    run at once in a greenlet of its own as its own attempt (eager dispatch included); the ones
+    the statement did not start go the careful one-by-one way. Not on gevent (a threads worker
+    would run them one after another), the first runs here and the others are sent on, one
+    message each."""
+    if not dispatch.on_gevent():
+        (first, first_attempt), *others = steps
+        for step_id, attempt in others:
+            dispatch.send_step(step_id, attempt)
+        step_execute(step_id=first, attempt=first_attempt, eager=True)
+        return
+    started = reconnecting(lambda: steps_start(run_id=run_id, steps=steps))
+    begun = {step.pk for step in started}
+    work: list[tuple[int, int, RunStep | None]] = [
+        (step.pk, step.attempt, step) for step in started
+    ]
+    work += [(step_id, attempt, None) for step_id, attempt in steps if step_id not in begun]
+    # Each greenlet takes a connection of its own: this one waits for them holding none (a
+    # message's worth of steps per connection would empty the pool and wait on itself).
+    release_connection()
+    dispatch.run_together([functools.partial(_own_connection, *item) for item in work])
+
+
+def _own_connection(step_id: int, attempt: int, started: RunStep | None) -> None:
+    """One step of `steps_execute`, in its greenlet, on that greenlet's own connection, given
+    back to the pool at the end (no task end does it for a greenlet of ours)."""
+    try:
+        _taking(step_id, attempt, started)
+    finally:
+        connection.close()
 
 
 @observability.step_scope

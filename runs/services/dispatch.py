@@ -4,6 +4,7 @@ truth, and anything that fails to reach the broker is found and re-sent by the s
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import time
 from collections.abc import Iterator
@@ -41,6 +42,48 @@ def send_step(step_id: int, attempt: int, *, countdown: float | None = None) -> 
     if countdown:
         options["countdown"] = countdown
     transaction.on_commit(lambda: _send("runs.step_execute", [step_id, attempt], **options))
+
+
+def send_steps(run_id: Any, steps: list[tuple[int, int]]) -> None:
+    """Send queued steps of one run to the `steps` queue (after commit): on a gevent steps
+    worker up to SPARKOPS_STEPS_PER_MESSAGE of them in one message (`runs.steps_execute`,
+    which starts them in one statement and runs them at once), else one message each."""
+    per = max(settings.SPARKOPS_STEPS_PER_MESSAGE, 1)
+    if per == 1 or len(steps) == 1:
+        for step_id, attempt in steps:
+            send_step(step_id, attempt)
+        return
+    for index in range(0, len(steps), per):
+        chunk = [[step_id, attempt] for step_id, attempt in steps[index : index + per]]
+        if len(chunk) == 1:
+            send_step(*chunk[0])
+            continue
+        transaction.on_commit(
+            functools.partial(_send, "runs.steps_execute", [str(run_id), chunk], queue="steps")
+        )
+
+
+def on_gevent() -> bool:
+    """Whether this process runs on gevent (`celery -P gevent` patches threading first)."""
+    try:
+        from gevent import monkey
+    except ImportError:  # pragma: no cover - gevent is a requirement
+        return False
+    return bool(monkey.is_module_patched("threading"))
+
+
+def run_together(calls: list[Any]) -> None:
+    """Run `calls` at once, each in a greenlet with a copy of this context, and wait for all;
+    the first error raised (if any) is raised once all have ended."""
+    import contextvars
+
+    import gevent
+
+    greenlets = [gevent.spawn(contextvars.copy_context().run, call) for call in calls]
+    gevent.joinall(greenlets)
+    for greenlet in greenlets:
+        if greenlet.exception is not None:
+            raise greenlet.exception
 
 
 def send_child_start(step_id: int, attempt: int, *, countdown: float | None = None) -> None:

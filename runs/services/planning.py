@@ -404,8 +404,7 @@ class _Planning:
         else:
             _hand_over(run, taken, self.events, (self.to_queue, self.now))
         self.to_queue = []
-        for step in self.to_send:
-            send_step(step.pk, step.attempt)
+        dispatch.send_steps(run.pk, [(step.pk, step.attempt) for step in self.to_send])
         if self.deferred:
             send_advance(run.pk)
 

@@ -109,7 +109,8 @@ def tasks_of(seen: list[tuple[str, list[Any]]], run: Run) -> list[str]:
         ours = args and (
             args[0] in step_ids
             if name == "runs.step_execute"
-            else name in ("runs.enqueue", "runs.advance") and args[0] == str(run.pk)
+            else name in ("runs.enqueue", "runs.advance", "runs.steps_execute")
+            and args[0] == str(run.pk)
         )
         if ours:
             names.append(name)
@@ -824,3 +825,24 @@ def test_eager_dispatch_takes_no_step_after_its_seconds(settings):
     assert taking.next() is None  # reserved but never handed (its transaction rolled back)
     taking.started -= 61
     assert not taking.reserve()
+
+
+def test_a_message_of_several_steps_on_a_threads_worker_runs_one_and_sends_the_others(
+    engine, cast, settings, tasks_seen
+):
+    """SPARKOPS_STEPS_PER_MESSAGE is for the gevent steps worker, which runs a message's steps
+    at once; a threads worker (the embedded default's, this test's) would run them one after
+    another, so it runs the first and sends the others on, one message each."""
+    settings.SPARKOPS_INLINE_STEPS = 0
+    settings.SPARKOPS_STEPS_PER_MESSAGE = 10
+    builtin_tool(cast.project, cast.owner, "calc", "calculator")
+    nodes = [tool_node(f"n{i}", "calc", {"expression": f"{i} + 1"}) for i in range(12)]
+    run = wait_for_run(start(cast, make_workflow(cast.project, cast.owner, nodes)).pk)
+    assert run.status == "succeeded", run.error
+    assert run.output == {f"n{i}": {"result": i + 1} for i in range(12)}
+    names = tasks_of(tasks_seen, run)
+    # Two messages (10 + 2 steps); of each, the first step runs, the others go on alone.
+    assert names.count("runs.steps_execute") == 2
+    assert names.count("runs.step_execute") == 10
+    assert all(s.worker and s.attempt == 1 for s in steps_of(run).values())
+    assert_gap_free(run)
