@@ -198,13 +198,6 @@ def test_a_stale_attempt_in_a_batch_is_left_alone_and_the_others_are_written(cas
     assert_gap_free(run)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="engine bug: _write_results takes a result as moved when its step's id is among "
-    "the moved ids (`result.step.pk in moved`), whatever its attempt; a stale attempt "
-    "batched with the current attempt of the same step reports True and appends a second "
-    "succeeded event (of the stale attempt)",
-)
 def test_a_stale_and_the_current_attempt_of_one_step_in_one_batch(cast):
     """A worker the sweeper thought lost (its step re-queued as attempt 2) finishes attempt 1
     at the same time as the worker of attempt 2: only attempt 2's result is written, and only
