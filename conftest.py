@@ -174,3 +174,16 @@ def engine(celery_engine_worker: Any, transactional_db: Any, settings: Any) -> A
     threads must see it), and the database is flushed afterwards."""
     settings.SPARKOPS_OUTBOUND_ALLOW = ["127.0.0.1", "localhost"]
     return celery_engine_worker
+
+
+@pytest.fixture
+def tool_server() -> Iterator[Any]:
+    """A local HTTP server for HTTP tools to call (runs.tests.conftest.ToolServer: scripted
+    routes, recorded hits), stopped after the test."""
+    from runs.tests.conftest import ToolServer
+
+    server = ToolServer().start()
+    try:
+        yield server
+    finally:
+        server.stop()

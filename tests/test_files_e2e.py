@@ -84,15 +84,6 @@ def worker(settings: Any, storage: dict[str, str]) -> Iterator[WorkerProcess]:
         redis.close()
 
 
-@pytest.fixture
-def tool_server() -> Iterator[ToolServer]:
-    server = ToolServer().start()
-    try:
-        yield server
-    finally:
-        server.stop()
-
-
 def build(cast: Any, fake_llm: FakeLLMServer, server: ToolServer, kind: str) -> Any:
     project_services.secret_create(project=cast.project, actor=cast.owner, name="llm", value=KEY)
     agent_services.agent_create(

@@ -25,15 +25,6 @@ ENGINE_ENV = {"SPARKOPS_INLINE_STEPS": "0", "SPARKOPS_STEPS_PER_MESSAGE": "10"}
 
 
 @pytest.fixture
-def tool_server() -> Iterator[ToolServer]:
-    server = ToolServer().start()
-    try:
-        yield server
-    finally:
-        server.stop()
-
-
-@pytest.fixture
 def gevent_workers(db: Any, settings: Any) -> Iterator[None]:
     """The orchestration worker (it plans the fan-out and sends it) and one gevent steps
     process, both sending ten steps a message and running every step on the steps queue."""

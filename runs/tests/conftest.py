@@ -240,15 +240,6 @@ def status_of(status: int) -> Handler:
 
 
 @pytest.fixture
-def tool_server() -> Iterator[ToolServer]:
-    server = ToolServer().start()
-    try:
-        yield server
-    finally:
-        server.stop()
-
-
-@pytest.fixture
 def fake_llm() -> Iterator[FakeLLMServer]:
     """A fresh fake OpenAI/Anthropic server on 127.0.0.1 (agents/tests/conftest.py has the same
     one; fixtures of a sibling package are not visible here)."""

@@ -17,20 +17,14 @@ from typing import Any
 import pytest
 
 from runs.services.completions import GroupCommit, Waiting
+from sparkops.testing.engine import wait_until
 
 TIMEOUT = 10.0
 
 
 def poll(predicate: Callable[[], Any], what: str, timeout: float = TIMEOUT) -> Any:
     """`predicate()` once it is truthy; fails after `timeout` seconds."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(0.002)
+    return wait_until(predicate, timeout=timeout, interval=0.002, what=what)
 
 
 class Writer:
