@@ -5,9 +5,11 @@ planning the run afterwards; and re-queue an attempt whose worker went silent.""
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import functools
 import json
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any, NoReturn
@@ -607,9 +609,9 @@ def _taking(step_id: int, attempt: int, started: RunStep | None = None) -> None:
         try:
             _attempt(step_id=step_id, attempt=attempt, started=started)
             while (handed := taking.next()) is not None:
-                started, carried = handed
+                following, carried = handed
                 with tracing.attached(carried):
-                    _attempt(step_id=started.pk, attempt=started.attempt, started=started)
+                    _attempt(step_id=following.pk, attempt=following.attempt, started=following)
         finally:
             if taking.handed is not None:  # handed over, never begun: give it back now
                 left, _ = taking.handed
@@ -621,10 +623,10 @@ def steps_execute(*, run_id: Any, steps: list[tuple[int, int]]) -> None:
     """A `steps` message that carries several queued steps of one run (a fan-out, sent by
     `dispatch.send_steps` to a gevent worker): started together in one statement, then each
     run at once in a greenlet of its own as its own attempt (eager dispatch included); the ones
-    the statement did not start go the careful one-by-one way. Not on gevent (a threads worker
-    would run them one after another), the first runs here and the others are sent on, one
-    message each."""
-    if not dispatch.on_gevent():
+    the statement did not start go the careful one-by-one way. Elsewhere than on gevent with
+    PostgreSQL (a threads worker would run them one after another; the start statement is
+    PostgreSQL's), the first runs here and the others are sent on, one message each."""
+    if not _on_gevent() or connection.vendor != "postgresql":
         (first, first_attempt), *others = steps
         for step_id, attempt in others:
             dispatch.send_step(step_id, attempt)
@@ -639,7 +641,26 @@ def steps_execute(*, run_id: Any, steps: list[tuple[int, int]]) -> None:
     # Each greenlet takes a connection of its own: this one waits for them holding none (a
     # message's worth of steps per connection would empty the pool and wait on itself).
     release_connection()
-    dispatch.run_together([functools.partial(_own_connection, *item) for item in work])
+    _run_together([functools.partial(_own_connection, *item) for item in work])
+
+
+def _on_gevent() -> bool:
+    """Whether this process runs on gevent (`celery -P gevent` patches threading first)."""
+    from gevent import monkey
+
+    return bool(monkey.is_module_patched("threading"))
+
+
+def _run_together(calls: list[Callable[[], None]]) -> None:
+    """Run `calls` at once, each in a greenlet with a copy of this context, and wait for all;
+    the first error raised (if any) is raised once all have ended."""
+    import gevent
+
+    greenlets = [gevent.spawn(contextvars.copy_context().run, call) for call in calls]
+    gevent.joinall(greenlets)
+    for greenlet in greenlets:
+        if greenlet.exception is not None:
+            raise greenlet.exception
 
 
 def _own_connection(step_id: int, attempt: int, started: RunStep | None) -> None:

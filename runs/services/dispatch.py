@@ -45,45 +45,17 @@ def send_step(step_id: int, attempt: int, *, countdown: float | None = None) -> 
 
 
 def send_steps(run_id: Any, steps: list[tuple[int, int]]) -> None:
-    """Send queued steps of one run to the `steps` queue (after commit): on a gevent steps
-    worker up to SPARKOPS_STEPS_PER_MESSAGE of them in one message (`runs.steps_execute`,
-    which starts them in one statement and runs them at once), else one message each."""
+    """Send queued steps of one run to the `steps` queue (after commit), up to
+    SPARKOPS_STEPS_PER_MESSAGE (10 where the steps worker runs gevent, else 1) in a message:
+    `runs.steps_execute` starts a message's steps in one statement and runs them at once."""
     per = max(settings.SPARKOPS_STEPS_PER_MESSAGE, 1)
-    if per == 1 or len(steps) == 1:
-        for step_id, attempt in steps:
-            send_step(step_id, attempt)
-        return
     for index in range(0, len(steps), per):
-        chunk = [[step_id, attempt] for step_id, attempt in steps[index : index + per]]
+        chunk = steps[index : index + per]
         if len(chunk) == 1:
             send_step(*chunk[0])
             continue
-        transaction.on_commit(
-            functools.partial(_send, "runs.steps_execute", [str(run_id), chunk], queue="steps")
-        )
-
-
-def on_gevent() -> bool:
-    """Whether this process runs on gevent (`celery -P gevent` patches threading first)."""
-    try:
-        from gevent import monkey
-    except ImportError:  # pragma: no cover - gevent is a requirement
-        return False
-    return bool(monkey.is_module_patched("threading"))
-
-
-def run_together(calls: list[Any]) -> None:
-    """Run `calls` at once, each in a greenlet with a copy of this context, and wait for all;
-    the first error raised (if any) is raised once all have ended."""
-    import contextvars
-
-    import gevent
-
-    greenlets = [gevent.spawn(contextvars.copy_context().run, call) for call in calls]
-    gevent.joinall(greenlets)
-    for greenlet in greenlets:
-        if greenlet.exception is not None:
-            raise greenlet.exception
+        args = [str(run_id), [[step_id, attempt] for step_id, attempt in chunk]]
+        transaction.on_commit(functools.partial(_send, "runs.steps_execute", args, queue="steps"))
 
 
 def send_child_start(step_id: int, attempt: int, *, countdown: float | None = None) -> None:

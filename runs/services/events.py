@@ -119,8 +119,8 @@ def _start_queued(step_id: int, attempt: int, now: Any, worker: str) -> RunStep 
     return started
 
 
-def _step_columns(prefix: str = "") -> str:
-    return ", ".join(prefix + connection.ops.quote_name(f.column) for f in model_columns(RunStep))
+def _step_columns() -> str:
+    return ", ".join(connection.ops.quote_name(field.column) for field in model_columns(RunStep))
 
 
 def queue_steps(step_ids: list[int], queued_at: Any) -> None:
@@ -172,26 +172,10 @@ def _event(run_id: Any, seq: int, event: dict[str, Any], **fields: Any) -> RunEv
     )
 
 
+# The planner's queued steps moved pending → queued, and optionally one of them (`start`, eager
+# dispatch) on to running; the run's counter moved and the events inserted; the started step's
+# row comes back beside the last event's.
 _APPEND_SQL = """
-WITH queued AS (
-    UPDATE runs_runstep SET status = 'queued', attempt = attempt + 1, queued_at = %(queued_at)s
-    WHERE id = ANY(%(queue)s::bigint[]) AND status = 'pending'
-    RETURNING id
-), counter AS (
-    UPDATE runs_run SET event_seq = event_seq + %(count)s WHERE id = %(run)s RETURNING event_seq
-)
-INSERT INTO runs_runevent (run_id, seq, type, node_id, attempt, payload, created_at)
-SELECT %(run)s, counter.event_seq - %(count)s + e.ord, e.type, e.node_id, e.attempt, e.payload,
-       %(now)s
-FROM counter,
-     unnest(%(types)s::text[], %(nodes)s::text[], %(attempts)s::int[], %(payloads)s::jsonb[])
-         WITH ORDINALITY AS e(type, node_id, attempt, payload, ord)
-RETURNING id, seq
-"""
-
-# The same, with one of the queued steps started (queued → running, eager dispatch): its row
-# comes back beside the last event's.
-_APPEND_STARTING_SQL = """
 WITH queued AS (
     UPDATE runs_runstep SET
         status = CASE WHEN id = %(start)s THEN 'running' ELSE 'queued' END,
@@ -233,7 +217,7 @@ def _append_one_statement(
     the started step."""
     now = timezone.now()
     rows = [_event(run_id, 0, event, created_at=now) for event in events]
-    params = {
+    params: dict[str, Any] = {
         "count": len(rows),
         "queue": step_ids,
         "queued_at": queued_at,
@@ -244,19 +228,15 @@ def _append_one_statement(
         "attempts": [row.attempt for row in rows],
         "payloads": [json.dumps(row.payload) for row in rows],
     }
+    params["start"], params["worker"] = start or (None, "")
     started: RunStep | None = None
+    written = {}
     with connection.cursor() as cursor:
-        if start is None:
-            cursor.execute(_APPEND_SQL, params)
-            written = {seq: pk for pk, seq in cursor.fetchall()}
-        else:
-            params["start"], params["worker"] = start
-            cursor.execute(_append_starting_sql(), params)
-            written = {}
-            for pk, seq, *step in cursor.fetchall():
-                written[seq] = pk
-                if step[0] is not None:
-                    started = model_from_row(RunStep, step)
+        cursor.execute(_append_sql(), params)
+        for pk, seq, *step in cursor.fetchall():
+            written[seq] = pk
+            if step[0] is not None:
+                started = model_from_row(RunStep, step)
     if not written:
         raise Run.DoesNotExist(run_id)
     first = min(written)
@@ -267,8 +247,8 @@ def _append_one_statement(
 
 
 @functools.cache
-def _append_starting_sql() -> str:
-    return _APPEND_STARTING_SQL.format(step_columns=_step_columns())
+def _append_sql() -> str:
+    return _APPEND_SQL.format(step_columns=_step_columns())
 
 
 def event_append(
