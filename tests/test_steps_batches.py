@@ -6,6 +6,7 @@ steps worker (gevent), against the test database."""
 
 from __future__ import annotations
 
+import collections
 from collections import Counter
 from collections.abc import Iterator
 from typing import Any
@@ -16,8 +17,8 @@ from runs import services
 from runs.models import Run, RunEvent, RunStep
 from runs.tests.conftest import ToolServer, builtin_tool, http_tool, tool_node
 from runs.tests.factories import make_workflow
-from sparkops.testing.engine import wait_for_run
-from sparkops.testing.processes import RedisServer, WorkerProcess, broker
+from sparkops.testing.engine import wait_for_run, wait_until
+from sparkops.testing.processes import CountingServer, RedisServer, WorkerProcess, broker
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -97,3 +98,62 @@ def test_the_steps_of_one_message_call_out_at_once(cast, gevent_workers, tool_se
     steps = list(RunStep.objects.filter(run=run))
     assert len({step.started_at for step in steps}) == 1  # one message, one start statement
     assert_events_whole(run, 10)
+
+
+def test_a_steps_worker_killed_mid_message_loses_nothing(cast, settings):
+    """A gevent steps worker is killed with SIGKILL while the ten steps of one message all wait
+    on their HTTP calls: the sweeper re-queues the silent steps as new attempts (one message
+    each), a second steps worker finishes the run, every step succeeds once, gap-free."""
+    settings.SPARKOPS_HEARTBEAT_SECONDS = 0.5
+    settings.SPARKOPS_HEARTBEAT_TIMEOUT = 3.0
+    settings.SPARKOPS_QUEUED_GRACE = 2.0
+    settings.SPARKOPS_OUTBOUND_ALLOW = ["127.0.0.1"]
+    server = RedisServer()
+    server.start()
+    steps_env = {**ENGINE_ENV, "WORKER_POOL": "gevent", "STEPS_PROCESSES": "1"}
+    orchestration = WorkerProcess(
+        server.url, queues="orchestration", concurrency=4, extra_env=ENGINE_ENV
+    )
+    first = WorkerProcess(server.url, steps=True, extra_env=steps_env)
+    second = WorkerProcess(server.url, steps=True, extra_env=steps_env)
+    try:
+        with broker(server.url), CountingServer() as endpoint:
+            endpoint.held = lambda body: True
+            endpoint.gate.clear()
+            http_tool(cast.project, cast.owner, "record", f"{endpoint.url}/record")
+            nodes = [tool_node(f"h{i}", "record", {"i": i}) for i in range(10)]
+            workflow = make_workflow(cast.project, cast.owner, nodes)
+            orchestration.start()
+            first.start()
+            run = services.run_create(workflow=workflow, input={}, actor=cast.owner)
+            wait_until(
+                lambda: len(endpoint.requests) >= 10, timeout=60, what="every call in flight"
+            )
+            first.kill()
+            endpoint.gate.set()  # the killed worker's calls are answered to nobody
+            second.start()
+
+            def finished() -> bool:
+                services.sweep()
+                return Run.objects.get(pk=run.pk).is_finished
+
+            wait_until(finished, timeout=120, interval=0.5, what="the run to finish")
+            calls = len(endpoint.requests)
+    finally:
+        first.kill()
+        second.stop()
+        orchestration.stop()
+        server.close()
+    run.refresh_from_db()
+    assert run.status == "succeeded", (run.error, second.output())
+    assert set(RunStep.objects.filter(run=run).values_list("attempt", flat=True)) == {2}
+    assert RunEvent.objects.filter(run=run, payload__recovered=True).count() == 10
+    seqs = list(run.events.order_by("seq").values_list("seq", flat=True))
+    assert seqs == list(range(1, len(seqs) + 1))
+    succeeded = collections.Counter(
+        run.events.filter(type="step.status", payload__status="succeeded").values_list(
+            "node_id", flat=True
+        )
+    )
+    assert succeeded == {f"h{i}": 1 for i in range(10)}
+    assert calls == 20  # each call made by the killed attempt, and again by the second
