@@ -395,8 +395,8 @@ def _map_needs_planning(run_id: Any, map_id: str) -> bool:
 
 
 # Lock the run (first, as everywhere) and write the steps' results, each fenced by its attempt
-# and all by the run's deadline, in one statement; returns the locked run row and the ids of
-# the steps that moved.
+# and all by the run's deadline, in one statement; returns the locked run row and the
+# (step, attempt) of each result written.
 _SUCCEED_SQL = """
 WITH run AS (
     SELECT {run_columns} FROM runs_run r WHERE r.id = %(run)s FOR UPDATE
