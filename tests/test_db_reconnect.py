@@ -95,8 +95,9 @@ def terminate_backends(application_name: str) -> int:
 
 def test_connections_killed_during_http_waits_cost_no_extra_call(cast, fast_recovery, redis_url):
     """Six times while HTTP calls wait, every connection of the steps worker is terminated
-    (idle in its pool, or in use): each attempt reconnects and writes its result, so the tool
-    server sees exactly one call per step, 100 in all, and no attempt is re-queued."""
+    (idle in its pool, or in use): each attempt reconnects and writes its result (or takes up
+    a start whose commit went through), so the tool server sees exactly one call per step,
+    100 in all, and no attempt is re-queued."""
     postgres = connection.vendor == "postgresql"
     application_name = f"sparkops-steps-{os.getpid()}"
     steps_env = {"DATABASE_URL": f"{database_url()}?application_name={application_name}"}
@@ -136,9 +137,16 @@ def test_connections_killed_during_http_waits_cost_no_extra_call(cast, fast_reco
     keys = collections.Counter(r["headers"]["x-idempotency-key"] for r in endpoint.requests)
     assert keys == {f"{run.pk}:{node}": 1 for run in runs for node in NODES}
     assert len(endpoint.requests) == RUNS * len(NODES)  # 0 extra HTTP calls
-    assert set(RunStep.objects.values_list("attempt", flat=True)) == {1}  # nothing re-queued
-    assert not RunEvent.objects.filter(payload__recovered=True).exists()
+    recovered = list(
+        RunEvent.objects.filter(payload__recovered=True).values_list("node_id", "payload")
+    )
+    # Nothing re-queued; if something was, say why (the events' reasons, the worker's log).
+    assert not recovered, (recovered, steps.output())
+    assert set(RunStep.objects.values_list("attempt", flat=True)) == {1}
     if postgres:
+        # Each kill ended connections of the worker. Whether one was in use at that instant
+        # (mid-statement or mid-transaction) rather than idle in its pool (replaced unseen: the
+        # pool checks a connection before handing it out) is up to timing, so this test does
+        # not count on it; runs/tests/test_engine_reconnect.py ends the connection under each
+        # kind of write, deterministically.
         assert len(killed) == KILLS and all(killed), killed
-        # The kills did hit the worker mid-step: it reconnected and went on.
-        assert "connection lost" in steps.log.read_text(errors="replace"), steps.output()

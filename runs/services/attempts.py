@@ -11,7 +11,7 @@ import json
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any, NoReturn
 
 from django.db import connection, transaction
@@ -54,14 +54,36 @@ from .state import (
 logger = logging.getLogger("runs.services.engine")
 
 
-def step_start(*, step_id: int, attempt: int) -> RunStep | None:
+def step_start(*, step_id: int, attempt: int, now: datetime | None = None) -> RunStep | None:
     """queued → running for exactly one delivery of `attempt`; None means "not yours, do
-    nothing" (duplicate, stale attempt, cancelled run, or a retry that is not due yet)."""
+    nothing" (duplicate, stale attempt, cancelled run, or a retry that is not due yet).
+    `now`, the start's time, marks the start as this delivery's: a start tried again with the
+    same `now` after its connection was lost as it committed finds it went through
+    (`_own_start`) and goes on, where any other delivery finds the step running and stops."""
+    now = now or timezone.now()
     if connection.vendor == "postgresql":
-        started = _start_one_statement(step_id, attempt)
+        started = _start_one_statement(step_id, attempt, now)
         if started is not None:
             return started
-    return _start_checked(step_id, attempt)
+    return _start_checked(step_id, attempt, now)
+
+
+def _own_start(step_id: int, attempt: int, now: datetime) -> RunStep | None:
+    """The step, if it is running `attempt` as started by this worker at `now` (the time a
+    start writes into `started_at`, to the microsecond): a start whose commit this worker
+    could not confirm (the connection was lost as it committed) that went through. Nobody
+    else executes it: without this, it would wait, running and silent, for the sweeper."""
+    return (
+        RunStep.objects.select_related("run")
+        .filter(
+            pk=step_id,
+            attempt=attempt,
+            status=RunStep.Status.RUNNING,
+            worker=WORKER_NAME,
+            started_at=now,
+        )
+        .first()
+    )
 
 
 # The whole start in one statement, its own transaction: lock the run (first, as everywhere),
@@ -106,8 +128,7 @@ def _start_sql() -> str:
     )
 
 
-def _start_one_statement(step_id: int, attempt: int) -> RunStep | None:
-    now = timezone.now()
+def _start_one_statement(step_id: int, attempt: int, now: datetime) -> RunStep | None:
     payload = {"status": "running", "worker": WORKER_NAME}
     with connection.cursor() as cursor:
         cursor.execute(
@@ -142,17 +163,21 @@ def _start_one_statement(step_id: int, attempt: int) -> RunStep | None:
     return step
 
 
-def _start_checked(step_id: int, attempt: int) -> RunStep | None:
+def _start_checked(step_id: int, attempt: int, now: datetime) -> RunStep | None:
     """The start with every case told apart: an early delivery is sent again for when it is
-    due, a run past its deadline times out."""
+    due, a run past its deadline times out, this delivery's own start that went through is
+    taken up."""
     step = (
         RunStep.objects.filter(pk=step_id)
         .values("run_id", "attempt", "status", "next_attempt_at")
         .first()
     )
-    if step is None or step["attempt"] != attempt or step["status"] != RunStep.Status.QUEUED:
+    if step is None or step["attempt"] != attempt:
         return None
-    now = timezone.now()
+    if step["status"] == RunStep.Status.RUNNING:
+        return _own_start(step_id, attempt, now)
+    if step["status"] != RunStep.Status.QUEUED:
+        return None
     due = step["next_attempt_at"]
     if due is not None and due > now + timedelta(seconds=0.5):
         # Delivered early (redelivery, or a sweeper re-send): come back when due.
@@ -234,11 +259,14 @@ def _start_many_sql() -> str:
     )
 
 
-def steps_start(*, run_id: Any, steps: list[tuple[int, int]]) -> list[RunStep]:
+def steps_start(
+    *, run_id: Any, steps: list[tuple[int, int]], now: datetime | None = None
+) -> list[RunStep]:
     """queued → running for each of `steps` (id, attempt) of one run that is still queued at
     that attempt and due (PostgreSQL: one statement); the others are left for the careful
-    one-by-one start (`step_start`), which tells why."""
-    now = timezone.now()
+    one-by-one start (`step_start` with the same `now`), which tells why, or finds that a
+    start of this statement went through though its connection was lost as it committed."""
+    now = now or timezone.now()
     payload = {"status": "running", "worker": WORKER_NAME}
     with connection.cursor() as cursor:
         cursor.execute(
@@ -603,20 +631,40 @@ def step_execute(*, step_id: int, attempt: int, eager: bool = False) -> None:
     _taking(step_id, attempt)
 
 
-def _taking(step_id: int, attempt: int, started: RunStep | None = None) -> None:
-    """The attempt, then each step its planning hands to this worker (eager dispatch)."""
+def _taking(
+    step_id: int,
+    attempt: int,
+    started: RunStep | None = None,
+    started_at: datetime | None = None,
+) -> None:
+    """The attempt, then each step its planning hands to this worker (eager dispatch). A step
+    handed over in a transaction whose commit was not confirmed (its connection was lost as it
+    committed, and the write was tried again) is started the careful way with the planning's
+    start time: taken up if that commit went through, else started now if still queued."""
     with dispatch.taking() as taking:
         try:
-            _attempt(step_id=step_id, attempt=attempt, started=started)
+            _attempt(step_id=step_id, attempt=attempt, started=started, started_at=started_at)
             while (handed := taking.next()) is not None:
-                following, carried = handed
+                following, carried, confirmed = handed
                 with tracing.attached(carried):
-                    _attempt(step_id=following.pk, attempt=following.attempt, started=following)
+                    _attempt(
+                        step_id=following.pk,
+                        attempt=following.attempt,
+                        started=following if confirmed else None,
+                        started_at=following.started_at,
+                    )
         finally:
             if taking.handed is not None:  # handed over, never begun: give it back now
-                left, _ = taking.handed
                 with contextlib.suppress(Exception):  # else the sweeper finds it silent
-                    step_recover(step_id=left.pk, attempt=left.attempt, reason="not_begun")
+                    _give_back(*taking.handed)
+
+
+def _give_back(step: RunStep, carried: Any, confirmed: bool) -> None:
+    """Re-queue a step handed to this worker that it will not execute (its task is ending
+    with an error): the next attempt, sent at once, not after the sweeper finds it silent."""
+    started_at = step.started_at
+    if confirmed or (started_at and _own_start(step.pk, step.attempt, started_at) is not None):
+        step_recover(step_id=step.pk, attempt=step.attempt, reason="not_begun")
 
 
 def steps_execute(*, run_id: Any, steps: list[tuple[int, int]]) -> None:
@@ -632,12 +680,13 @@ def steps_execute(*, run_id: Any, steps: list[tuple[int, int]]) -> None:
             dispatch.send_step(step_id, attempt)
         step_execute(step_id=first, attempt=first_attempt, eager=True)
         return
-    started = reconnecting(lambda: steps_start(run_id=run_id, steps=steps))
+    now = timezone.now()
+    started = reconnecting(lambda: steps_start(run_id=run_id, steps=steps, now=now))
     begun = {step.pk for step in started}
-    work: list[tuple[int, int, RunStep | None]] = [
-        (step.pk, step.attempt, step) for step in started
+    work: list[tuple[int, int, RunStep | None, datetime]] = [
+        (step.pk, step.attempt, step, now) for step in started
     ]
-    work += [(step_id, attempt, None) for step_id, attempt in steps if step_id not in begun]
+    work += [(step_id, attempt, None, now) for step_id, attempt in steps if step_id not in begun]
     # Each greenlet takes a connection of its own: this one waits for them holding none (a
     # message's worth of steps per connection would empty the pool and wait on itself).
     release_connection()
@@ -663,21 +712,33 @@ def _run_together(calls: list[Callable[[], None]]) -> None:
             raise greenlet.exception
 
 
-def _own_connection(step_id: int, attempt: int, started: RunStep | None) -> None:
+def _own_connection(
+    step_id: int, attempt: int, started: RunStep | None, started_at: datetime
+) -> None:
     """One step of `steps_execute`, in its greenlet, on that greenlet's own connection, given
     back to the pool at the end (no task end does it for a greenlet of ours)."""
     try:
-        _taking(step_id, attempt, started)
+        _taking(step_id, attempt, started, started_at)
     finally:
         connection.close()
 
 
 @observability.step_scope
-def _attempt(*, step_id: int, attempt: int, started: RunStep | None = None) -> None:
-    """One attempt; `started`: a step the planning already started here (eager dispatch)."""
-    # Fenced by the attempt number: a start whose commit went through before the connection
-    # dropped is not repeated (the second try finds the step running and does nothing).
-    step = started or reconnecting(lambda: step_start(step_id=step_id, attempt=attempt))
+def _attempt(
+    *,
+    step_id: int,
+    attempt: int,
+    started: RunStep | None = None,
+    started_at: datetime | None = None,
+) -> None:
+    """One attempt; `started`: a step already started here (eager dispatch, a message's start
+    statement); `started_at`: the time its start (this one, or one made earlier here whose
+    commit was not confirmed) writes."""
+    # Fenced by the attempt number, and marked as this delivery's by its time: a start whose
+    # commit went through before the connection dropped is not repeated, and the second try
+    # finds the step running as started here and goes on (any other delivery stops there).
+    now = started_at or timezone.now()
+    step = started or reconnecting(lambda: step_start(step_id=step_id, attempt=attempt, now=now))
     if step is None:
         return
     if step.type == "agent":

@@ -87,7 +87,8 @@ class Taking:
         self.started = time.monotonic()
         self.taken = 0
         self.reserved = False
-        self.handed: tuple[Any, Any] | None = None
+        # (step, trace context, whether its start's commit was confirmed)
+        self.handed: tuple[Any, Any, bool] | None = None
 
     def reserve(self) -> bool:
         """Claim the one slot for a step the caller is about to start; False when the slot is
@@ -100,12 +101,21 @@ class Taking:
         return True
 
     def hand(self, step: Any) -> None:
-        """On commit: the step is running, this worker's to execute; it carries the trace
-        context it was planned in, as a message would."""
-        self.handed = (step, tracing.current_context())
+        """In the transaction that starts it: the step will be running, this worker's to
+        execute, once the transaction commits (`confirm`); it carries the trace context it
+        was planned in, as a message would."""
+        self.handed = (step, tracing.current_context(), False)
 
-    def next(self) -> tuple[Any, Any] | None:
-        """The step handed over since the last call, if any; the slot opens again."""
+    def confirm(self) -> None:
+        """On commit: the handed step is running."""
+        if self.handed is not None:
+            self.handed = (*self.handed[:2], True)
+
+    def next(self) -> tuple[Any, Any, bool] | None:
+        """The step handed over since the last call, if any, and whether its start's commit
+        was confirmed (unconfirmed: the connection was lost as it committed, or the
+        transaction rolled back and a retry sent the step, its slot still reserved); the slot
+        opens again."""
         handed, self.handed, self.reserved = self.handed, None, False
         if handed is not None:
             self.taken += 1
@@ -134,8 +144,11 @@ def reserve() -> bool:
 
 
 def hand_over(step: Any) -> None:
-    """After commit, give the step `reserve` was granted for (started in the committing
-    transaction) to the worker task."""
+    """Give the step `reserve` was granted for (started in the current transaction) to the
+    worker task: confirmed when the transaction commits. Its start's time (`started_at`)
+    tells a commit that went through from one that did not when the commit's answer was lost
+    with the connection (the worker's careful start with that time takes it up)."""
     current = _taking.get()
     assert current is not None, "hand_over() without reserve()"
-    transaction.on_commit(lambda: current.hand(step))
+    current.hand(step)
+    transaction.on_commit(current.confirm)

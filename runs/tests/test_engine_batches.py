@@ -12,7 +12,7 @@ from django.utils import timezone
 
 from runs import services
 from runs.models import Run, RunEvent, RunStep
-from runs.services.attempts import steps_start
+from runs.services.attempts import step_start, steps_start
 from runs.tests.conftest import builtin_tool, tool_node
 from runs.tests.factories import make_workflow
 
@@ -77,3 +77,21 @@ def test_a_cancelled_or_late_run_starts_nothing(fan_out, stop):
     assert steps_start(run_id=fan_out.pk, steps=[(s.pk, 1) for s in queued.values()]) == []
     assert {step.status for step in steps(fan_out).values()} == {"queued"}
     assert Run.objects.get(pk=fan_out.pk).event_seq == before
+
+
+def test_a_message_start_tried_again_takes_up_the_steps_it_started(fan_out):
+    """`steps_execute` gives its start one time. Tried again after the connection was lost as
+    the statement committed, the statement starts nothing (all running), and each step goes
+    the careful way with that time: taken up as this message's own start. Any other delivery
+    (another time) finds them running and stops."""
+    now = timezone.now()
+    wanted = [(step.pk, 1) for step in steps(fan_out).values()]
+    assert len(steps_start(run_id=fan_out.pk, steps=wanted, now=now)) == 3
+    assert steps_start(run_id=fan_out.pk, steps=wanted, now=now) == []
+    for step_id, attempt in wanted:
+        other = now + timedelta(microseconds=1)
+        assert step_start(step_id=step_id, attempt=attempt, now=other) is None
+        taken = step_start(step_id=step_id, attempt=attempt, now=now)
+        assert taken is not None and (taken.pk, taken.status) == (step_id, "running")
+    events = RunEvent.objects.filter(run=fan_out, type="step.status", payload__status="running")
+    assert events.count() == 3  # taken up: no second start, no second event

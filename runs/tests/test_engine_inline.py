@@ -819,10 +819,14 @@ def test_eager_dispatch_takes_no_step_after_its_seconds(settings):
     assert taking.reserve()
     assert not taking.reserve()  # one step at a time
     taking.hand("step")
-    assert taking.next() == ("step", None)
+    taking.confirm()  # its transaction committed
+    assert taking.next() == ("step", None, True)
     assert taking.taken == 1
     assert taking.reserve()
-    assert taking.next() is None  # reserved but never handed (its transaction rolled back)
+    assert taking.next() is None  # reserved but never handed (the planning sent its steps)
+    assert taking.reserve()
+    taking.hand("other")  # its transaction did not confirm a commit
+    assert taking.next() == ("other", None, False)
     taking.started -= 61
     assert not taking.reserve()
 

@@ -15,12 +15,13 @@ from datetime import timedelta
 from typing import Any
 
 import pytest
-from django.db import DatabaseError, IntegrityError, connection
+from django.db import DatabaseError, IntegrityError, connection, transaction
 from django.utils import timezone
 
 from accounts.models import User
 from runs import services
 from runs.models import Run, RunStep
+from runs.services.attempts import step_start
 from runs.tests.conftest import events_of, http_tool, sends_lost, tool_node
 from runs.tests.factories import make_workflow
 from sparkops.db import RECONNECT_TRIES, connection_lost, reconnecting
@@ -49,6 +50,76 @@ class LoseConnection:
             else:
                 raw.close()
         return execute(sql, params, many, context)
+
+
+def _end_connection() -> None:
+    raw = connection.connection
+    if connection.vendor == "postgresql":
+        with contextlib.suppress(Exception):  # the server ends it: FATAL, 57P01
+            raw.execute("SELECT pg_terminate_backend(pg_backend_pid())")
+    else:
+        raw.close()
+
+
+def _lost_now() -> None:
+    """Meet the ended connection as the caller would: a statement that raises."""
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT 1")
+
+
+class LoseAnswer:
+    """An execute wrapper that ends the connection right after the statement `at` picks has
+    run (in autocommit: committed), the first `times` times, and raises as the caller would
+    meet it: a write that went through, its answer lost with the connection."""
+
+    def __init__(self, at: Callable[[str, Any], bool], times: int = 1) -> None:
+        self.at = at
+        self.times = times
+        self.losses = 0
+
+    def __call__(self, execute: Callable, sql: str, params: Any, many: bool, context: Any) -> Any:
+        result = execute(sql, params, many, context)
+        if self.losses < self.times and self.at(sql, params):
+            self.losses += 1
+            _end_connection()
+            execute("SELECT 1", None, False, context)  # raises: the connection is gone
+        return result
+
+
+class LoseAfterCommit:
+    """An execute wrapper that, in the transaction of the statement `at` picks, ends the
+    connection as that transaction commits: the commit goes through, and the connection is
+    lost before anything after it (Django's on-commit work registered later) runs; the caller
+    meets a lost connection. As when PostgreSQL's answer to COMMIT is lost with the
+    connection."""
+
+    def __init__(self, at: Callable[[str, Any], bool]) -> None:
+        self.at = at
+        self.losses = 0
+
+    def __call__(self, execute: Callable, sql: str, params: Any, many: bool, context: Any) -> Any:
+        result = execute(sql, params, many, context)
+        if not self.losses and self.at(sql, params):
+            self.losses += 1
+            transaction.on_commit(self._lose)
+        return result
+
+    def _lose(self) -> None:
+        _end_connection()
+        _lost_now()
+
+
+def _starts_a_step(sql: str, params: Any) -> bool:
+    return "runs_runstep" in sql and "SET status = 'running'" in sql
+
+
+def _starts_a_step_eagerly(sql: str, params: Any) -> bool:
+    return "started_at = CASE WHEN id = %(start)s" in sql or (
+        connection.vendor != "postgresql"
+        and sql.startswith("UPDATE")
+        and "started_at" in sql
+        and "running" in list(params or ())
+    )
 
 
 def _succeeds_a_step(sql: str, params: Any) -> bool:
@@ -145,3 +216,80 @@ def test_other_errors_are_not_tried_again(cast):
         reconnecting(duplicate)
     assert len(tries) == 1
     assert not connection_lost(raised.value)
+
+
+# --- a start whose commit went through, its answer lost -------------------------------------
+#
+# A start (queued → running) is its own transaction. When the connection drops as it commits,
+# the worker cannot know whether it went through: tried again, the start finds the step
+# already running. Its start time marks it as this worker's own start, so the worker goes on
+# with it; without that it would stop, and the step would wait, running and silent, for the
+# sweeper to re-queue it as a second attempt.
+
+
+def test_a_start_whose_commit_went_through_is_taken_up(cast, tool_server):
+    lose = LoseAnswer(at=_starts_a_step)
+    run, step = queued_http_step(cast, tool_server)
+    with connection.execute_wrapper(lose):
+        services.step_execute(step_id=step.pk, attempt=1)
+    assert lose.losses == 1
+    run = wait_for_run(run.pk)
+    assert run.status == "succeeded", run.error
+    step.refresh_from_db()
+    assert (step.status, step.attempt) == ("succeeded", 1)
+    assert len(tool_server.calls("/call")) == 1
+    statuses = [e.payload["status"] for e in events_of(run, "step.status", "a")]
+    assert statuses == ["running", "succeeded"]
+
+
+def test_another_delivery_of_a_started_step_does_not_take_it_up(cast, tool_server):
+    """The start time tells this worker's own start from another delivery's: a second
+    delivery of the same attempt, started here a moment later, finds it running and stops."""
+    run, step = queued_http_step(cast, tool_server)
+    started = step_start(step_id=step.pk, attempt=1)
+    assert started is not None
+    again = started.started_at + timedelta(microseconds=1)
+    assert step_start(step_id=step.pk, attempt=1, now=again) is None
+    assert step_start(step_id=step.pk, attempt=2, now=started.started_at) is None
+    taken = step_start(step_id=step.pk, attempt=1, now=started.started_at)
+    assert taken is not None and taken.pk == step.pk and taken.run.pk == run.pk
+
+
+@pytest.mark.parametrize(
+    "lose",
+    [
+        pytest.param(lambda: LoseAfterCommit(at=_starts_a_step_eagerly), id="committed"),
+        pytest.param(lambda: LoseConnection(times=1, at=_starts_a_step_eagerly), id="rolled-back"),
+    ],
+)
+def test_a_step_handed_over_as_its_planning_lost_the_connection_runs_once(cast, tool_server, lose):
+    """Eager dispatch (dispatch.py): the transaction that writes a's result also starts b for
+    this worker. Lost as it commits, the retried write finds a's result written and plans
+    nothing: b, running, is taken up here by its start time. Lost before it commits, the
+    retried write plans again and sends b: it runs once, on whichever worker starts it."""
+    lose = lose()
+    http_tool(cast.project, cast.owner, "call", tool_server.url + "/call")
+    workflow = make_workflow(
+        cast.project,
+        cast.owner,
+        [tool_node("a", "call", {"x": 1}), tool_node("b", "call", {"x": 2}, "a")],
+    )
+    with sends_lost():
+        run = services.run_create(workflow=workflow, input={}, actor=cast.owner)
+    now = timezone.now()
+    Run.objects.filter(pk=run.pk).update(
+        status="running", started_at=now, deadline=now + timedelta(hours=1)
+    )
+    RunStep.objects.filter(run=run, node_id="a").update(status="queued", attempt=1, queued_at=now)
+    a = RunStep.objects.get(run=run, node_id="a")
+    with connection.execute_wrapper(lose):
+        services.step_execute(step_id=a.pk, attempt=1, eager=True)
+    assert lose.losses == 1
+    run = wait_for_run(run.pk)
+    assert run.status == "succeeded", run.error
+    steps = {s.node_id: (s.status, s.attempt) for s in RunStep.objects.filter(run=run)}
+    assert steps == {"a": ("succeeded", 1), "b": ("succeeded", 1)}
+    assert len(tool_server.calls("/call")) == 2
+    for node_id in ("a", "b"):
+        statuses = [e.payload["status"] for e in events_of(run, "step.status", node_id)]
+        assert statuses[-2:] == ["running", "succeeded"] and statuses.count("running") == 1
