@@ -131,11 +131,13 @@ def _succeeds_a_step(sql: str, params: Any) -> bool:
     return sql.startswith("UPDATE") and "succeeded" in values
 
 
-def queued_http_step(cast: Any, tool_server: Any) -> tuple[Run, RunStep]:
-    """A one-step run whose HTTP step is queued, attempt 1, its message never sent: this
-    test executes it here, as the worker's task would."""
+def queued_http_step(cast: Any, tool_server: Any, *following: str) -> tuple[Run, RunStep]:
+    """A run whose first HTTP step "a" is queued, attempt 1, its message never sent: this
+    test executes it here, as the worker's task would. `following`: steps after it, a chain."""
     http_tool(cast.project, cast.owner, "call", tool_server.url + "/call")
-    workflow = make_workflow(cast.project, cast.owner, [tool_node("a", "call", {"x": 1})])
+    chain = ["a", *following]
+    nodes = [tool_node(node, "call", {"x": i}, *chain[i - 1 : i]) for i, node in enumerate(chain)]
+    workflow = make_workflow(cast.project, cast.owner, nodes)
     with sends_lost():
         run = services.run_create(workflow=workflow, input={}, actor=cast.owner)
     now = timezone.now()
@@ -146,20 +148,34 @@ def queued_http_step(cast: Any, tool_server: Any) -> tuple[Run, RunStep]:
     return run, RunStep.objects.get(run=run, node_id="a")
 
 
+def executed_once(
+    run: Run, step: RunStep, lose: Any, tool_server: Any, *, losses: int = 1, eager: bool = False
+) -> Run:
+    """Execute `step` here under the execute wrapper `lose`, and check that each step of the
+    run succeeded at its first attempt, made its call once, and was started and ended once
+    (written once, however often tried)."""
+    with connection.execute_wrapper(lose):
+        services.step_execute(step_id=step.pk, attempt=1, eager=eager)
+    assert lose.losses == losses
+    run = wait_for_run(run.pk)
+    assert run.status == "succeeded", run.error
+    steps = list(RunStep.objects.filter(run=run))
+    assert {(s.node_id, s.status, s.attempt, s.failures) for s in steps} == {
+        (s.node_id, "succeeded", 1, 0) for s in steps
+    }
+    assert len(tool_server.calls("/call")) == len(steps)
+    for node in steps:
+        statuses = [e.payload["status"] for e in events_of(run, "step.status", node.node_id)]
+        assert statuses[-2:] == ["running", "succeeded"] and statuses.count("running") == 1
+    return run
+
+
 def test_a_write_that_loses_its_connection_is_tried_again_and_the_call_kept(cast, tool_server):
     lose = LoseConnection(times=RECONNECT_TRIES - 1)
     run, step = queued_http_step(cast, tool_server)
-    with connection.execute_wrapper(lose):
-        services.step_execute(step_id=step.pk, attempt=1)
-    assert lose.losses == RECONNECT_TRIES - 1
-    run = wait_for_run(run.pk)
-    assert run.status == "succeeded", run.error
+    executed_once(run, step, lose, tool_server, losses=RECONNECT_TRIES - 1)
     step.refresh_from_db()
-    assert (step.status, step.attempt, step.failures) == ("succeeded", 1, 0)
     assert step.output is not None  # the answer of the call that was made, kept
-    assert len(tool_server.calls("/call")) == 1
-    statuses = [e.payload["status"] for e in events_of(run, "step.status", "a")]
-    assert statuses == ["running", "succeeded"]  # written once, though tried four times
 
 
 def test_a_lost_connection_swallowed_inside_the_write_is_tried_again(cast, tool_server):
@@ -169,16 +185,7 @@ def test_a_lost_connection_swallowed_inside_the_write_is_tried_again(cast, tool_
     its transaction ended with the connection."""
     lose = LoseConnection(times=1, at=lambda sql, params: "workflows_eventtrigger" in sql)
     run, step = queued_http_step(cast, tool_server)
-    with connection.execute_wrapper(lose):
-        services.step_execute(step_id=step.pk, attempt=1)
-    assert lose.losses == 1
-    run = wait_for_run(run.pk)
-    assert run.status == "succeeded", run.error
-    step.refresh_from_db()
-    assert (step.status, step.attempt) == ("succeeded", 1)
-    assert len(tool_server.calls("/call")) == 1
-    statuses = [e.payload["status"] for e in events_of(run, "step.status", "a")]
-    assert statuses == ["running", "succeeded"]
+    executed_once(run, step, lose, tool_server)
 
 
 def test_a_connection_that_keeps_failing_gives_up_and_the_sweeper_recovers(
@@ -228,18 +235,8 @@ def test_other_errors_are_not_tried_again(cast):
 
 
 def test_a_start_whose_commit_went_through_is_taken_up(cast, tool_server):
-    lose = LoseAnswer(at=_starts_a_step)
     run, step = queued_http_step(cast, tool_server)
-    with connection.execute_wrapper(lose):
-        services.step_execute(step_id=step.pk, attempt=1)
-    assert lose.losses == 1
-    run = wait_for_run(run.pk)
-    assert run.status == "succeeded", run.error
-    step.refresh_from_db()
-    assert (step.status, step.attempt) == ("succeeded", 1)
-    assert len(tool_server.calls("/call")) == 1
-    statuses = [e.payload["status"] for e in events_of(run, "step.status", "a")]
-    assert statuses == ["running", "succeeded"]
+    executed_once(run, step, LoseAnswer(at=_starts_a_step), tool_server)
 
 
 def test_another_delivery_of_a_started_step_does_not_take_it_up(cast, tool_server):
@@ -267,29 +264,5 @@ def test_a_step_handed_over_as_its_planning_lost_the_connection_runs_once(cast, 
     this worker. Lost as it commits, the retried write finds a's result written and plans
     nothing: b, running, is taken up here by its start time. Lost before it commits, the
     retried write plans again and sends b: it runs once, on whichever worker starts it."""
-    lose = lose()
-    http_tool(cast.project, cast.owner, "call", tool_server.url + "/call")
-    workflow = make_workflow(
-        cast.project,
-        cast.owner,
-        [tool_node("a", "call", {"x": 1}), tool_node("b", "call", {"x": 2}, "a")],
-    )
-    with sends_lost():
-        run = services.run_create(workflow=workflow, input={}, actor=cast.owner)
-    now = timezone.now()
-    Run.objects.filter(pk=run.pk).update(
-        status="running", started_at=now, deadline=now + timedelta(hours=1)
-    )
-    RunStep.objects.filter(run=run, node_id="a").update(status="queued", attempt=1, queued_at=now)
-    a = RunStep.objects.get(run=run, node_id="a")
-    with connection.execute_wrapper(lose):
-        services.step_execute(step_id=a.pk, attempt=1, eager=True)
-    assert lose.losses == 1
-    run = wait_for_run(run.pk)
-    assert run.status == "succeeded", run.error
-    steps = {s.node_id: (s.status, s.attempt) for s in RunStep.objects.filter(run=run)}
-    assert steps == {"a": ("succeeded", 1), "b": ("succeeded", 1)}
-    assert len(tool_server.calls("/call")) == 2
-    for node_id in ("a", "b"):
-        statuses = [e.payload["status"] for e in events_of(run, "step.status", node_id)]
-        assert statuses[-2:] == ["running", "succeeded"] and statuses.count("running") == 1
+    run, a = queued_http_step(cast, tool_server, "b")
+    executed_once(run, a, lose(), tool_server, eager=True)
