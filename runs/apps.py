@@ -9,7 +9,12 @@ class RunsConfig(AppConfig):
         # Receivers import models, which exist only once the app registry is ready.
         from sparkops import metrics, tracing
 
-        from . import observability, signals, webhooks
+        from . import (
+            checks,  # noqa: F401  (registers the engine's system checks)
+            observability,
+            signals,
+            webhooks,
+        )
         from .triggers import receivers as triggers
         from .triggers import subworkflows
 
