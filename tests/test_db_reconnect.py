@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import collections
 import os
+import pprint
 from collections.abc import Iterator
 from typing import Any
 
@@ -49,11 +50,14 @@ def redis_url() -> Iterator[str]:
 @pytest.fixture
 def fast_recovery(settings):
     settings.SPARKOPS_HEARTBEAT_SECONDS = 0.5
-    # Not the crash tests' 3 s: a kill that also ends connections the pool is opening makes
-    # psycopg_pool wait 1 s, then 2 s, before it grows again (up to reconnect_timeout, 5 s),
-    # and meanwhile the worker's heartbeat waits for a connection like every step. Silence
-    # that short is not a dead worker (production waits 30 s).
-    settings.SPARKOPS_HEARTBEAT_TIMEOUT = 10.0
+    # Production's 30 s, not the crash tests' 3 s: a live step is silent while it waits for a
+    # pooled connection, up to DB_POOL_TIMEOUT (10 s; the `sparkops.W001` check), and kills
+    # in quick succession make that wait long. psycopg_pool checks a connection before handing
+    # it out and, each time it finds one a kill ended, sleeps longer before the next (0, 1, 2,
+    # 4 s), while the next kill ends the replacements; it also waits 1 s, then 2 s, before
+    # opening a connection again after one was ended while it opened. Steps of this test were
+    # seen silent 14 s, and 10 s re-queued them: a second call for one that had made its own.
+    settings.SPARKOPS_HEARTBEAT_TIMEOUT = 30.0
     settings.SPARKOPS_QUEUED_GRACE = 2.0
     settings.SPARKOPS_OUTBOUND_ALLOW = ["127.0.0.1"]
 
@@ -94,16 +98,19 @@ def terminate_backends(application_name: str) -> int:
         return int(cursor.fetchone()[0])
 
 
-def history(keys: list[str]) -> list[Any]:
-    """The steps behind idempotency keys `run:node`, and their events: why a call was made
-    twice."""
+def history(keys: list[str], requests: list[dict[str, Any]]) -> str:
+    """The steps behind idempotency keys `run:node`, their events and calls: why a call was
+    made twice."""
     found = []
     for key in keys:
         run_id, node_id = key.split(":")
         step = RunStep.objects.filter(run_id=run_id, node_id=node_id).values().first()
         events = RunEvent.objects.filter(run_id=run_id, node_id=node_id).order_by("seq")
-        found.append((step, list(events.values_list("seq", "attempt", "payload", "created_at"))))
-    return found
+        calls = [r["at"] for r in requests if r["headers"]["x-idempotency-key"] == key]
+        found.append(
+            (step, list(events.values_list("seq", "attempt", "payload", "created_at")), calls)
+        )
+    return pprint.pformat(found, width=100)
 
 
 def test_connections_killed_during_http_waits_cost_no_extra_call(cast, fast_recovery, redis_url):
@@ -148,8 +155,8 @@ def test_connections_killed_during_http_waits_cost_no_extra_call(cast, fast_reco
     statuses = collections.Counter(Run.objects.values_list("status", flat=True))
     assert statuses == {"succeeded": RUNS}, (statuses, steps.output())
     keys = collections.Counter(r["headers"]["x-idempotency-key"] for r in endpoint.requests)
-    twice = [key for key, count in keys.items() if count > 1]
-    assert keys == {f"{run.pk}:{node}": 1 for run in runs for node in NODES}, history(twice)
+    twice = history([key for key, count in keys.items() if count > 1], endpoint.requests)
+    assert keys == {f"{run.pk}:{node}": 1 for run in runs for node in NODES}, twice
     assert len(endpoint.requests) == RUNS * len(NODES)  # 0 extra HTTP calls
     recovered = list(
         RunEvent.objects.filter(payload__recovered=True).values_list("node_id", "payload")

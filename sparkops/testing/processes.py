@@ -242,6 +242,7 @@ class CountingServer:
                             "path": self.path,
                             "headers": {k.lower(): v for k, v in self.headers.items()},
                             "body": body,
+                            "at": time.time(),
                         }
                     )
                 if outer.held is not None and outer.held(body):
