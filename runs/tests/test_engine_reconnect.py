@@ -30,6 +30,16 @@ from sparkops.testing.engine import wait_for_run, wait_until
 pytestmark = pytest.mark.usefixtures("engine")
 
 
+def _end_connection() -> None:
+    """End this connection under Django's feet (PostgreSQL: the server terminates it)."""
+    raw = connection.connection
+    if connection.vendor == "postgresql":
+        with contextlib.suppress(Exception):  # the server ends it: FATAL, 57P01
+            raw.execute("SELECT pg_terminate_backend(pg_backend_pid())")
+    else:
+        raw.close()
+
+
 class LoseConnection:
     """An execute wrapper (Django's hook around every statement) that ends the connection
     under the step's `succeeded` write (or the statement `at` picks), the first `times` times:
@@ -43,22 +53,8 @@ class LoseConnection:
     def __call__(self, execute: Callable, sql: str, params: Any, many: bool, context: Any) -> Any:
         if self.losses < self.times and self.at(sql, params):
             self.losses += 1
-            raw = connection.connection
-            if connection.vendor == "postgresql":
-                with contextlib.suppress(Exception):  # the server ends it: FATAL, 57P01
-                    raw.execute("SELECT pg_terminate_backend(pg_backend_pid())")
-            else:
-                raw.close()
+            _end_connection()
         return execute(sql, params, many, context)
-
-
-def _end_connection() -> None:
-    raw = connection.connection
-    if connection.vendor == "postgresql":
-        with contextlib.suppress(Exception):  # the server ends it: FATAL, 57P01
-            raw.execute("SELECT pg_terminate_backend(pg_backend_pid())")
-    else:
-        raw.close()
 
 
 def _lost_now() -> None:
