@@ -170,7 +170,9 @@ class RunStep(models.Model):
 
     FINISHED_STATUSES = (Status.SUCCEEDED, Status.FAILED, Status.SKIPPED, Status.CANCELLED)
 
-    run = models.ForeignKey(Run, on_delete=models.CASCADE, related_name="steps")
+    # No index of its own: the (run, node_id) constraint's index serves every lookup by run,
+    # and one more index would be written on each of a step's updates.
+    run = models.ForeignKey(Run, on_delete=models.CASCADE, related_name="steps", db_index=False)
     node_id = models.CharField(max_length=64)
     type = models.CharField(max_length=16)
     status = models.CharField(max_length=20, choices=Status.choices, default=Status.PENDING)
@@ -268,7 +270,9 @@ class RunEvent(models.Model):
         POLICY = "policy.decision", "Policy decision"
         LOG = "log", "Log"
 
-    run = models.ForeignKey(Run, on_delete=models.CASCADE, related_name="events")
+    # No index of its own: the (run, seq) constraint's index serves every lookup by run, and
+    # one more index would be written on each event.
+    run = models.ForeignKey(Run, on_delete=models.CASCADE, related_name="events", db_index=False)
     seq = models.PositiveIntegerField()
     type = models.CharField(max_length=32, choices=Type.choices)
     node_id = models.CharField(max_length=64, blank=True)
